@@ -1,0 +1,1 @@
+"""Talking to LLM APIs: the retry policy, the adapter, the SDK bridge, the providers and the client."""

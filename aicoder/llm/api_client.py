@@ -1,0 +1,201 @@
+"""``LLMClient``: pick a provider from the model name, send once, and explain any failure.
+
+The client has no retry loop: the transport under the provider already retried
+every 429 it could. What reaches the client is final, and it becomes one
+:class:`RuntimeError` that says what happened and what to change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import openai
+import requests
+
+from aicoder.config import Config, ConfigError
+from aicoder.llm.hints import server_hint
+from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
+from aicoder.llm.redaction import redact, safe_url
+from aicoder.llm.retry import TOO_MANY_REQUESTS, LinearRetry, retry_state
+from aicoder.llm.transport import RETRY_EXTENSION
+
+__all__ = ["LLMClient"]
+
+_PROVIDERS: dict[str, type[OpenAIProvider] | type[OpenRouterProvider]] = {
+    "openai": OpenAIProvider,
+    "openrouter": OpenRouterProvider,
+}
+_MESSAGE_LIMIT = 300
+
+
+class LLMClient:
+    """Send prompts to ``modelWithPrefix``: ``openai/<model>`` uses :class:`OpenAIProvider`;
+    ``openrouter/<model>``, or a name without either prefix, :class:`OpenRouterProvider`.
+
+    The prefix is stripped; any other name (``anthropic/claude-sonnet-4``) is
+    sent as it is. ``config`` defaults to :meth:`Config.load`; ``session``
+    replaces the provider's retrying session (mount a
+    :class:`~aicoder.llm.retry.LinearBackoffAdapter` on it to keep retrying).
+    """
+
+    def __init__(
+        self,
+        modelWithPrefix: str,  # noqa: N803 - the documented public name
+        *,
+        config: Config | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        prefix, _, name = modelWithPrefix.partition("/")
+        provider_class = _PROVIDERS.get(prefix) if name else None
+        self.model = name if provider_class is not None else modelWithPrefix
+        if not self.model.strip():
+            raise ConfigError(
+                f"model {modelWithPrefix!r} is not allowed: expected a model name such as 'openai/gpt-4o'"
+            )
+        config = config if config is not None else Config.load()
+        self.provider: LLMProvider = (provider_class or OpenRouterProvider)(config, session=session)
+
+    def sendRequest(self, systemPrompt: str, userPrompt: str, verbose: bool = True) -> str:  # noqa: N802, N803
+        """Return the model's reply to ``userPrompt`` under ``systemPrompt``.
+
+        One call to the provider, whose transport retries 429s. Any failure is
+        raised as :class:`RuntimeError` chained to the original error.
+        ``verbose`` logs the request at INFO (never on stdout).
+        """
+        messages: list[Message] = [
+            {"role": "system", "content": systemPrompt},
+            {"role": "user", "content": userPrompt},
+        ]
+        try:
+            return self.provider.create_completion(self.model, messages, verbose=verbose)
+        except (requests.RequestException, openai.OpenAIError, MalformedResponseError) as exc:
+            message = redact(_describe(self.provider.name, exc), self.provider.secrets)
+            raise RuntimeError(message) from exc
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What the client needs to explain an HTTP error, whichever stack produced it."""
+
+    method: str
+    url: str
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: str
+    retry: LinearRetry | None
+
+
+def _describe(provider: str, exc: Exception) -> str:
+    failure = _http_failure(exc)
+    if failure is None:
+        return _describe_transport_error(provider, exc)
+    where = f"{failure.method} {failure.url}"
+    said = _server_message(failure.body)
+    if failure.status == TOO_MANY_REQUESTS:
+        return _describe_rate_limit(provider, where, failure, said)
+    advice = " Check the API key you set for it." if failure.status in (401, 403) else ""
+    return (
+        f"{provider} request failed: HTTP {failure.status} {failure.reason} on {where}; server said: {said}. "
+        f"Not retried: aicoder retries only HTTP 429.{advice}"
+    )
+
+
+def _describe_rate_limit(provider: str, where: str, failure: _Failure, said: str) -> str:
+    retry = failure.retry
+    hint = server_hint(failure.headers)
+    asked = f"{hint.seconds:.3g} s ({hint.header})" if hint is not None else "no wait"
+    if retry is None:
+        return (
+            f"{provider} rate limit (HTTP 429) on {where}; server said: {said}; it asked for {asked}. "
+            "No retries were made: this session has no LinearBackoffAdapter mounted."
+        )
+    retries = len(retry.history)
+    if retry.respect_retry_after_header and hint is not None and hint.seconds > retry.max_delay:
+        return (
+            f"{provider} rate limit (HTTP 429) on {where}: the server asked to wait {asked}, longer than "
+            f"LLM_RETRY_MAX_DELAY={retry.max_delay:g} s, so aicoder stopped after {retries} "
+            f"{_plural(retries, 'retry', 'retries')}; server said: {said}. "
+            f"Raise LLM_RETRY_MAX_DELAY to at least {hint.seconds:.0f} to wait that long, or send fewer requests."
+        )
+    waited = ", ".join(f"{wait.seconds:g}" for wait in retry.waits) or "nothing"
+    return (
+        f"{provider} rate limit (HTTP 429) on {where} persisted after {retries} "
+        f"{_plural(retries, 'retry', 'retries')} (LLM_RETRY_COUNT={retry.count}; waited {waited} s); "
+        f"server said: {said}; it asked for {asked}. "
+        "Raise LLM_RETRY_COUNT or LLM_RETRY_MAX_DELAY, or send fewer requests."
+    )
+
+
+def _describe_transport_error(provider: str, exc: Exception) -> str:
+    if isinstance(exc, MalformedResponseError):
+        return f"{provider} request failed: {exc}"
+    request = getattr(exc, "request", None)
+    where = f" {request.method} {safe_url(str(request.url))}" if request is not None else ""
+    timed_out = isinstance(exc, (requests.Timeout, openai.APITimeoutError))
+    what = "timed out" if timed_out else "could not complete"
+    return f"{provider} request{where} {what}: {_root_cause(exc)}. Not retried: aicoder retries only HTTP 429."
+
+
+def _http_failure(exc: Exception) -> _Failure | None:
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        response = exc.response
+        return _Failure(
+            method=response.request.method or "",
+            url=safe_url(response.url),
+            status=response.status_code,
+            reason=response.reason or "",
+            headers=response.headers,
+            body=response.text,
+            retry=retry_state(response),
+        )
+    if isinstance(exc, openai.APIStatusError):
+        sdk_response = exc.response
+        retry = sdk_response.extensions.get(RETRY_EXTENSION)
+        return _Failure(
+            method=sdk_response.request.method,
+            url=safe_url(str(sdk_response.request.url)),
+            status=sdk_response.status_code,
+            reason=sdk_response.reason_phrase,
+            headers=sdk_response.headers,
+            body=sdk_response.text,
+            retry=retry if isinstance(retry, LinearRetry) else None,
+        )
+    return None
+
+
+def _server_message(body: str) -> str:
+    """Return the error message an OpenAI-style body carries, else the start of the body, quoted."""
+    try:
+        data = json.loads(body)
+        message = data["error"]["message"] if isinstance(data.get("error"), dict) else data["error"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message = body
+    text = " ".join(str(message).split()) or "(empty body)"
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[: _MESSAGE_LIMIT - 1] + "…"
+    return f'"{text}"'
+
+
+def _root_cause(exc: BaseException) -> str:
+    """Name the deepest cause of ``exc`` without its text, which may hold the URL's query string."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    deepest = exc
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return f"{type(current).__name__}: {current.strerror}"
+        deepest = current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(link for link in linked if isinstance(link, BaseException))
+    return type(deepest).__name__
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return one if count == 1 else many

@@ -1,0 +1,73 @@
+"""The official openai SDK, with its retries off and its HTTP sent through a retrying session."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx2
+import openai
+import requests
+
+from aicoder.config import Config
+from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, require_key
+from aicoder.llm.retry import retrying_session
+from aicoder.llm.transport import RequestsTransport
+
+__all__ = ["OpenAIProvider"]
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIProvider(LLMProvider):
+    """Chat completions through :class:`openai.OpenAI`, which never retries on its own.
+
+    The SDK gets ``max_retries=0`` and an ``http_client`` whose transport is
+    :class:`~aicoder.llm.transport.RequestsTransport` over ``session``
+    (default: :func:`~aicoder.llm.retry.retrying_session`), so the session's
+    adapter is the only layer that retries. ``api_key`` and ``base_url``
+    default to ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from ``config``.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        session: requests.Session | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> None:
+        config = config if config is not None else Config.load()
+        key = require_key(api_key or config.openai_api_key, "OPENAI_API_KEY", self.name)
+        self.secrets = (key,)
+        self.session = session if session is not None else retrying_session(config)
+        self.client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url or config.openai_base_url,
+            max_retries=0,
+            http_client=httpx2.Client(transport=RequestsTransport(self.session)),
+        )
+
+    def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
+        started = time.monotonic()
+        completion: Any = self.client.chat.completions.create(model=model, messages=list(messages))  # type: ignore[arg-type]
+        log.log(
+            logging.INFO if verbose else logging.DEBUG,
+            "openai chat completion model=%s in %.2f s",
+            model,
+            time.monotonic() - started,
+        )
+        try:
+            content = completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            raise MalformedResponseError(
+                "the server answered with success but not with a chat completion "
+                "(expected choices[0].message.content as text); is OPENAI_BASE_URL an OpenAI-compatible API?"
+            )
+        return content

@@ -1,0 +1,82 @@
+"""OpenRouter, and any OpenAI-compatible server (Ollama, vLLM, LM Studio), over plain ``requests``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from aicoder.config import Config
+from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, require_key
+from aicoder.llm.redaction import safe_url
+from aicoder.llm.retry import retrying_session
+
+__all__ = ["OpenRouterProvider"]
+
+log = logging.getLogger(__name__)
+
+#: ``(connect, read)`` seconds: a completion may take minutes, a connection should not.
+DEFAULT_TIMEOUT = (10.0, 600.0)
+
+
+class OpenRouterProvider(LLMProvider):
+    """``POST {base_url}/chat/completions`` with a bearer key, through a retrying session.
+
+    ``base_url`` defaults to ``OPENROUTER_BASE_URL`` and ``api_key`` to
+    ``OPENROUTER_API_KEY`` from ``config`` (default: :meth:`Config.load`).
+    ``session`` defaults to :func:`~aicoder.llm.retry.retrying_session`.
+    """
+
+    name = "openrouter"
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        session: requests.Session | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        config = config if config is not None else Config.load()
+        self._api_key = require_key(api_key or config.openrouter_api_key, "OPENROUTER_API_KEY", self.name)
+        self.secrets = (self._api_key,)
+        self.url = f"{(base_url or config.openrouter_base_url).rstrip('/')}/chat/completions"
+        self.session = session if session is not None else retrying_session(config)
+        self.timeout = timeout
+
+    def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
+        started = time.monotonic()
+        response = self.session.post(
+            self.url,
+            json={"model": model, "messages": list(messages)},
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            timeout=self.timeout,
+        )
+        log.log(
+            logging.INFO if verbose else logging.DEBUG,
+            "POST %s model=%s: HTTP %d in %.2f s",
+            safe_url(self.url),
+            model,
+            response.status_code,
+            time.monotonic() - started,
+        )
+        response.raise_for_status()
+        return _completion_text(response)
+
+
+def _completion_text(response: requests.Response) -> str:
+    try:
+        body: Any = response.json()
+        content = body["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        content = None
+    if not isinstance(content, str):
+        raise MalformedResponseError(
+            f"the server answered HTTP {response.status_code} but not with a chat completion "
+            "(expected JSON with choices[0].message.content as text); is the base URL an OpenAI-compatible API?"
+        )
+    return content

@@ -1,0 +1,242 @@
+"""Retrying HTTP 429, and only 429, with capped linear waits, inside urllib3.
+
+:class:`LinearRetry` is the policy: a :class:`urllib3.util.Retry` that urllib3
+runs itself, so there is no retry loop of ours anywhere. :class:`LinearBackoffAdapter`
+hands it to ``requests``, the way :class:`requests.adapters.HTTPAdapter` hands
+over any ``max_retries``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.util.retry import Retry
+
+from aicoder.config import Config, check_count, check_delay, check_delay_range
+from aicoder.llm import waiting
+from aicoder.llm.hints import ServerHint, server_hint
+from aicoder.llm.redaction import safe_url
+from aicoder.llm.schedule import linear_delay
+
+if TYPE_CHECKING:
+    from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
+
+__all__ = ["LinearBackoffAdapter", "LinearRetry", "Wait", "retrying_session"]
+
+log = logging.getLogger(__name__)
+
+TOO_MANY_REQUESTS = 429
+
+
+@dataclass(frozen=True)
+class Wait:
+    """One wait before a retry: ``seconds``, and its ``source``, ``"schedule"`` or the hint's header."""
+
+    seconds: float
+    source: str
+
+
+class LinearRetry(Retry):
+    """Retry HTTP 429 up to ``count`` times, waiting linearly longer each time.
+
+    - Only 429 is retried, for every method, POST included: a 429 means the
+      server did not process the request. Connection errors, read errors and
+      every other status surface at once.
+    - Retry *k* waits :func:`~aicoder.llm.schedule.linear_delay` seconds,
+      from ``min_delay`` up to ``max_delay``. ``count=0`` means one attempt.
+    - With ``respect_retry_after_header`` (the default) a server hint
+      (:func:`~aicoder.llm.hints.server_hint`) replaces the schedule; a hint
+      longer than ``max_delay`` stops retrying at once.
+    - When retrying stops, the caller gets the last 429 response itself.
+
+    Like every ``Retry`` it is immutable: :meth:`increment` returns a new one,
+    and ``waits`` records each wait taken, beside urllib3's ``history``.
+    """
+
+    RETRY_STATUSES = frozenset({TOO_MANY_REQUESTS})
+
+    def __init__(
+        self,
+        count: int = 5,
+        min_delay: float = 2.0,
+        max_delay: float = 30.0,
+        *,
+        waits: tuple[Wait, ...] = (),
+        **retry_options: Any,
+    ) -> None:
+        self.count = check_count("count", count)
+        self.min_delay = check_delay("min_delay", min_delay)
+        self.max_delay = check_delay("max_delay", max_delay)
+        check_delay_range("min_delay", self.min_delay, "max_delay", self.max_delay)
+        self.waits = waits
+        options: dict[str, Any] = {
+            "total": count,
+            "connect": 0,
+            "read": False,
+            "other": 0,
+            "allowed_methods": None,
+            "status_forcelist": self.RETRY_STATUSES,
+            "raise_on_status": False,
+        }
+        options.update(retry_options)
+        super().__init__(**options)
+
+    @classmethod
+    def from_config(cls, config: Config) -> LinearRetry:
+        """Build the policy the ``LLM_RETRY_*`` settings describe."""
+        return cls(
+            config.retry_count,
+            config.retry_min_delay,
+            config.retry_max_delay,
+            respect_retry_after_header=config.retry_respect_retry_after,
+        )
+
+    def new(self, **kw: Any) -> Self:
+        """Carry aicoder's parameters into the next ``Retry``; urllib3's ``new()`` alone drops them."""
+        params: dict[str, Any] = {
+            "count": self.count,
+            "min_delay": self.min_delay,
+            "max_delay": self.max_delay,
+            "waits": self.waits,
+        }
+        params.update(kw)
+        return super().new(**params)
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        """Retry 429 only, whatever the method and whatever ``Retry-After`` says."""
+        return status_code in self.RETRY_STATUSES
+
+    def hint(self, response: BaseHTTPResponse) -> ServerHint | None:
+        """Return the server's wait hint on ``response``, or ``None`` if absent or ignored."""
+        if not self.respect_retry_after_header:
+            return None
+        return server_hint(response.headers)
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        """Count one more attempt and decide the wait before the next, or give up."""
+        if response is None or error is not None or response.status not in self.RETRY_STATUSES:
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+        if response.retries is None:  # urllib3 records it; `responses` does not
+            response.retries = self
+        hint = self.hint(response)
+        if hint is not None and hint.seconds > self.max_delay:
+            log.warning(
+                "Rate limited (429) on %s %s; not retrying: the server asked for %.3g s (%s), "
+                "more than the %.3g s maximum wait",
+                method,
+                _display_url(url, _pool),
+                hint.seconds,
+                hint.header,
+                self.max_delay,
+            )
+            raise MaxRetryError(_pool, url, ResponseError(f"server asked to wait {hint.seconds:.3g} s"))  # type: ignore[arg-type]
+
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        number = len(retry.history)
+        if hint is not None:
+            wait = Wait(hint.seconds, hint.header)
+        else:
+            wait = Wait(linear_delay(number, self.count, self.min_delay, self.max_delay), "schedule")
+        log.warning(
+            "Rate limited (429) on %s %s; retry %d/%d in %.3g s (%s)",
+            method,
+            _display_url(url, _pool),
+            number,
+            self.count,
+            wait.seconds,
+            wait.source,
+        )
+        return retry.new(waits=(*self.waits, wait))
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        """Take the wait :meth:`increment` decided; :func:`aicoder.testing.instant_waits` skips it."""
+        if self.waits:
+            waiting.sleep(self.waits[-1].seconds)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(count={self.count}, min_delay={self.min_delay}, max_delay={self.max_delay}, "
+            f"respect_retry_after_header={self.respect_retry_after_header}, total={self.total})"
+        )
+
+
+def _display_url(url: str | None, pool: ConnectionPool | None) -> str:
+    """Return ``url`` absolute and without its query string: safe to log."""
+    if pool is None:
+        return safe_url(url or "")
+    return safe_url(url or "", scheme=pool.scheme or "", host=pool.host, port=pool.port)
+
+
+class LinearBackoffAdapter(HTTPAdapter):
+    """A :class:`requests.adapters.HTTPAdapter` that retries 429s with :class:`LinearRetry`.
+
+    Mount it on any session: ``session.mount("https://", LinearBackoffAdapter())``.
+    The policy comes from ``config`` (default: :meth:`Config.load`); ``count``,
+    ``min_delay``, ``max_delay`` and ``respect_retry_after`` override it one by
+    one. The pool arguments are :class:`~requests.adapters.HTTPAdapter`'s.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        count: int | None = None,
+        min_delay: float | None = None,
+        max_delay: float | None = None,
+        respect_retry_after: bool | None = None,
+        pool_connections: int = 10,
+        pool_maxsize: int = 10,
+        pool_block: bool = False,
+    ) -> None:
+        if config is None:
+            explicit = None not in (count, min_delay, max_delay, respect_retry_after)
+            config = Config() if explicit else Config.load()
+        retry = LinearRetry(
+            config.retry_count if count is None else count,
+            config.retry_min_delay if min_delay is None else min_delay,
+            config.retry_max_delay if max_delay is None else max_delay,
+            respect_retry_after_header=(
+                config.retry_respect_retry_after if respect_retry_after is None else respect_retry_after
+            ),
+        )
+        super().__init__(pool_connections, pool_maxsize, max_retries=retry, pool_block=pool_block)
+
+    @property
+    def retry(self) -> LinearRetry:
+        """The policy every request through this adapter starts from."""
+        assert isinstance(self.max_retries, LinearRetry)
+        return self.max_retries
+
+
+def retrying_session(config: Config | None = None, **adapter_options: Any) -> requests.Session:
+    """Return a new :class:`requests.Session` with a :class:`LinearBackoffAdapter` on ``http://`` and ``https://``.
+
+    ``adapter_options`` are passed to :class:`LinearBackoffAdapter`.
+    """
+    adapter = LinearBackoffAdapter(config, **adapter_options)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def retry_state(response: requests.Response) -> LinearRetry | None:
+    """Return the :class:`LinearRetry` in force when ``response`` arrived, if one was."""
+    retries = getattr(response.raw, "retries", None)
+    return retries if isinstance(retries, LinearRetry) else None

@@ -1,0 +1,134 @@
+"""The bridge that lets the openai SDK send through a :class:`requests.Session`.
+
+The SDK speaks httpx2; aicoder's retries live in a ``requests`` adapter.
+:class:`RequestsTransport` is an httpx2 transport whose one method,
+``handle_request``, sends with ``Session.send``, so every SDK call passes through
+the session's adapters, and their retries, exactly once. Response bodies are
+handed on as streams: a streamed completion arrives chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2
+import requests
+import urllib3.exceptions
+
+from aicoder.llm.retry import retry_state
+
+__all__ = ["RETRY_EXTENSION", "RequestsTransport"]
+
+#: The key under which a response's :class:`~aicoder.llm.retry.LinearRetry` state
+#: rides along in ``httpx2.Response.extensions``.
+RETRY_EXTENSION = "aicoder.retry"
+
+_CHUNK_SIZE = 64 * 1024
+# Headers that describe how httpx2 would frame the body; requests frames it anew.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+# Most specific first: the first match wins.
+_EXCEPTION_MAP: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
+    (requests.exceptions.ConnectTimeout, httpx2.ConnectTimeout),
+    (requests.exceptions.ReadTimeout, httpx2.ReadTimeout),
+    (urllib3.exceptions.ConnectTimeoutError, httpx2.ConnectTimeout),
+    (urllib3.exceptions.ReadTimeoutError, httpx2.ReadTimeout),
+    (requests.exceptions.Timeout, httpx2.TimeoutException),
+    (urllib3.exceptions.TimeoutError, httpx2.TimeoutException),
+    (requests.exceptions.ProxyError, httpx2.ProxyError),
+    (requests.exceptions.SSLError, httpx2.ConnectError),
+    (requests.exceptions.ConnectionError, httpx2.ConnectError),
+    (requests.exceptions.ChunkedEncodingError, httpx2.RemoteProtocolError),
+    (urllib3.exceptions.ProtocolError, httpx2.RemoteProtocolError),
+    (requests.exceptions.InvalidHeader, httpx2.LocalProtocolError),
+    (requests.exceptions.InvalidSchema, httpx2.UnsupportedProtocol),
+    (requests.exceptions.MissingSchema, httpx2.UnsupportedProtocol),
+    (requests.exceptions.InvalidURL, httpx2.UnsupportedProtocol),
+    (requests.exceptions.RequestException, httpx2.TransportError),
+    (urllib3.exceptions.HTTPError, httpx2.TransportError),
+    (OSError, httpx2.NetworkError),
+)
+
+
+@contextmanager
+def map_exceptions(request: httpx2.Request) -> Iterator[None]:
+    """Re-raise ``requests``/urllib3 errors as the httpx2 errors the SDK handles, chained."""
+    try:
+        yield
+    except Exception as exc:
+        for source, target in _EXCEPTION_MAP:
+            if isinstance(exc, source):
+                raise target(f"{type(exc).__name__} while sending {request.method} request", request=request) from exc
+        raise
+
+
+class _ResponseStream(httpx2.SyncByteStream):
+    """A ``requests`` response body as an httpx2 stream: each read returns what has arrived."""
+
+    def __init__(self, response: requests.Response, request: httpx2.Request) -> None:
+        self._response = response
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        raw = self._response.raw
+        with map_exceptions(self._request):
+            while chunk := raw.read1(_CHUNK_SIZE, decode_content=False):
+                yield chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class RequestsTransport(httpx2.BaseTransport):
+    """An httpx2 transport that sends every request through ``session``.
+
+    Use it as ``openai.OpenAI(max_retries=0, http_client=httpx2.Client(transport=RequestsTransport(session)))``
+    so that retrying happens in the session's adapter only. Redirects are left
+    to the httpx2 client; content decoding too (bodies pass through raw).
+    ``close()`` closes ``session`` only if ``close_session`` is true.
+    """
+
+    def __init__(self, session: requests.Session, *, close_session: bool = False) -> None:
+        self.session = session
+        self._close_session = close_session
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Send ``request`` with ``Session.send`` and return the response, its body still unread."""
+        # The body is read whole (the SDK's are small JSON) so that urllib3 can resend it on a retry.
+        body = request.read()
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in _FRAMING_HEADERS}
+        with map_exceptions(request):
+            prepared = self.session.prepare_request(
+                requests.Request(request.method, str(request.url), headers=headers, data=body or None)
+            )
+            response = self.session.send(
+                prepared,
+                stream=True,
+                allow_redirects=False,
+                timeout=_timeout(request.extensions.get("timeout")),
+            )
+        extensions: dict[str, Any] = {
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": (response.reason or "").encode("ascii", "replace"),
+            RETRY_EXTENSION: retry_state(response),
+        }
+        raw_headers = getattr(response.raw, "headers", None) or response.headers
+        return httpx2.Response(
+            response.status_code,
+            headers=list(raw_headers.items()),
+            stream=_ResponseStream(response, request),
+            extensions=extensions,
+        )
+
+    def close(self) -> None:
+        if self._close_session:
+            self.session.close()
+
+
+def _timeout(timeout: Any) -> tuple[float | None, float | None] | None:
+    """Turn httpx2's ``{"connect": …, "read": …}`` timeout extension into ``requests``' ``(connect, read)``."""
+    if not isinstance(timeout, dict):
+        return None
+    return timeout.get("connect"), timeout.get("read")
