@@ -1,0 +1,21 @@
+"""Every test starts from default settings: no aicoder variables, no .env, waits recorded not slept."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_PREFIXES = ("LLM_", "OPENAI_", "OPENROUTER_")
+
+
+@pytest.fixture(autouse=True)
+def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Hide the developer's own settings and .env from the test."""
+    for name in list(os.environ):
+        if name.startswith(_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield

@@ -1,0 +1,202 @@
+"""End to end through LLMClient: 429s are retried in the transport, for both providers, and only there."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+import pytest
+import requests
+import responses
+from responses import registries
+
+from aicoder.config import Config
+from aicoder.llm.api_client import LLMClient
+from aicoder.llm.waiting import instant_waits
+from tests.servers import Reply, completion, rate_limited, scripted_server
+
+KEY = "sk-SENTINEL-KEY-0123456789"
+PROMPT = "SENTINEL-PROMPT: write me a haiku"
+BASE = "https://llm.test/v1"
+ENDPOINT = f"{BASE}/chat/completions"
+PROVIDERS = ["openrouter", "openai"]
+
+
+def client(provider: str, base_url: str = BASE, **settings: float) -> LLMClient:
+    config = Config(
+        retry_count=int(settings.get("count", 5)),
+        retry_min_delay=settings.get("min_delay", 2.0),
+        retry_max_delay=settings.get("max_delay", 30.0),
+        openrouter_api_key=KEY,
+        openrouter_base_url=base_url,
+        openai_api_key=KEY,
+        openai_base_url=base_url,
+    )
+    return LLMClient(f"{provider}/test-model", config=config)
+
+
+def completion_json(content: str) -> dict[str, object]:
+    return json.loads(completion(content).body)
+
+
+def error_json(message: str) -> dict[str, object]:
+    return {"error": {"message": message, "type": "requests", "code": "rate_limit_exceeded"}}
+
+
+# --- with `responses`: wiring and call counts (urllib3's sleep is never called here) ---
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_two_429s_then_success(provider: str) -> None:
+    """429, 429, 200 gives the 200's content after exactly three calls."""
+    with responses.RequestsMock(registry=registries.OrderedRegistry) as mock:
+        first = mock.post(ENDPOINT, status=429, json=error_json("slow down"))
+        second = mock.post(ENDPOINT, status=429, json=error_json("slow down"))
+        ok = mock.post(ENDPOINT, status=200, json=completion_json("the answer"))
+        assert client(provider).sendRequest("system", PROMPT) == "the answer"
+        assert len(mock.calls) == 3
+    assert (first.call_count, second.call_count, ok.call_count) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_persistent_429_raises_after_one_plus_count_calls(provider: str) -> None:
+    """A server that always answers 429 sees exactly 1 + LLM_RETRY_COUNT requests, then RuntimeError."""
+    with responses.RequestsMock() as mock:
+        limited = mock.post(
+            ENDPOINT, status=429, json=error_json("Rate limit reached for requests"), headers={"retry-after-ms": "1500"}
+        )
+        with pytest.raises(RuntimeError) as caught:
+            client(provider, count=3).sendRequest("system", PROMPT)
+    assert limited.call_count == 4
+    message = str(caught.value)
+    assert "HTTP 429" in message
+    assert "after 3 retries" in message
+    assert "LLM_RETRY_COUNT=3" in message
+    assert '"Rate limit reached for requests"' in message
+    assert "1.5 s (retry-after-ms)" in message
+    assert "Raise LLM_RETRY_COUNT" in message
+    assert isinstance(caught.value.__cause__, Exception)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("status", [400, 401, 500])
+def test_other_errors_are_raised_after_one_request(provider: str, status: int) -> None:
+    """400, 401 and 500 are final: one request, then a RuntimeError chained to the original."""
+    with responses.RequestsMock() as mock:
+        failing = mock.post(ENDPOINT, status=status, json={"error": {"message": f"failure {status}"}})
+        with pytest.raises(RuntimeError, match=f"HTTP {status}") as caught:
+            client(provider).sendRequest("system", PROMPT)
+    assert failing.call_count == 1
+    assert f'"failure {status}"' in str(caught.value)
+    assert "Not retried" in str(caught.value)
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_hint_longer_than_max_stops_at_once(provider: str) -> None:
+    """A Retry-After beyond LLM_RETRY_MAX_DELAY ends retrying and says which setting to raise."""
+    with responses.RequestsMock() as mock:
+        limited = mock.post(ENDPOINT, status=429, json=error_json("quota"), headers={"Retry-After": "3600"})
+        with pytest.raises(RuntimeError) as caught:
+            client(provider).sendRequest("system", PROMPT)
+    assert limited.call_count == 1
+    message = str(caught.value)
+    assert "asked to wait 3.6e+03 s (retry-after)" in message
+    assert "stopped after 0 retries" in message
+    assert "Raise LLM_RETRY_MAX_DELAY to at least 3600" in message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_secrets_never_reach_logs_or_errors(provider: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The API key and the prompt appear in no log record and no error message, even if the server echoes them."""
+    caplog.set_level(logging.DEBUG)
+    echo = f"Incorrect API key provided: {KEY}; prompt was {PROMPT}"
+    with responses.RequestsMock() as mock:
+        mock.post(f"{ENDPOINT}", status=429, json=error_json(echo))
+        with pytest.raises(RuntimeError) as caught:
+            client(provider, count=2).sendRequest("system", PROMPT)
+    assert KEY not in str(caught.value)
+    assert "SENTINEL-KEY" not in caplog.text
+    assert "SENTINEL-PROMPT" not in caplog.text
+    assert "***" in str(caught.value)
+
+
+def test_unprefixed_and_foreign_prefixed_models_go_to_openrouter_as_is() -> None:
+    """A bare name, or another vendor's prefix, is an OpenRouter model id sent unchanged."""
+    config = Config(openrouter_api_key=KEY, openrouter_base_url=BASE)
+    with responses.RequestsMock() as mock:
+        call = mock.post(ENDPOINT, json=completion_json("ok"))
+        LLMClient("anthropic/claude-sonnet-4", config=config).sendRequest("s", "u")
+        LLMClient("openrouter/meta/llama-3", config=config).sendRequest("s", "u")
+        sent = [json.loads(c.request.body or b"") for c in mock.calls]
+    assert [body["model"] for body in sent] == ["anthropic/claude-sonnet-4", "meta/llama-3"]
+    assert sent[0]["messages"] == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert call.call_count == 2
+
+
+# --- with a real server on 127.0.0.1: urllib3 really sleeps, so the timing is real ---
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_real_server_waits_the_schedule_then_succeeds(provider: str) -> None:
+    """Against a real socket, two 429s cost the scheduled 0.05 s + 0.1 s, and three requests."""
+    with scripted_server(rate_limited(), rate_limited(), completion("real")) as server:
+        started = time.monotonic()
+        answer = client(provider, f"{server.url}/v1", count=2, min_delay=0.05, max_delay=0.1).sendRequest("s", "u")
+        elapsed = time.monotonic() - started
+    assert answer == "real"
+    assert server.count == 3
+    gaps = [later.at - earlier.at for earlier, later in zip(server.received, server.received[1:], strict=False)]
+    assert 0.05 <= gaps[0] < 0.05 + 0.2
+    assert 0.1 <= gaps[1] < 0.1 + 0.2
+    assert 0.15 <= elapsed < 0.15 + 1.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_real_server_persistent_429(provider: str) -> None:
+    """Against a real socket, always-429 makes exactly 1 + count requests and waits each scheduled delay."""
+    with scripted_server(rate_limited(message="still limited")) as server:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="persisted after 2 retries"):
+            client(provider, f"{server.url}/v1", count=2, min_delay=0.1, max_delay=0.1).sendRequest("s", "u")
+        elapsed = time.monotonic() - started
+    assert server.count == 3
+    assert 0.2 <= elapsed < 0.2 + 1.0
+    assert all(request.method == "POST" for request in server.received)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_real_server_honours_retry_after_ms(provider: str) -> None:
+    """A retry-after-ms hint replaces the schedule's 2 s wait."""
+    with scripted_server(rate_limited({"retry-after-ms": "80"}), completion("hinted")) as server:
+        started = time.monotonic()
+        assert client(provider, f"{server.url}/v1").sendRequest("s", "u") == "hinted"
+        elapsed = time.monotonic() - started
+    assert server.count == 2
+    assert 0.08 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_connection_refused_is_not_retried(provider: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A refused connection fails at once, without waiting or a retry warning."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with instant_waits() as waits, pytest.raises(RuntimeError, match="could not complete") as caught:
+        client(provider, f"http://127.0.0.1:{port}/v1").sendRequest("s", "u")
+    assert waits == []
+    assert "Rate limited" not in caplog.text
+    assert "Connection refused" in str(caught.value) or "ConnectError" in str(caught.value)
+
+
+def test_timeout_is_not_retried() -> None:
+    """A read timeout is raised after one request, and says it timed out."""
+    with scripted_server(Reply(200, b"{}", delay=0.3)) as server:
+        llm = client("openrouter", f"{server.url}/v1")
+        llm.provider.timeout = (1.0, 0.05)  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError, match="timed out") as caught:
+            llm.sendRequest("s", "u")
+        assert server.count == 1
+    assert isinstance(caught.value.__cause__, requests.Timeout)

@@ -1,0 +1,106 @@
+"""Settings are read once from the environment and .env, validated, and frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from aicoder.config import Config, ConfigError
+
+
+def test_defaults() -> None:
+    """With nothing set, the documented defaults apply."""
+    config = Config.load(environ={})
+    assert (config.retry_count, config.retry_min_delay, config.retry_max_delay) == (5, 2.0, 30.0)
+    assert config.retry_respect_retry_after is True
+    assert config.openrouter_base_url == "https://openrouter.ai/api/v1"
+    assert config.openai_api_key is None
+
+
+def test_environment_overrides() -> None:
+    """Each LLM_RETRY_* variable overrides its default."""
+    config = Config.load(
+        environ={
+            "LLM_RETRY_COUNT": "0",
+            "LLM_RETRY_MIN_DELAY": "0.5",
+            "LLM_RETRY_MAX_DELAY": " 1e1 ",
+            "LLM_RETRY_RESPECT_RETRY_AFTER": "False",
+        }
+    )
+    assert (config.retry_count, config.retry_min_delay, config.retry_max_delay) == (0, 0.5, 10.0)
+    assert config.retry_respect_retry_after is False
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    """A .env file supplies values; the environment beats it."""
+    (tmp_path / ".env").write_text('LLM_RETRY_COUNT=7\nexport LLM_RETRY_MAX_DELAY="12"\nOPENAI_API_KEY=from-file\n')
+    config = Config.load(environ={"LLM_RETRY_COUNT": "3"})
+    assert config.retry_count == 3
+    assert config.retry_max_delay == 12.0
+    assert config.openai_api_key == "from-file"
+
+
+def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit mapping, ``os.environ`` is read."""
+    monkeypatch.setenv("LLM_RETRY_COUNT", "9")
+    assert Config.load().retry_count == 9
+
+
+def test_empty_value_keeps_default() -> None:
+    """An empty variable is treated as unset."""
+    assert Config.load(environ={"LLM_RETRY_COUNT": "", "LLM_RETRY_MIN_DELAY": "  "}).retry_count == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("LLM_RETRY_COUNT", "-1", "whole number >= 0"),
+        ("LLM_RETRY_COUNT", "2.5", "whole number >= 0"),
+        ("LLM_RETRY_COUNT", "many", "whole number >= 0"),
+        ("LLM_RETRY_MIN_DELAY", "-0.1", "finite number of seconds >= 0"),
+        ("LLM_RETRY_MIN_DELAY", "nan", "finite number of seconds >= 0"),
+        ("LLM_RETRY_MAX_DELAY", "inf", "finite number of seconds >= 0"),
+        ("LLM_RETRY_MAX_DELAY", "soon", "finite number of seconds >= 0"),
+        ("LLM_RETRY_RESPECT_RETRY_AFTER", "maybe", "true or false"),
+    ],
+)
+def test_bad_values_name_variable_value_and_rule(name: str, value: str, allowed: str) -> None:
+    """A bad value is rejected with the variable, the value and what is allowed."""
+    with pytest.raises(ConfigError) as caught:
+        Config.load(environ={name: value})
+    message = str(caught.value)
+    assert name in message
+    assert repr(value) in message
+    assert allowed in message
+
+
+def test_bad_value_in_env_file_names_the_file(tmp_path: Path) -> None:
+    """The error says the bad value came from .env."""
+    (tmp_path / ".env").write_text("LLM_RETRY_COUNT=lots\n")
+    with pytest.raises(ConfigError, match=r"LLM_RETRY_COUNT='lots' \(from \.env\)"):
+        Config.load(environ={})
+
+
+def test_max_below_min_is_rejected() -> None:
+    """The maximum wait may not be below the minimum."""
+    with pytest.raises(ConfigError, match=re.escape("LLM_RETRY_MAX_DELAY=1.0 is below LLM_RETRY_MIN_DELAY=2.0")):
+        Config.load(environ={"LLM_RETRY_MAX_DELAY": "1"})
+
+
+def test_direct_construction_is_validated() -> None:
+    """Building a Config in code runs the same checks."""
+    with pytest.raises(ConfigError, match="LLM_RETRY_COUNT=True"):
+        Config(retry_count=True)
+    with pytest.raises(ConfigError, match="LLM_RETRY_MIN_DELAY='2'"):
+        Config(retry_min_delay="2")  # type: ignore[arg-type]
+
+
+def test_frozen_and_keys_hidden_from_repr() -> None:
+    """A Config cannot change after loading, and its repr shows no API key."""
+    config = Config(openai_api_key="sk-SENTINEL", openrouter_api_key="or-SENTINEL")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.retry_count = 1  # type: ignore[misc]
+    assert "SENTINEL" not in repr(config)
