@@ -18,7 +18,7 @@ class Reply:
 
     status: int = 200
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] | Sequence[tuple[str, str]] = field(default_factory=dict)
     chunks: Sequence[bytes] = ()
     chunk_delay: float = 0.0
     delay: float = 0.0
@@ -26,7 +26,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Received:
-    """A request as the server saw it, with the monotonic time it arrived."""
+    """A request as the server saw it (header names lower-cased), with the monotonic time it arrived."""
 
     method: str
     path: str
@@ -88,11 +88,14 @@ class ScriptedServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 reply = server._next_reply(
-                    Received(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
+                    Received(
+                        self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()
+                    )
                 )
                 time.sleep(reply.delay)
                 self.send_response(reply.status)
-                for name, value in reply.headers.items():
+                headers = reply.headers.items() if isinstance(reply.headers, dict) else reply.headers
+                for name, value in headers:
                     self.send_header(name, value)
                 if reply.chunks:
                     self.send_header("Transfer-Encoding", "chunked")

@@ -38,7 +38,8 @@ def client(provider: str, base_url: str = BASE, **settings: float) -> LLMClient:
 
 
 def completion_json(content: str) -> dict[str, object]:
-    return json.loads(completion(content).body)
+    body: dict[str, object] = json.loads(completion(content).body)
+    return body
 
 
 def error_json(message: str) -> dict[str, object]:
