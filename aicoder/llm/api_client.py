@@ -47,8 +47,8 @@ class LLMClient:
         config: Config | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        prefix, _, name = modelWithPrefix.partition("/")
-        provider_class = _PROVIDERS.get(prefix) if name else None
+        prefix, slash, name = modelWithPrefix.partition("/")
+        provider_class = _PROVIDERS.get(prefix) if slash else None
         self.model = name if provider_class is not None else modelWithPrefix
         if not self.model.strip():
             raise ConfigError(

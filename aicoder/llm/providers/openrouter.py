@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -44,7 +45,7 @@ class OpenRouterProvider(LLMProvider):
         config = config if config is not None else Config.load()
         self._api_key = require_key(api_key or config.openrouter_api_key, "OPENROUTER_API_KEY", self.name)
         self.secrets = (self._api_key,)
-        self.url = f"{(base_url or config.openrouter_base_url).rstrip('/')}/chat/completions"
+        self.url = _endpoint(base_url or config.openrouter_base_url)
         self.session = session if session is not None else retrying_session(config)
         self.timeout = timeout
 
@@ -66,6 +67,12 @@ class OpenRouterProvider(LLMProvider):
         )
         response.raise_for_status()
         return _completion_text(response)
+
+
+def _endpoint(base_url: str) -> str:
+    """Append ``/chat/completions`` to the base URL's path, keeping any query (``?api-version=``)."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/chat/completions"))
 
 
 def _completion_text(response: requests.Response) -> str:

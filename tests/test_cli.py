@@ -1,0 +1,106 @@
+"""The aicoder command, run in-process through main(argv)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import responses
+
+from aicoder.cli import main
+
+ENDPOINT = "https://llm.test/v1/chat/completions"
+
+
+@pytest.fixture
+def openrouter_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-SENTINEL")
+    monkeypatch.setenv("OPENROUTER_BASE_URL", "https://llm.test/v1")
+
+
+def test_schedule_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """schedule prints the default waits and the worst-case total."""
+    assert main(["schedule"]) == 0
+    out = capsys.readouterr().out
+    waits = [line.split()[1] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert waits == ["2", "9", "16", "23", "30"]
+    assert "worst case: 6 attempts, 80 s of waiting" in out
+
+
+def test_schedule_flags_override(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags override the loaded settings one by one."""
+    monkeypatch.setenv("LLM_RETRY_MAX_DELAY", "10")
+    assert main(["schedule", "--count", "3", "--min", "1"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines() if line.strip()[:1].isdigit()] == ["1", "5.5", "10"]
+
+
+def test_schedule_zero_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """--count 0 says there is no retry."""
+    assert main(["schedule", "--count", "0"]) == 0
+    assert "no retries" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["schedule", "--count", "-1"], ["schedule", "--min", "x"], ["bogus"], []])
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad flags exit 2 with a usage line and no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: aicoder" in err
+    assert "Traceback" not in err
+
+
+def test_min_above_max_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--min above --max is a configuration error naming the settings."""
+    assert main(["schedule", "--min", "40", "--max", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "LLM_RETRY_MAX_DELAY=5.0 is below LLM_RETRY_MIN_DELAY=40.0" in err
+
+
+def test_bad_environment_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad LLM_RETRY_* value exits 2 naming the variable."""
+    monkeypatch.setenv("LLM_RETRY_COUNT", "lots")
+    assert main(["schedule"]) == 2
+    assert "LLM_RETRY_COUNT='lots'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("openrouter_env")
+def test_ask_prints_only_the_reply(capsys: pytest.CaptureFixture[str]) -> None:
+    """ask prints the completion on stdout and nothing else."""
+    with responses.RequestsMock() as mock:
+        mock.post(ENDPOINT, json={"choices": [{"message": {"content": "Paris"}}]})
+        assert main(["ask", "--model", "m", "capital of France?"]) == 0
+    assert capsys.readouterr().out == "Paris\n"
+
+
+@pytest.mark.usefixtures("openrouter_env")
+def test_ask_reads_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROMPT '-' reads the prompt from standard input."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin"))
+    with responses.RequestsMock() as mock:
+        mock.post(ENDPOINT, json={"choices": [{"message": {"content": "ok"}}]})
+        assert main(["ask", "-"]) == 0
+        assert b"from stdin" in (mock.calls[0].request.body or b"")
+
+
+def test_ask_missing_key_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a key, ask exits 2 saying which variable to set."""
+    assert main(["ask", "hello"]) == 2
+    err = capsys.readouterr().err
+    assert "OPENROUTER_API_KEY is not set" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.usefixtures("openrouter_env")
+def test_ask_exhausted_retries_exits_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exhausted retries exit 1 with the RuntimeError message and the retry warnings on stderr."""
+    monkeypatch.setenv("LLM_RETRY_COUNT", "1")
+    with responses.RequestsMock() as mock:
+        mock.post(ENDPOINT, status=429, json={"error": {"message": "slow down"}})
+        assert main(["ask", "hello"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "persisted after 1 retry" in captured.err
+    assert "retry 1/1" in captured.err
+    assert "Traceback" not in captured.err
+    assert "SENTINEL" not in captured.err

@@ -1,0 +1,36 @@
+"""The docs say what the code does: the default-waits table and the list of settings."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from aicoder.config import _FIELDS, Config
+from aicoder.llm.schedule import linear_delays
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_default_waits_table_matches_the_schedule() -> None:
+    """The table in docs/configuration.md is the schedule for the default settings."""
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", CONFIGURATION, flags=re.MULTILINE)
+    defaults = Config()
+    expected = linear_delays(defaults.retry_count, defaults.retry_min_delay, defaults.retry_max_delay)
+    assert [float(wait) for _, wait, _ in rows] == list(expected)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    """Each variable Config reads appears in the docs table and in .env.example."""
+    example = resources.files("aicoder").joinpath(".env.example").read_text()
+    defaults = Config()
+    for variable, field in _FIELDS.items():
+        assert f"| `{variable}` |" in CONFIGURATION, variable
+        assert f"# {variable}=" in example, variable
+        default = getattr(defaults, field)
+        if isinstance(default, bool):
+            assert f"# {variable}={str(default).lower()}" in example
+        elif isinstance(default, float | int):
+            assert f"| `{variable}` | `{default:g}` |" in CONFIGURATION
+            assert f"# {variable}={default:g}" in example
