@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 
+import openai
 import pytest
 import requests
 import responses
@@ -92,7 +93,13 @@ def test_other_errors_are_raised_after_one_request(provider: str, status: int) -
     assert failing.call_count == 1
     assert f'"failure {status}"' in str(caught.value)
     assert "Not retried" in str(caught.value)
-    assert caught.value.__cause__ is not None
+    cause = caught.value.__cause__
+    if provider == "openrouter":
+        assert isinstance(cause, requests.HTTPError)
+        assert cause.response is not None and cause.response.status_code == status
+    else:
+        assert isinstance(cause, openai.APIStatusError)
+        assert cause.status_code == status
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -10,7 +10,7 @@ import requests
 
 from aicoder.config import ConfigError
 
-__all__ = ["LLMProvider", "MalformedResponseError", "Message", "MissingAPIKeyError", "require_key"]
+__all__ = ["LLMProvider", "MalformedResponseError", "Message", "MissingAPIKeyError", "completion_text", "require_key"]
 
 
 class Message(TypedDict):
@@ -36,6 +36,19 @@ def require_key(key: str | None, variable: str, provider: str) -> str:
             f"set {variable} in the environment or in a .env file in the working directory"
         )
     return key
+
+
+def completion_text(content: object) -> str:
+    """Return ``content`` (a completion's ``choices[0].message.content``) if it is text.
+
+    Anything else (missing, ``None``, not a string) raises :class:`MalformedResponseError`.
+    """
+    if not isinstance(content, str):
+        raise MalformedResponseError(
+            "the server answered with success but not with a chat completion "
+            "(expected choices[0].message.content as text); is the base URL an OpenAI-compatible API?"
+        )
+    return content
 
 
 class LLMProvider(ABC):

@@ -12,7 +12,7 @@ import openai
 import requests
 
 from aicoder.config import Config
-from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, require_key
+from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
 from aicoder.llm.retry import retrying_session
 from aicoder.llm.transport import RequestsTransport
 
@@ -65,9 +65,4 @@ class OpenAIProvider(LLMProvider):
             content = completion.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
             content = None
-        if not isinstance(content, str):
-            raise MalformedResponseError(
-                "the server answered with success but not with a chat completion "
-                "(expected choices[0].message.content as text); is OPENAI_BASE_URL an OpenAI-compatible API?"
-            )
-        return content
+        return completion_text(content)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from aicoder.config import Config
-from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, require_key
+from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
 from aicoder.llm.redaction import safe_url
 from aicoder.llm.retry import retrying_session
 
@@ -81,9 +81,4 @@ def _completion_text(response: requests.Response) -> str:
         content = body["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         content = None
-    if not isinstance(content, str):
-        raise MalformedResponseError(
-            f"the server answered HTTP {response.status_code} but not with a chat completion "
-            "(expected JSON with choices[0].message.content as text); is the base URL an OpenAI-compatible API?"
-        )
-    return content
+    return completion_text(content)
