@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Sequence
 
+from tqdm import tqdm
+
 from aicoder.config import Config, ConfigError
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.schedule import linear_delays
+from aicoder.simulate import SimulationResult, simulate
 
 __all__ = ["main", "run"]
 
@@ -54,6 +58,33 @@ def _build_parser() -> _ArgumentParser:
         "or the values given.",
     )
     _add_retry_flags(schedule)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a batch against the built-in rate-limited endpoint",
+        description="Start a local rate-limited OpenAI-compatible endpoint on 127.0.0.1, send a batch of chat "
+        "completions to it from several threads through LLMClient with the retry settings, and summarise what "
+        "happened. No API key or network needed.",
+    )
+    simulate.add_argument(
+        "--rate", type=_positive, default=5.0, help="requests per second the endpoint allows (default: %(default)g)"
+    )
+    simulate.add_argument(
+        "--burst", type=_at_least_one, default=5, help="requests it allows at once (default: %(default)s)"
+    )
+    simulate.add_argument("--requests", type=_count, default=40, help="completions to send (default: %(default)s)")
+    simulate.add_argument(
+        "--concurrency", type=_at_least_one, default=4, help="threads sending them (default: %(default)s)"
+    )
+    simulate.add_argument(
+        "--provider",
+        choices=["openrouter", "openai"],
+        default="openrouter",
+        help="send with plain requests (openrouter) or the openai SDK (default: %(default)s)",
+    )
+    _add_retry_flags(simulate)
+    simulate.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    simulate.add_argument("--verbose", action="store_true", help="also log every retry on stderr")
     return parser
 
 
@@ -70,6 +101,20 @@ def _count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
     return value
 
 
@@ -118,7 +163,82 @@ def _schedule(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"ask": _ask, "schedule": _schedule}
+def _simulate(args: argparse.Namespace) -> int:
+    config = _retry_config(args)
+    retry_logger = logging.getLogger("aicoder.llm.retry")
+    quiet = not args.verbose
+    if quiet:
+        retry_logger.setLevel(logging.ERROR)
+    bar = tqdm(total=args.requests, unit="req", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+
+    def progress(done: int, rate_limited: int) -> None:
+        bar.update(done - bar.n)
+        bar.set_postfix_str(f"429s={rate_limited}", refresh=False)
+
+    try:
+        result = simulate(
+            rate=args.rate,
+            burst=args.burst,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            provider=args.provider,
+            config=config,
+            on_progress=progress,
+        )
+    finally:
+        bar.close()
+        if quiet:
+            retry_logger.setLevel(logging.NOTSET)
+
+    if args.json:
+        print(json.dumps({**result.as_dict(), **_settings(args, config)}))
+    else:
+        _print_summary(args, config, result)
+    return EXIT_OK if result.failed == 0 else EXIT_FAILED
+
+
+def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
+    return {
+        "provider": args.provider,
+        "rate": args.rate,
+        "burst": args.burst,
+        "concurrency": args.concurrency,
+        "retry_count": config.retry_count,
+        "retry_min_delay": config.retry_min_delay,
+        "retry_max_delay": config.retry_max_delay,
+        "retry_respect_retry_after": config.retry_respect_retry_after,
+    }
+
+
+def _print_summary(args: argparse.Namespace, config: Config, result: SimulationResult) -> None:
+    hints = "server hints respected" if config.retry_respect_retry_after else "server hints ignored"
+    print(
+        f"aicoder simulate: {result.requests} requests from {args.concurrency} threads via {args.provider}, "
+        f"endpoint allows {args.rate:g}/s with a burst of {args.burst}"
+    )
+    print(
+        f"retry settings: LLM_RETRY_COUNT={config.retry_count} LLM_RETRY_MIN_DELAY={config.retry_min_delay:g} "
+        f"LLM_RETRY_MAX_DELAY={config.retry_max_delay:g} ({hints})"
+    )
+    print()
+    rows = [
+        ("requests", f"{result.requests}"),
+        ("succeeded", f"{result.succeeded}"),
+        ("failed", f"{result.failed}"),
+        ("429s received", f"{result.rate_limited}"),
+        ("retries", f"{result.retries}"),
+        ("wall time", f"{result.wall_seconds:.2f} s"),
+        ("ideal time", f"{result.ideal_seconds:.2f} s  (requests - burst) / rate"),
+        ("efficiency", f"{result.efficiency:.0%}  ideal / wall"),
+    ]
+    for label, value in rows:
+        print(f"  {label:<14} {value}")
+    if result.first_error is not None:
+        print()
+        print(f"first failure: {result.first_error}")
+
+
+_COMMANDS = {"ask": _ask, "schedule": _schedule, "simulate": _simulate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

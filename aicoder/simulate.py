@@ -1,0 +1,172 @@
+"""Send a batch of completions from many threads to the built-in rate-limited endpoint, and measure.
+
+This is what ``aicoder simulate`` runs: the real client, the real retry policy,
+a real server. It shows how the ``LLM_RETRY_*`` settings behave against a given
+rate limit before they meet a paid API.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from aicoder.config import Config
+from aicoder.llm.api_client import LLMClient
+from aicoder.llm.retry import retrying_session
+from aicoder.testing.endpoint import RateLimitedEndpoint
+
+__all__ = ["SimulationResult", "ideal_seconds", "simulate"]
+
+Provider = Literal["openrouter", "openai"]
+LOCAL_KEY = "local-endpoint-needs-no-key"
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """The numbers of one run. ``retries`` counts every attempt beyond each request's first."""
+
+    requests: int
+    succeeded: int
+    failed: int
+    rate_limited: int
+    retries: int
+    wall_seconds: float
+    ideal_seconds: float
+    latencies: tuple[float, ...] = field(repr=False)
+    first_error: str | None = None
+
+    @property
+    def efficiency(self) -> float:
+        """Ideal time over wall time: 1.0 means the batch ran exactly at the rate limit."""
+        return self.ideal_seconds / self.wall_seconds if self.wall_seconds > 0 else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form ``aicoder simulate --json`` prints."""
+        return {
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "rate_limited": self.rate_limited,
+            "retries": self.retries,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "ideal_seconds": round(self.ideal_seconds, 3),
+            "efficiency": round(self.efficiency, 3),
+            "latency_p50_seconds": round(_percentile(self.latencies, 50), 3),
+            "latency_p99_seconds": round(_percentile(self.latencies, 99), 3),
+            "first_error": self.first_error,
+        }
+
+
+def ideal_seconds(requests: int, rate: float, burst: int) -> float:
+    """The least time ``requests`` can take under a ``rate``/``burst`` token bucket: ``(N - burst) / rate``."""
+    return max(0, requests - burst) / rate
+
+
+def simulate(
+    *,
+    rate: float,
+    burst: int,
+    requests: int,
+    concurrency: int,
+    provider: Provider,
+    config: Config,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SimulationResult:
+    """Send ``requests`` completions from ``concurrency`` threads sharing one client, and measure.
+
+    The retry settings come from ``config``; its keys and base URLs are replaced
+    to point at a fresh :class:`RateLimitedEndpoint`. ``on_progress(done, rate_limited)``
+    is called from the calling thread about ten times a second.
+    """
+    with RateLimitedEndpoint(rate, burst) as endpoint:
+        local = replace(
+            config,
+            openrouter_api_key=LOCAL_KEY,
+            openrouter_base_url=endpoint.base_url,
+            openai_api_key=LOCAL_KEY,
+            openai_base_url=endpoint.base_url,
+        )
+        session = retrying_session(local, pool_maxsize=max(10, concurrency))
+        client = LLMClient(f"{provider}/local-model", config=local, session=session)
+        batch = _Batch(requests)
+
+        def work() -> None:
+            while (index := batch.claim()) is not None:
+                sent = time.monotonic()
+                try:
+                    client.sendRequest("You are a test.", f"request {index}", verbose=False)
+                except RuntimeError as exc:
+                    batch.finish(time.monotonic() - sent, str(exc))
+                else:
+                    batch.finish(time.monotonic() - sent, None)
+
+        started = time.monotonic()
+        workers = [threading.Thread(target=work, name=f"aicoder-simulate-{n}", daemon=True) for n in range(concurrency)]
+        for worker in workers:
+            worker.start()
+        while not batch.finished.wait(0.1):
+            if on_progress is not None:
+                on_progress(batch.done, endpoint.stats().rate_limited)
+        wall = time.monotonic() - started
+        for worker in workers:
+            worker.join()
+        session.close()
+        stats = endpoint.stats()
+
+    if on_progress is not None:
+        on_progress(batch.done, stats.rate_limited)
+    return SimulationResult(
+        requests=requests,
+        succeeded=requests - len(batch.errors),
+        failed=len(batch.errors),
+        rate_limited=stats.rate_limited,
+        retries=stats.total - requests,
+        wall_seconds=wall,
+        ideal_seconds=ideal_seconds(requests, rate, burst),
+        latencies=tuple(batch.latencies),
+        first_error=batch.errors[0] if batch.errors else None,
+    )
+
+
+class _Batch:
+    """Hands out request numbers to worker threads and collects what they report."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.done = 0
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.finished = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+        if size == 0:
+            self.finished.set()
+
+    def claim(self) -> int | None:
+        with self._lock:
+            if self._next >= self.size:
+                return None
+            self._next += 1
+            return self._next
+
+    def finish(self, latency: float, error: str | None) -> None:
+        with self._lock:
+            self.done += 1
+            self.latencies.append(latency)
+            if error is not None:
+                self.errors.append(error)
+            if self.done == self.size:
+                self.finished.set()
+
+
+def _percentile(values: tuple[float, ...], percent: float) -> float:
+    """The nearest-rank percentile; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+    return ordered[rank - 1]

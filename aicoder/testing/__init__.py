@@ -1,0 +1,10 @@
+"""Test helpers for aicoder's users: a local rate-limited endpoint and instant retry waits.
+
+Installing aicoder also registers a pytest plugin (:mod:`aicoder.testing.pytest_plugin`)
+with the fixtures ``aicoder_endpoint``, ``aicoder_endpoint_factory`` and ``aicoder_instant_waits``.
+"""
+
+from aicoder.llm.waiting import instant_waits
+from aicoder.testing.endpoint import EndpointStats, RateLimitedEndpoint, TokenBucket
+
+__all__ = ["EndpointStats", "RateLimitedEndpoint", "TokenBucket", "instant_waits"]
