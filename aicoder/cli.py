@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tqdm import tqdm
 
@@ -26,12 +27,24 @@ EXIT_USAGE = 2
 class _ArgumentParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that raises instead of exiting, so :func:`main` returns the code."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
 
 
 class _UsageError(Exception):
     """Bad command-line usage; the message is shown after the usage line."""
+
+
+class _Exit(Exception):  # noqa: N818 - not an error: --help asked to stop
+    """The parser is done (``--help``); carries the exit code."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
 
 
 def _build_parser() -> _ArgumentParser:
@@ -250,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    except _Exit as done:
+        return done.status
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("aicoder: %(levelname)s: %(message)s"))
     logger = logging.getLogger("aicoder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import responses
@@ -104,3 +105,65 @@ def test_ask_exhausted_retries_exits_1(capsys: pytest.CaptureFixture[str], monke
     assert "retry 1/1" in captured.err
     assert "Traceback" not in captured.err
     assert "SENTINEL" not in captured.err
+
+
+def test_simulate_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """simulate runs a batch against the local endpoint and prints the summary rows."""
+    argv = ["simulate", "--rate", "40", "--burst", "2", "--requests", "6", "--concurrency", "3"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    rows = {line[:17].strip(): line[17:].strip() for line in captured.out.splitlines() if line.startswith("  ")}
+    assert rows["requests"] == "6"
+    assert rows["succeeded"] == "6"
+    assert rows["failed"] == "0"
+    assert int(rows["429s received"]) == int(rows["retries"]) > 0
+    assert rows["ideal time"].startswith("0.10 s")
+    assert "Traceback" not in captured.err
+
+
+def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one object with the documented keys, whose numbers add up."""
+    argv = ["simulate", "--json", "--rate", "50", "--burst", "3", "--requests", "8", "--provider", "openai"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("requests", "succeeded", "failed", "rate_limited", "retries", "wall_seconds", "ideal_seconds"):
+        assert key in result
+    assert result["requests"] == result["succeeded"] + result["failed"] == 8
+    assert result["ideal_seconds"] == pytest.approx(0.1)
+    assert result["provider"] == "openai"
+    assert result["retries"] >= result["rate_limited"] - result["failed"]
+
+
+def test_simulate_exhausted_budget_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """With no retries allowed and a strict limit, failures are counted, shown, and exit 1."""
+    argv = ["simulate", "--rate", "1", "--burst", "1", "--requests", "3", "--concurrency", "3", "--count", "0"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "failed         2" in captured.out
+    assert "first failure: openrouter rate limit (HTTP 429)" in captured.out
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--rate", "0"],
+        ["simulate", "--burst", "0"],
+        ["simulate", "--concurrency", "-2"],
+        ["simulate", "--provider", "anthropic"],
+        ["simulate", "--max", "nan"],
+    ],
+)
+def test_simulate_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad simulate flags exit 2 naming the flag."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}" in err
+    assert "Traceback" not in err
+
+
+def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help works for the command and each subcommand, exiting 0."""
+    for argv in (["--help"], ["ask", "--help"], ["schedule", "--help"], ["simulate", "--help"]):
+        assert main(argv) == 0
+        assert "usage: aicoder" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from typing import Any, Self
 __all__ = ["EndpointStats", "RateLimitedEndpoint", "TokenBucket"]
 
 COMPLETIONS_PATH = "/v1/chat/completions"
+_EPSILON = 1e-9
 
 
 class TokenBucket:
@@ -53,9 +54,9 @@ class TokenBucket:
             now = self._clock()
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
             self._updated = now
-            allowed = self._tokens >= 1
+            allowed = self._tokens >= 1 - _EPSILON  # a request exactly on time is on time
             if allowed:
-                self._tokens -= 1
+                self._tokens = max(0.0, self._tokens - 1)
             wait = max(0.0, (1 - self._tokens) / self.rate)
             return allowed, self._tokens, wait
 

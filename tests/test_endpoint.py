@@ -1,0 +1,148 @@
+"""The built-in rate-limited endpoint: a real server that enforces a token bucket the way OpenAI answers."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import httpx2
+import openai
+import pytest
+import requests
+
+from aicoder.llm.hints import server_hint
+from aicoder.testing import RateLimitedEndpoint, TokenBucket
+
+BODY = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello there"}]}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_allows_a_burst_then_refuses() -> None:
+    """A full bucket allows ``burst`` requests at once, then says how long until the next token."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=4, burst=2, clock=clock)
+    assert bucket.take()[0] and bucket.take()[0]
+    allowed, remaining, wait = bucket.take()
+    assert (allowed, remaining, wait) == (False, 0.0, 0.25)
+    assert bucket.until_full(remaining) == 0.5
+
+
+def test_bucket_refills_at_rate_up_to_burst() -> None:
+    """Tokens come back at ``rate`` a second and never exceed ``burst``."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=3, clock=clock)
+    for _ in range(3):
+        bucket.take()
+    clock.now += 0.1
+    assert bucket.take()[0]
+    assert not bucket.take()[0]
+    clock.now += 60
+    assert [bucket.take()[0] for _ in range(4)] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (math.inf, 1), (1, 0), (1, 1.5)])
+def test_bucket_rejects_bad_limits(rate: float, burst: int) -> None:
+    """Non-positive or infinite rates and bursts below one are refused with the argument named."""
+    with pytest.raises(ValueError, match=r"(rate|burst)="):
+        TokenBucket(rate, burst)
+
+
+def test_limits_are_enforced_and_counted() -> None:
+    """With burst 2 and 1 request/s, three quick requests get 200, 200, 429, and the counts say so."""
+    with RateLimitedEndpoint(rate=1, burst=2) as endpoint:
+        statuses = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY).status_code for _ in range(3)]
+        stats = endpoint.stats()
+        events = endpoint.events()
+    assert statuses == [200, 200, 429]
+    assert (stats.ok, stats.rate_limited, stats.total) == (2, 1, 3)
+    assert [event.status for event in events] == [200, 200, 429]
+    assert events[0].at <= events[1].at <= events[2].at
+
+
+def test_429_looks_like_openai() -> None:
+    """A 429 carries an OpenAI error body and consistent retry and rate-limit headers."""
+    with RateLimitedEndpoint(rate=2, burst=1) as endpoint:
+        first = requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+        limited = requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    assert limited.status_code == 429
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert "Rate limit reached" in error["message"]
+    headers = limited.headers
+    wait_ms = int(headers["retry-after-ms"])
+    assert 0 < wait_ms <= 500
+    assert int(headers["retry-after"]) == math.ceil(wait_ms / 1000)
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert int(headers["x-ratelimit-remaining-requests"]) <= int(headers["x-ratelimit-limit-requests"])
+    hint = server_hint(headers)
+    assert hint is not None and hint.header == "retry-after-ms"
+    reset = server_hint({"x-ratelimit-reset-requests": headers["x-ratelimit-reset-requests"]})
+    assert reset is not None and reset.seconds >= wait_ms / 1000 - 0.001
+
+
+def test_sdk_parses_plain_and_streamed_completions() -> None:
+    """The real openai SDK reads both answers, the stream arriving as several chunks."""
+    with RateLimitedEndpoint(rate=100, burst=10) as endpoint:
+        client = openai.OpenAI(api_key="any", base_url=endpoint.base_url, max_retries=0, http_client=httpx2.Client())
+        plain = client.chat.completions.create(model="m", messages=BODY["messages"])  # type: ignore[arg-type]
+        chunks = list(client.chat.completions.create(model="m", messages=BODY["messages"], stream=True))  # type: ignore[arg-type]
+    assert plain.choices[0].message.content == "echo: hello there"
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == "echo: hello there"
+    assert len(chunks) >= 3
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v1/other", BODY, 404),
+        ("GET", "/v1/chat/completions", None, 404),
+        ("POST", "/v1/chat/completions", {"x": 1}, 400),
+    ],
+)
+def test_wrong_requests_get_openai_style_errors(method: str, path: str, body: object, status: int) -> None:
+    """Unknown paths and malformed bodies get an error body, not a 429 or a crash."""
+    with RateLimitedEndpoint() as endpoint:
+        response = requests.request(method, f"{endpoint.url}{path}", json=body)
+        assert endpoint.stats().other == 1
+    assert response.status_code == status
+    assert "message" in response.json()["error"]
+
+
+def test_shuts_down_cleanly() -> None:
+    """After close() the port refuses connections and the serving thread is gone; close() may repeat."""
+    endpoint = RateLimitedEndpoint().start()
+    port = int(endpoint.url.rsplit(":", 1)[1])
+    assert requests.post(f"{endpoint.base_url}/chat/completions", json=BODY).status_code == 200
+    endpoint.close()
+    endpoint.close()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+def test_pytest_fixture(aicoder_endpoint: RateLimitedEndpoint) -> None:
+    """The pytest11 plugin provides a running endpoint at 10/s with a burst of 5."""
+    assert (aicoder_endpoint.bucket.rate, aicoder_endpoint.bucket.burst) == (10.0, 5)
+    assert requests.post(f"{aicoder_endpoint.base_url}/chat/completions", json=BODY).status_code == 200
+
+
+def test_instant_waits_fixture(aicoder_instant_waits: list[float], aicoder_endpoint_factory) -> None:  # type: ignore[no-untyped-def]
+    """The plugin's fixtures combine: a strict endpoint, and retries that do not sleep."""
+    from aicoder import Config, LLMClient
+
+    endpoint = aicoder_endpoint_factory(rate=0.5, burst=1)
+    config = Config(retry_count=2, openrouter_api_key="k", openrouter_base_url=endpoint.base_url)
+    client = LLMClient("m", config=config)
+    assert client.sendRequest("s", "first") == "echo: first"
+    with pytest.raises(RuntimeError, match="persisted after 2 retries"):
+        client.sendRequest("s", "second")
+    assert len(aicoder_instant_waits) == 2
+    assert all(0 < wait <= 2 for wait in aicoder_instant_waits)
