@@ -243,6 +243,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
         data = json.dumps(payload).encode()
+        self.endpoint._record(status)  # before answering, so a caller never sees an answer not yet counted
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -250,9 +251,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
-        self.endpoint._record(status)
 
     def _stream(self, model: str, text: str, headers: dict[str, str]) -> None:
+        self.endpoint._record(200)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -269,7 +270,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._event(_chunk(model, {}, "stop"))
         self._send_chunk(b"data: [DONE]\n\n")
         self._send_chunk(b"")
-        self.endpoint._record(200)
 
     def _event(self, payload: dict[str, Any]) -> None:
         self._send_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
