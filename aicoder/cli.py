@@ -22,6 +22,7 @@ __all__ = ["main", "run"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -279,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"aicoder: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("aicoder: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
