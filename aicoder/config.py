@@ -56,6 +56,8 @@ class Config:
     ``retry_count=0`` means one attempt and no retry. ``retry_min_delay`` and
     ``retry_max_delay`` bound the linear schedule, in seconds.
     ``retry_respect_retry_after=False`` ignores the server's wait hints.
+    ``retry_coordinate=False`` turns off the shared per-destination cooldown
+    (:mod:`aicoder.llm.cooldown`).
     API keys are kept out of ``repr()``.
     """
 
@@ -63,6 +65,7 @@ class Config:
     retry_min_delay: float = 2.0
     retry_max_delay: float = 30.0
     retry_respect_retry_after: bool = True
+    retry_coordinate: bool = True
     openrouter_api_key: str | None = field(default=None, repr=False)
     openrouter_base_url: str = DEFAULT_OPENROUTER_BASE_URL
     openai_api_key: str | None = field(default=None, repr=False)
@@ -101,6 +104,7 @@ class Config:
         values |= get("LLM_RETRY_MIN_DELAY", _parse_delay)
         values |= get("LLM_RETRY_MAX_DELAY", _parse_delay)
         values |= get("LLM_RETRY_RESPECT_RETRY_AFTER", _parse_bool)
+        values |= get("LLM_RETRY_COORDINATE", _parse_bool)
         for name in ("OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
             values |= get(name, lambda _name, raw, _origin: raw)
         return cls(**values)
@@ -111,6 +115,7 @@ _FIELDS = {
     "LLM_RETRY_MIN_DELAY": "retry_min_delay",
     "LLM_RETRY_MAX_DELAY": "retry_max_delay",
     "LLM_RETRY_RESPECT_RETRY_AFTER": "retry_respect_retry_after",
+    "LLM_RETRY_COORDINATE": "retry_coordinate",
     "OPENROUTER_API_KEY": "openrouter_api_key",
     "OPENROUTER_BASE_URL": "openrouter_base_url",
     "OPENAI_API_KEY": "openai_api_key",

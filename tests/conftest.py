@@ -1,4 +1,4 @@
-"""Every test starts from default settings: no aicoder variables, no .env, waits recorded not slept."""
+"""Every test starts from default settings: no aicoder variables, no .env, no learnt rate limits."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from aicoder.llm.cooldown import shared_cooldowns
+
 _PREFIXES = ("LLM_", "OPENAI_", "OPENROUTER_")
 
 
 @pytest.fixture(autouse=True)
 def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Hide the developer's own settings and .env from the test."""
+    """Hide the developer's own settings and .env from the test, and forget other tests' destinations."""
     for name in list(os.environ):
         if name.startswith(_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    shared_cooldowns().clear()
     yield
+    shared_cooldowns().clear()

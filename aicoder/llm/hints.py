@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["ServerHint", "server_hint"]
+__all__ = ["ServerHint", "parse_duration", "server_hint"]
 
 _NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -52,7 +52,7 @@ def server_hint(headers: Mapping[str, str], now: Callable[[], float] = time.time
     if retry_after is not None:
         return ServerHint(retry_after, "retry-after")
 
-    resets = [(seconds, name) for name in _RESET_HEADERS if (seconds := _duration(headers.get(name))) is not None]
+    resets = [(seconds, name) for name in _RESET_HEADERS if (seconds := parse_duration(headers.get(name))) is not None]
     if resets:
         seconds, name = max(resets)
         return ServerHint(seconds, name)
@@ -82,7 +82,8 @@ def _retry_after(value: str | None, now: Callable[[], float]) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _duration(value: str | None) -> float | None:
+def parse_duration(value: str | None) -> float | None:
+    """Return the seconds in a duration such as ``20ms``, ``1s``, ``6m0s`` or ``1.5``; ``None`` if malformed."""
     if value is None:
         return None
     value = value.strip()

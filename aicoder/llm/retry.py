@@ -9,6 +9,7 @@ over any ``max_retries``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -20,6 +21,7 @@ from urllib3.util.retry import Retry
 
 from aicoder.config import Config, check_count, check_delay, check_delay_range
 from aicoder.llm import waiting
+from aicoder.llm.cooldown import Cooldowns, Turn, current_turn, destination_key, shared_cooldowns
 from aicoder.llm.hints import ServerHint, server_hint
 from aicoder.llm.redaction import safe_url
 from aicoder.llm.schedule import linear_delay
@@ -119,6 +121,10 @@ class LinearRetry(Retry):
             return None
         return server_hint(response.headers)
 
+    def waitable(self, hint: ServerHint | None) -> ServerHint | None:
+        """Return ``hint`` if this policy would wait that long (at most ``max_delay``), else ``None``."""
+        return hint if hint is not None and hint.seconds <= self.max_delay else None
+
     def increment(
         self,
         method: str | None = None,
@@ -135,6 +141,9 @@ class LinearRetry(Retry):
         if response.retries is None:  # urllib3 records it; `responses` does not
             response.retries = self
         hint = self.hint(response)
+        turn = current_turn.get()
+        if turn is not None:  # tell every request bound for this destination, not only this one
+            turn.cooldowns.observe(turn.destination, response.status, response.headers, self.waitable(hint))
         if hint is not None and hint.seconds > self.max_delay:
             log.warning(
                 "Rate limited (429) on %s %s; not retrying: the server asked for %.3g s (%s), "
@@ -165,9 +174,18 @@ class LinearRetry(Retry):
         return retry.new(waits=(*self.waits, wait))
 
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
-        """Take the wait :meth:`increment` decided; :func:`aicoder.testing.instant_waits` skips it."""
-        if self.waits:
+        """Take the wait :meth:`increment` decided; :func:`aicoder.testing.instant_waits` skips it.
+
+        Under a coordinating :class:`LinearBackoffAdapter` the retry then also
+        waits for its turn at the destination, behind requests already queued.
+        """
+        if not self.waits:
+            return
+        turn = current_turn.get()
+        if turn is None:
             waiting.sleep(self.waits[-1].seconds)
+        else:
+            turn.cooldowns.wait_turn(turn.destination, delay=self.waits[-1].seconds, max_wait=self.max_delay)
 
     def __repr__(self) -> str:
         return (
@@ -188,9 +206,18 @@ class LinearBackoffAdapter(HTTPAdapter):
 
     Mount it on any session: ``session.mount("https://", LinearBackoffAdapter())``.
     The policy comes from ``config`` (default: :meth:`Config.load`); ``count``,
-    ``min_delay``, ``max_delay`` and ``respect_retry_after`` override it one by
-    one. The pool arguments are :class:`~requests.adapters.HTTPAdapter`'s.
+    ``min_delay``, ``max_delay``, ``respect_retry_after`` and ``coordinate``
+    override it one by one. The pool arguments are
+    :class:`~requests.adapters.HTTPAdapter`'s; make ``pool_maxsize`` at least the
+    number of threads sharing the session.
+
+    With ``coordinate`` (the default), every request, first attempt or retry,
+    waits for its turn at its destination in ``cooldowns`` (default: the
+    process-wide :func:`~aicoder.llm.cooldown.shared_cooldowns`), so threads and
+    sessions calling the same API with the same key back off together.
     """
+
+    __attrs__ = [*HTTPAdapter.__attrs__, "coordinate"]  # noqa: RUF012 - requests' pickling list
 
     def __init__(
         self,
@@ -200,12 +227,14 @@ class LinearBackoffAdapter(HTTPAdapter):
         min_delay: float | None = None,
         max_delay: float | None = None,
         respect_retry_after: bool | None = None,
+        coordinate: bool | None = None,
+        cooldowns: Cooldowns | None = None,
         pool_connections: int = 10,
         pool_maxsize: int = 10,
         pool_block: bool = False,
     ) -> None:
         if config is None:
-            explicit = None not in (count, min_delay, max_delay, respect_retry_after)
+            explicit = None not in (count, min_delay, max_delay, respect_retry_after, coordinate)
             config = Config() if explicit else Config.load()
         retry = LinearRetry(
             config.retry_count if count is None else count,
@@ -215,7 +244,41 @@ class LinearBackoffAdapter(HTTPAdapter):
                 config.retry_respect_retry_after if respect_retry_after is None else respect_retry_after
             ),
         )
+        self.coordinate = config.retry_coordinate if coordinate is None else coordinate
+        self.cooldowns = (cooldowns or shared_cooldowns()) if self.coordinate else None
         super().__init__(pool_connections, pool_maxsize, max_retries=retry, pool_block=pool_block)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled adapters coordinate through this process's :func:`shared_cooldowns`."""
+        super().__setstate__(state)  # type: ignore[misc]  # defined by requests, missing from its stubs
+        self.cooldowns = shared_cooldowns() if self.coordinate else None
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Wait for this request's turn at its destination, send it, and learn from the answer."""
+        if self.cooldowns is None:
+            return super().send(request, stream, timeout, verify, cert, proxies)
+        cooldowns = self.cooldowns
+        retry = self.retry
+        destination = cooldowns.take_turn(destination_key(request.url or "", request.headers), retry.max_delay)
+        token = current_turn.set(Turn(cooldowns, destination))
+        try:
+            response = super().send(request, stream, timeout, verify, cert, proxies)
+        except BaseException:
+            cooldowns.failed(destination)
+            raise
+        finally:
+            current_turn.reset(token)
+        hint = server_hint(response.headers) if retry.respect_retry_after_header else None
+        cooldowns.observe(destination, response.status_code, response.headers, retry.waitable(hint))
+        return response
 
     @property
     def retry(self) -> LinearRetry:
