@@ -61,7 +61,8 @@ def destination_key(url: str, headers: Mapping[str, str]) -> str:
     tell two API keys apart but not reveal either.
     """
     origin = safe_url(url).split("/", 3)
-    credentials = "\n".join(headers.get(name) or "" for name in CREDENTIAL_HEADERS)
+    values = {name.lower(): value for name, value in headers.items() if name.lower() in CREDENTIAL_HEADERS}
+    credentials = "\n".join(values.get(name, "") for name in CREDENTIAL_HEADERS)
     fingerprint = hashlib.blake2b(credentials.encode(), key=_SALT, digest_size=12).hexdigest()
     return f"{'/'.join(origin[:3])} {fingerprint}"
 
