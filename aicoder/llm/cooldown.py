@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 #: Request headers that carry credentials; their values are hashed into the key, never kept.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
-#: Pace a little slower than the server's measured rate: arrival jitter must not cost a 429.
+#: Pace a little slower than the measured rate, which is known only from below.
 SAFETY_MARGIN = 0.01
 #: Without rate headers, each success shortens the pace by this factor ...
 RELAX_FACTOR = 0.8
@@ -82,8 +82,8 @@ class Destination:
     tat: float = 0.0
     #: No turn before this (monotonic) time: the latest hint's expiry.
     held_until: float = 0.0
-    #: Recent interval measurements; their maximum is the pace (see :meth:`Cooldowns._learn`).
-    samples: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+    #: Recent interval measurements, each at most the true one (see :meth:`Cooldowns._learn`).
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))
     #: Set once the first request's answer (or failure) is in; ``None`` after that.
     first_answer: threading.Event | None = None
 
@@ -210,14 +210,15 @@ class Cooldowns:
         reset = parse_duration(headers.get("x-ratelimit-reset-requests"))
         if reset is None or not 0 <= remaining < limit or reset <= 0:
             return
-        # `remaining` is rounded down, so reset / (limit - remaining) is never above the true
-        # interval; the largest recent measurement is the closest.
+        # `remaining` is rounded down, so reset / (limit - remaining) is never above the true interval;
+        # the largest recent measurement is the closest, and a margin covers the rest.
         destination.samples.append(reset / (limit - remaining))
         destination.interval = max(destination.samples) * (1 + SAFETY_MARGIN)
         destination.burst = limit
         destination.measured = True
-        # The server holds `remaining` turns now: no turn of ours may come sooner than that allows.
-        destination.tat = max(destination.tat, now + (limit - remaining) * destination.interval)
+        # The server's bucket is full again after `reset`: in GCRA terms that is its theoretical arrival
+        # time. No turn of ours may come sooner than that allows.
+        destination.tat = max(destination.tat, now + reset)
 
     def _hold(self, destination: Destination, now: float, hint: ServerHint) -> None:
         held_until = now + hint.seconds

@@ -1,0 +1,511 @@
+"""aicoder's benchmark: coordinated backoff against other retry strategies, overhead, and reliability.
+
+Not part of the unit suite. Needs the ``bench`` extra::
+
+    .venv/bin/pip install -e '.[test,bench]'
+    .venv/bin/python tests/perf/bench.py                # everything, about 20 minutes
+    .venv/bin/python tests/perf/bench.py --quick        # rates 10 and 50 only, about 3 minutes
+
+Each run starts the built-in rate-limited endpoint in a separate process (so the
+server does not share the client's interpreter lock), sends ``--requests``
+chat completions from a number of threads, and reads the endpoint's own counts.
+It prints Markdown tables, checks the goals of docs/performance.md, and writes a
+plot of requests over time to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import openai
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_incrementing
+from urllib3.util.retry import Retry
+
+from aicoder import Config, LLMClient, retrying_session
+from aicoder.llm.cooldown import shared_cooldowns
+from aicoder.testing import RateLimitedEndpoint
+
+BURST = 5
+RETRIES = 5  # LLM_RETRY_COUNT's default; every contender gets the same budget
+MESSAGES = [{"role": "system", "content": "You are a benchmark."}, {"role": "user", "content": "hello"}]
+GOAL_WALL = 1.05
+GOAL_429_PER_SUCCESS = 0.1
+
+
+# --- the endpoint, in its own process ---
+
+
+def _serve(conn: Connection, rate: float, burst: int) -> None:
+    with RateLimitedEndpoint(rate, burst) as endpoint:
+        conn.send(endpoint.base_url)
+        conn.recv()
+        conn.send((endpoint.stats(), [(event.at, event.status) for event in endpoint.events()]))
+
+
+@dataclass
+class Served:
+    ok: int
+    rate_limited: int
+    other: int
+    events: list[tuple[float, int]]
+
+
+@contextmanager
+def endpoint_process(rate: float, burst: int) -> Iterator[tuple[str, Served]]:
+    """Run a RateLimitedEndpoint in a child process; on exit, fill in what it served."""
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=_serve, args=(child, rate, burst), daemon=True)
+    process.start()
+    served = Served(0, 0, 0, [])
+    try:
+        yield parent.recv(), served
+    finally:
+        parent.send("stop")
+        stats, events = parent.recv()
+        served.ok, served.rate_limited, served.other, served.events = stats.ok, stats.rate_limited, stats.other, events
+        process.join(5)
+
+
+# --- the contenders: each returns send(index) -> succeeded, and close() ---
+
+Sender = tuple[Callable[[int], bool], Callable[[], None]]
+
+
+def aicoder_shared(base_url: str, threads: int) -> Sender:
+    config = Config(openrouter_api_key="bench", openrouter_base_url=base_url)
+    session = retrying_session(config, pool_maxsize=threads)
+    client = LLMClient("openrouter/bench", config=config, session=session)
+
+    def send(index: int) -> bool:
+        try:
+            client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
+        except RuntimeError:
+            return False
+        return True
+
+    return send, session.close
+
+
+def aicoder_per_thread(base_url: str, threads: int) -> Sender:
+    config = Config(openrouter_api_key="bench", openrouter_base_url=base_url)
+    local = threading.local()
+    sessions: list[requests.Session] = []
+
+    def send(index: int) -> bool:
+        if not hasattr(local, "client"):
+            local.session = retrying_session(config)
+            sessions.append(local.session)
+            local.client = LLMClient("openrouter/bench", config=config, session=local.session)
+        try:
+            local.client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
+        except RuntimeError:
+            return False
+        return True
+
+    return send, lambda: [session.close() for session in sessions]
+
+
+def aicoder_sdk_bridge(base_url: str, threads: int) -> Sender:
+    config = Config(openai_api_key="bench", openai_base_url=base_url)
+    session = retrying_session(config, pool_maxsize=threads)
+    client = LLMClient("openai/bench", config=config, session=session)
+
+    def send(index: int) -> bool:
+        try:
+            client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
+        except RuntimeError:
+            return False
+        return True
+
+    return send, session.close
+
+
+def aicoder_uncoordinated(base_url: str, threads: int) -> Sender:
+    config = Config(openrouter_api_key="bench", openrouter_base_url=base_url, retry_coordinate=False)
+    session = retrying_session(config, pool_maxsize=threads)
+    client = LLMClient("openrouter/bench", config=config, session=session)
+
+    def send(index: int) -> bool:
+        try:
+            client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
+        except RuntimeError:
+            return False
+        return True
+
+    return send, session.close
+
+
+def openai_sdk_retries(base_url: str, threads: int) -> Sender:
+    client = openai.OpenAI(api_key="bench", base_url=base_url, max_retries=RETRIES)
+
+    def send(index: int) -> bool:
+        try:
+            client.chat.completions.create(model="bench", messages=MESSAGES)  # type: ignore[arg-type]
+        except openai.APIError:
+            return False
+        return True
+
+    return send, client.close
+
+
+def _plain_post(session: requests.Session, base_url: str) -> requests.Response:
+    return session.post(f"{base_url}/chat/completions", json={"model": "bench", "messages": MESSAGES}, timeout=60)
+
+
+def urllib3_exponential(base_url: str, threads: int) -> Sender:
+    retry = Retry(
+        total=RETRIES, backoff_factor=0.5, status_forcelist=[429], allowed_methods=None, raise_on_status=False
+    )
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=threads))
+    return (lambda index: _plain_post(session, base_url).status_code == 200), session.close
+
+
+def tenacity_incrementing(base_url: str, threads: int) -> Sender:
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=threads))
+    retrying = Retrying(
+        wait=wait_incrementing(start=2, increment=7, max=30),  # aicoder's default schedule: 2, 9, 16, 23, 30 s
+        stop=stop_after_attempt(RETRIES + 1),
+        retry=retry_if_result(lambda response: response.status_code == 429),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+
+    def send(index: int) -> bool:
+        response = retrying(_plain_post, session, base_url)
+        return response is not None and response.status_code == 200
+
+    return send, session.close
+
+
+CONTENDERS: dict[str, Callable[[str, int], Sender]] = {
+    "aicoder (one session)": aicoder_shared,
+    "aicoder (session per thread)": aicoder_per_thread,
+    "aicoder (openai SDK via bridge)": aicoder_sdk_bridge,
+    "aicoder, coordination off": aicoder_uncoordinated,
+    "openai SDK max_retries=5": openai_sdk_retries,
+    "urllib3 Retry, exponential": urllib3_exponential,
+    "tenacity wait_incrementing": tenacity_incrementing,
+}
+GOAL_CONTENDERS = ("aicoder (one session)", "aicoder (session per thread)", "aicoder (openai SDK via bridge)")
+
+
+# --- running a batch ---
+
+
+@dataclass
+class Run:
+    contender: str
+    rate: float
+    threads: int
+    requests: int
+    failures: int
+    wall: float
+    served: Served
+    latencies: list[float]
+
+    @property
+    def ideal(self) -> float:
+        return max(0, self.requests - BURST) / self.rate
+
+    @property
+    def wall_ratio(self) -> float:
+        return self.wall / self.ideal
+
+    @property
+    def per_success(self) -> float:
+        return self.served.rate_limited / max(self.served.ok, 1)
+
+    def percentile(self, percent: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered)) - 1))]
+
+    def meets_goal(self) -> bool:
+        return self.failures == 0 and self.wall_ratio <= GOAL_WALL and self.per_success <= GOAL_429_PER_SUCCESS
+
+
+def warm_up(factory: Callable[[str, int], Sender]) -> None:
+    """One request to a separate, unlimited endpoint: lazy imports and first-call costs stay out of the timing."""
+    with endpoint_process(1e9, 10**9) as (base_url, _):
+        send, close = factory(base_url, 1)
+        send(0)
+        close()
+
+
+def run_batch(name: str, rate: float, threads: int, count: int) -> Run:
+    factory = CONTENDERS[name]
+    warm_up(factory)
+    shared_cooldowns().clear()
+    with endpoint_process(rate, BURST) as (base_url, served):
+        send, close = factory(base_url, threads)
+        latencies: list[float] = []
+        failures = 0
+        next_index = 0
+        lock = threading.Lock()
+
+        def work() -> None:
+            nonlocal next_index, failures
+            while True:
+                with lock:
+                    if next_index >= count:
+                        return
+                    next_index += 1
+                    index = next_index
+                started = time.monotonic()
+                try:
+                    ok = send(index)
+                except Exception:
+                    ok = False
+                with lock:
+                    latencies.append(time.monotonic() - started)
+                    failures += not ok
+
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+        started = time.monotonic()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        wall = time.monotonic() - started
+        close()
+    return Run(name, rate, threads, count, failures, wall, served, latencies)
+
+
+# --- overhead with no 429 at all ---
+
+
+def time_requests(send: Callable[[int], Any], count: int) -> float:
+    started = time.perf_counter()
+    for index in range(count):
+        send(index)
+    return time.perf_counter() - started
+
+
+def overhead(count: int, rounds: int) -> list[tuple[str, float, float, float]]:
+    """Median seconds for ``count`` sequential requests, aicoder against the plain equivalent."""
+    results = []
+    with endpoint_process(1e9, 10**9) as (base_url, _):
+        config = Config(
+            openrouter_api_key="bench", openrouter_base_url=base_url, openai_api_key="bench", openai_base_url=base_url
+        )
+        plain = requests.Session()
+        aicoder = retrying_session(config)
+        sdk_own = openai.OpenAI(api_key="bench", base_url=base_url)
+        sdk_bridged = LLMClient("openai/bench", config=config).provider.client  # type: ignore[attr-defined]
+        pairs = [
+            (
+                "requests: LinearBackoffAdapter vs plain HTTPAdapter",
+                lambda i: _plain_post(aicoder, base_url).content,
+                lambda i: _plain_post(plain, base_url).content,
+            ),
+            (
+                "openai SDK: through the bridge vs its own transport",
+                lambda i: sdk_bridged.chat.completions.create(model="bench", messages=MESSAGES),
+                lambda i: sdk_own.chat.completions.create(model="bench", messages=MESSAGES),
+            ),
+        ]
+        for label, ours, theirs in pairs:
+            time_requests(ours, 50)
+            time_requests(theirs, 50)
+            our_times, their_times = [], []
+            for _ in range(rounds):
+                our_times.append(time_requests(ours, count))
+                their_times.append(time_requests(theirs, count))
+            ours_median, theirs_median = statistics.median(our_times), statistics.median(their_times)
+            results.append((label, ours_median, theirs_median, ours_median / theirs_median))
+    return results
+
+
+# --- reliability ---
+
+
+def reliability(threads: int, per_thread: int, rate: float) -> dict[str, Any]:
+    """Many threads through one session with 429s in the mix: nothing lost, nothing sent twice, no deadlock."""
+    shared_cooldowns().clear()
+    with endpoint_process(rate, BURST) as (base_url, served):
+        session = retrying_session(Config(), pool_maxsize=threads)
+        retries = 0
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            nonlocal retries
+            for _ in range(per_thread):
+                response = _plain_post(session, base_url)
+                with lock:
+                    statuses.append(response.status_code)
+                    retries += len(response.raw.retries.history) if response.raw.retries else 0
+
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+        started = time.monotonic()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=300)
+        elapsed = time.monotonic() - started
+        deadlocked = any(worker.is_alive() for worker in workers)
+    return {
+        "requests": threads * per_thread,
+        "answers": len(statuses),
+        "200s seen by clients": statuses.count(200),
+        "200s served": served.ok,
+        "429s served": served.rate_limited,
+        "retries recorded by clients": retries,
+        "deadlocked": deadlocked,
+        "seconds": round(elapsed, 2),
+    }
+
+
+def interrupt_latency() -> tuple[float, int]:
+    """Start a long ``aicoder simulate``, press Ctrl-C after 2 s; return seconds until it exits, and its code."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aicoder", "simulate", "--requests", "5000", "--rate", "20", "--concurrency", "32"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(2)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=30)
+    return time.monotonic() - sent, code
+
+
+# --- reporting ---
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), sharey=True)
+    for axis, run in zip(axes, runs, strict=True):
+        start = run.served.events[0][0] if run.served.events else 0.0
+        times = [at - start for at, _ in run.served.events]
+        for label, wanted, style in (("sent", None, "-"), ("429", 429, "--"), ("200", 200, ":")):
+            selected = [t for t, (_, status) in zip(times, run.served.events, strict=True) if wanted in (None, status)]
+            axis.step(selected, range(1, len(selected) + 1), style, where="post", label=label)
+        axis.plot([0, run.ideal], [BURST, run.requests], color="grey", linewidth=0.8, label="ideal 200s")
+        axis.set_title(f"{run.contender}\n{run.rate:g} req/s, {run.threads} threads")
+        axis.set_xlabel("seconds")
+        axis.legend()
+    axes[0].set_ylabel("requests (cumulative)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", type=float, nargs="+", default=[2, 10, 50])
+    parser.add_argument("--threads", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS), metavar="NAME")
+    parser.add_argument("--quick", action="store_true", help="rates 10 and 50 only")
+    parser.add_argument("--plot", type=Path, default=Path("docs/perf/requests-over-time.png"))
+    parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scenarios", "overhead", "reliability"])
+    args = parser.parse_args(argv)
+    logging.getLogger("aicoder").setLevel(logging.ERROR)  # one warning per retry would drown the tables
+    rates = [10.0, 50.0] if args.quick else args.rates
+    report: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"}
+    print(f"# aicoder benchmark ({report['machine']}, {args.requests} requests, burst {BURST})\n")
+
+    runs: list[Run] = []
+    if "scenarios" not in args.skip:
+        print(
+            "| rate/s | threads | contender | failures | wall ÷ ideal | 429s per success | p50 latency (s) | "
+            "p99 latency (s) | goal |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for rate in rates:
+            for threads in args.threads:
+                for name in args.contenders:
+                    run = run_batch(name, rate, threads, args.requests)
+                    runs.append(run)
+                    goal = ("met" if run.meets_goal() else "**missed**") if name in GOAL_CONTENDERS else ""
+                    print(
+                        f"| {rate:g} | {threads} | {name} | {run.failures} | {run.wall_ratio:.3f} | "
+                        f"{run.per_success:.2f} | {run.percentile(50):.2f} | {run.percentile(99):.2f} | {goal} |",
+                        flush=True,
+                    )
+        report["scenarios"] = [
+            {
+                "contender": r.contender,
+                "rate": r.rate,
+                "threads": r.threads,
+                "requests": r.requests,
+                "failures": r.failures,
+                "wall_seconds": round(r.wall, 3),
+                "ideal_seconds": r.ideal,
+                "wall_over_ideal": round(r.wall_ratio, 4),
+                "served_200": r.served.ok,
+                "served_429": r.served.rate_limited,
+                "rate_limited_per_success": round(r.per_success, 4),
+                "p50_seconds": round(r.percentile(50), 4),
+                "p99_seconds": round(r.percentile(99), 4),
+            }
+            for r in runs
+        ]
+        plotted = [
+            r
+            for r in runs
+            if r.rate == 10
+            and r.threads == max(args.threads)
+            and r.contender in ("aicoder (one session)", "openai SDK max_retries=5")
+        ]
+        if len(plotted) == 2:
+            plot(plotted, args.plot)
+            print(f"\nplot: {args.plot}")
+
+    if "overhead" not in args.skip:
+        print("\n| 2,000 sequential requests, no 429 | aicoder (s) | plain (s) | ratio |")
+        print("| --- | --- | --- | --- |")
+        report["overhead"] = []
+        for label, ours, theirs, ratio in overhead(2000, rounds=3):
+            print(f"| {label} | {ours:.3f} | {theirs:.3f} | {ratio:.3f} |", flush=True)
+            report["overhead"].append({"pair": label, "aicoder": ours, "plain": theirs, "ratio": ratio})
+
+    if "reliability" not in args.skip:
+        result = reliability(threads=32, per_thread=50, rate=200)
+        result["ok"] = (
+            not result["deadlocked"]
+            and result["answers"] == result["200s seen by clients"] == result["200s served"] == result["requests"]
+            and result["429s served"] == result["retries recorded by clients"]
+        )
+        seconds, code = interrupt_latency()
+        result["ctrl-c to exit (s)"] = round(seconds, 3)
+        result["exit code after ctrl-c"] = code
+        report["reliability"] = result
+        print("\n| reliability: 32 threads x 50 requests, one session, 200 req/s | |")
+        print("| --- | --- |")
+        for key, value in result.items():
+            print(f"| {key} | {value} |")
+
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    goal_runs = [r for r in runs if r.contender in GOAL_CONTENDERS]
+    return 0 if all(r.meets_goal() for r in goal_runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
