@@ -2,6 +2,7 @@
 
 from aicoder.config import Config, ConfigError
 from aicoder.llm.api_client import LLMClient
+from aicoder.llm.cooldown import Cooldowns, shared_cooldowns
 from aicoder.llm.hints import ServerHint, server_hint
 from aicoder.llm.retry import LinearBackoffAdapter, LinearRetry, Wait, retrying_session
 from aicoder.llm.schedule import linear_delay, linear_delays
@@ -11,6 +12,7 @@ from aicoder.llm.waiting import instant_waits
 __all__ = [
     "Config",
     "ConfigError",
+    "Cooldowns",
     "LLMClient",
     "LinearBackoffAdapter",
     "LinearRetry",
@@ -22,4 +24,5 @@ __all__ = [
     "linear_delays",
     "retrying_session",
     "server_hint",
+    "shared_cooldowns",
 ]

@@ -98,7 +98,7 @@ def _build_parser() -> _ArgumentParser:
     )
     _add_retry_flags(simulate)
     simulate.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
-    simulate.add_argument("--verbose", action="store_true", help="also log every retry on stderr")
+    simulate.add_argument("--verbose", action="store_true", help="also log every retry and hold on stderr")
     return parser
 
 
@@ -179,10 +179,10 @@ def _schedule(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     config = _retry_config(args)
-    retry_logger = logging.getLogger("aicoder.llm.retry")
+    llm_logger = logging.getLogger("aicoder.llm")  # the retry and cooldown lines
     quiet = not args.verbose
     if quiet:
-        retry_logger.setLevel(logging.ERROR)
+        llm_logger.setLevel(logging.ERROR)
     bar = tqdm(total=args.requests, unit="req", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
 
     def progress(done: int, rate_limited: int) -> None:
@@ -202,7 +202,7 @@ def _simulate(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         if quiet:
-            retry_logger.setLevel(logging.NOTSET)
+            llm_logger.setLevel(logging.NOTSET)
 
     if args.json:
         print(json.dumps({**result.as_dict(), **_settings(args, config)}))

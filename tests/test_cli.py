@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import responses
@@ -168,3 +170,12 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--help"], ["ask", "--help"], ["schedule", "--help"], ["simulate", "--help"]):
         assert main(argv) == 0
         assert "usage: aicoder" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    """``python -m aicoder`` is the same command."""
+    result = subprocess.run(
+        [sys.executable, "-m", "aicoder", "schedule", "--count", "2"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "worst case: 3 attempts, 32 s of waiting" in result.stdout

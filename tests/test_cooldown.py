@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -222,6 +223,14 @@ def _interrupt_soon() -> threading.Timer:
     timer = threading.Timer(0.1, os.kill, args=(os.getpid(), signal.SIGINT))
     timer.start()
     return timer
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises() -> Iterator[None]:
+    """Make SIGINT raise KeyboardInterrupt, even where the runner was started with it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_ends_a_hold_promptly() -> None:

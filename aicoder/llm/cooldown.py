@@ -34,12 +34,14 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from requests.structures import CaseInsensitiveDict
 
 from aicoder.llm import waiting
 from aicoder.llm.hints import ServerHint, parse_duration
-from aicoder.llm.redaction import safe_url
 
-__all__ = ["Cooldowns", "Destination", "current_turn", "destination_key", "shared_cooldowns"]
+__all__ = ["Cooldowns", "Destination", "Turn", "current_turn", "destination_key", "shared_cooldowns"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,13 @@ def destination_key(url: str, headers: Mapping[str, str]) -> str:
     The credentials are hashed with a per-process random salt: the key can
     tell two API keys apart but not reveal either.
     """
-    origin = safe_url(url).split("/", 3)
-    values = {name.lower(): value for name, value in headers.items() if name.lower() in CREDENTIAL_HEADERS}
-    credentials = "\n".join(values.get(name, "") for name in CREDENTIAL_HEADERS)
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    if not isinstance(headers, CaseInsensitiveDict):
+        headers = CaseInsensitiveDict(headers)
+    credentials = "\n".join(headers.get(name) or "" for name in CREDENTIAL_HEADERS)
     fingerprint = hashlib.blake2b(credentials.encode(), key=_SALT, digest_size=12).hexdigest()
-    return f"{'/'.join(origin[:3])} {fingerprint}"
+    return f"{origin} {fingerprint}"
 
 
 @dataclass(eq=False)
@@ -170,9 +174,11 @@ class Cooldowns:
         self, destination: Destination, status: int, headers: Mapping[str, str], hint: ServerHint | None
     ) -> None:
         """Learn from an answer: its rate headers, and for a 429 its hint."""
+        limits = _rate_limits(headers)
         with self._lock:
             now = self._clock()
-            self._learn(destination, now, headers)
+            if limits is not None:
+                self._learn(destination, now, *limits)
             if status == 429 and hint is not None:
                 self._hold(destination, now, hint)
             elif status < 400 and not destination.measured and destination.interval is not None:
@@ -200,16 +206,8 @@ class Cooldowns:
                 evicted.first_answer.set()
         return destination
 
-    def _learn(self, destination: Destination, now: float, headers: Mapping[str, str]) -> None:
-        """Mirror the server's bucket from ``x-ratelimit-*-requests``, if it sends them."""
-        try:
-            limit = int(headers.get("x-ratelimit-limit-requests") or "")
-            remaining = int(headers.get("x-ratelimit-remaining-requests") or "")
-        except ValueError:
-            return
-        reset = parse_duration(headers.get("x-ratelimit-reset-requests"))
-        if reset is None or not 0 <= remaining < limit or reset <= 0:
-            return
+    def _learn(self, destination: Destination, now: float, limit: int, remaining: int, reset: float) -> None:
+        """Mirror the server's bucket from its ``x-ratelimit-*-requests`` answer."""
         # `remaining` is rounded down, so reset / (limit - remaining) is never above the true interval;
         # the largest recent measurement is the closest, and a margin covers the rest.
         destination.samples.append(reset / (limit - remaining))
@@ -244,6 +242,19 @@ class Cooldowns:
         if destination.first_answer is not None:
             destination.first_answer.set()
             destination.first_answer = None
+
+
+def _rate_limits(headers: Mapping[str, str]) -> tuple[int, int, float] | None:
+    """``(limit, remaining, reset)`` from ``x-ratelimit-*-requests``, or ``None`` if absent or inconsistent."""
+    try:
+        limit = int(headers.get("x-ratelimit-limit-requests") or "")
+        remaining = int(headers.get("x-ratelimit-remaining-requests") or "")
+    except ValueError:
+        return None
+    reset = parse_duration(headers.get("x-ratelimit-reset-requests"))
+    if reset is None or not 0 <= remaining < limit or reset <= 0:
+        return None
+    return limit, remaining, reset
 
 
 def _tolerance(destination: Destination) -> float:

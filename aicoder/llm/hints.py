@@ -25,6 +25,7 @@ __all__ = ["ServerHint", "parse_duration", "server_hint"]
 
 _NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATIONS = re.compile(f"(?:{_DURATION.pattern})+")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RESET_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 
@@ -91,7 +92,7 @@ def parse_duration(value: str | None) -> float | None:
         return None
     if _NUMBER.fullmatch(value):  # a bare number is taken as seconds
         return _number(value)
-    if not re.fullmatch(f"(?:{_DURATION.pattern})+", value):
+    if not _DURATIONS.fullmatch(value):
         return None
     seconds = sum(float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(value))
     return seconds if math.isfinite(seconds) else None

@@ -141,10 +141,11 @@ class LinearRetry(Retry):
         if response.retries is None:  # urllib3 records it; `responses` does not
             response.retries = self
         hint = self.hint(response)
+        waitable = self.waitable(hint)
         turn = current_turn.get()
         if turn is not None:  # tell every request bound for this destination, not only this one
-            turn.cooldowns.observe(turn.destination, response.status, response.headers, self.waitable(hint))
-        if hint is not None and hint.seconds > self.max_delay:
+            turn.cooldowns.observe(turn.destination, response.status, response.headers, waitable)
+        if hint is not None and waitable is None:
             log.warning(
                 "Rate limited (429) on %s %s; not retrying: the server asked for %.3g s (%s), "
                 "more than the %.3g s maximum wait",
@@ -276,7 +277,8 @@ class LinearBackoffAdapter(HTTPAdapter):
             raise
         finally:
             current_turn.reset(token)
-        hint = server_hint(response.headers) if retry.respect_retry_after_header else None
+        rate_limited = response.status_code in LinearRetry.RETRY_STATUSES and retry.respect_retry_after_header
+        hint = server_hint(response.headers) if rate_limited else None
         cooldowns.observe(destination, response.status_code, response.headers, retry.waitable(hint))
         return response
 

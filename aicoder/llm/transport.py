@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import requests
 import urllib3.exceptions
+from requests.hooks import default_hooks
+from requests.structures import CaseInsensitiveDict
+from requests.utils import resolve_proxies
 
 from aicoder.llm.retry import retry_state
 
@@ -26,8 +30,7 @@ __all__ = ["RETRY_EXTENSION", "RequestsTransport"]
 RETRY_EXTENSION = "aicoder.retry"
 
 _CHUNK_SIZE = 64 * 1024
-# Headers that describe how httpx2 would frame the body; requests frames it anew.
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+_MAX_ORIGINS = 256
 
 # Most specific first: the first match wins.
 _EXCEPTION_MAP: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
@@ -85,29 +88,31 @@ class RequestsTransport(httpx2.BaseTransport):
     """An httpx2 transport that sends every request through ``session``.
 
     Use it as ``openai.OpenAI(max_retries=0, http_client=httpx2.Client(transport=RequestsTransport(session)))``
-    so that retrying happens in the session's adapter only. Redirects are left
-    to the httpx2 client; content decoding too (bodies pass through raw).
-    ``close()`` closes ``session`` only if ``close_session`` is true.
+    so that retrying happens in the session's adapter only. Redirects, content
+    decoding (bodies pass through raw), headers and cookies are left to the
+    httpx2 client: the session's default headers, cookies and auth are not merged
+    in. Its adapters, proxies (environment ones read once per origin), ``verify``
+    and ``cert`` apply. ``close()`` closes ``session`` only if ``close_session``
+    is true.
     """
 
     def __init__(self, session: requests.Session, *, close_session: bool = False) -> None:
         self.session = session
         self._close_session = close_session
+        self._proxies: dict[str, dict[str, str]] = {}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` with ``Session.send`` and return the response, its body still unread."""
         # The body is read whole (the SDK's are small JSON) so that urllib3 can resend it on a retry.
         body = request.read()
-        headers = {name: value for name, value in request.headers.items() if name.lower() not in _FRAMING_HEADERS}
         with map_exceptions(request):
-            prepared = self.session.prepare_request(
-                requests.Request(request.method, str(request.url), headers=headers, data=body or None)
-            )
+            prepared = _prepare(request, body)
             response = self.session.send(
                 prepared,
                 stream=True,
                 allow_redirects=False,
                 timeout=_timeout(request.extensions.get("timeout")),
+                proxies=self._proxies_for(prepared),
             )
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/1.1",
@@ -122,9 +127,43 @@ class RequestsTransport(httpx2.BaseTransport):
             extensions=extensions,
         )
 
+    def _proxies_for(self, prepared: requests.PreparedRequest) -> dict[str, str]:
+        """The session's proxies for this origin, environment included, read once per origin as httpx does.
+
+        ``requests`` would scan the environment on every send, a large share of a fast request.
+        """
+        parts = urlsplit(prepared.url or "")
+        origin = f"{parts.scheme}://{parts.netloc}"
+        proxies = self._proxies.get(origin)
+        if proxies is None:
+            if len(self._proxies) >= _MAX_ORIGINS:
+                self._proxies.clear()
+            proxies = resolve_proxies(prepared, dict(self.session.proxies), self.session.trust_env)
+            self._proxies[origin] = proxies
+        return proxies
+
     def close(self) -> None:
         if self._close_session:
             self.session.close()
+
+
+def _prepare(request: httpx2.Request, body: bytes) -> requests.PreparedRequest:
+    """Build the ``requests`` twin of an httpx2 request that httpx2 has already validated and encoded.
+
+    ``requests``' own ``prepare()`` would parse, re-quote and re-validate all of it again, and
+    ``Session.prepare_request`` would merge in the session's headers, cookies and .netrc, which the
+    SDK does not want: it sets every header itself.
+    """
+    prepared = requests.PreparedRequest()
+    prepared.method = request.method
+    prepared.url = str(request.url)
+    prepared.headers = CaseInsensitiveDict(request.headers.items())
+    if "transfer-encoding" in prepared.headers:  # a streamed body, now read whole: frame it by length
+        del prepared.headers["transfer-encoding"]
+        prepared.headers["Content-Length"] = str(len(body))
+    prepared.body = body or None
+    prepared.hooks = default_hooks()
+    return prepared
 
 
 def _timeout(timeout: Any) -> tuple[float | None, float | None] | None:
