@@ -63,7 +63,7 @@ def destination_key(url: str, headers: Mapping[str, str]) -> str:
     tell two API keys apart but not reveal either.
     """
     parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
     if not isinstance(headers, CaseInsensitiveDict):
         headers = CaseInsensitiveDict(headers)
     credentials = "\n".join(headers.get(name) or "" for name in CREDENTIAL_HEADERS)
@@ -234,8 +234,9 @@ class Cooldowns:
             destination.interval = max(destination.interval or 0.0, hint.seconds, RELAXED_INTERVAL)
             destination.burst = 1
         if destination.interval is not None:
-            # The refused request took no token from the server: give its turn back, then hold.
-            destination.tat = max(destination.tat - destination.interval, held_until + _tolerance(destination))
+            # No turn before the hold ends. (The refused request's own turn is not given back: other
+            # turns may already be handed out behind it, and reusing it would overbook the server.)
+            destination.tat = max(destination.tat, held_until + _tolerance(destination))
 
     @staticmethod
     def _answered(destination: Destination) -> None:
