@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tqdm import tqdm
@@ -78,7 +78,8 @@ def _build_parser() -> _ArgumentParser:
         help="run a batch against the built-in rate-limited endpoint",
         description="Start a local rate-limited OpenAI-compatible endpoint on 127.0.0.1, send a batch of chat "
         "completions to it from several threads through LLMClient with the retry settings, and summarise what "
-        "happened. No API key or network needed.",
+        "happened. No API key or network needed. Unless --json or --no-compare is given, or coordination is off, "
+        "the same batch first runs with coordination off, and both summaries are shown side by side.",
     )
     simulate.add_argument(
         "--rate", type=_positive, default=5.0, help="requests per second the endpoint allows (default: %(default)g)"
@@ -99,6 +100,11 @@ def _build_parser() -> _ArgumentParser:
     _add_retry_flags(simulate)
     simulate.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     simulate.add_argument("--verbose", action="store_true", help="also log every retry and hold on stderr")
+    simulate.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the first batch with coordination off, shown beside yours for comparison",
+    )
     return parser
 
 
@@ -183,14 +189,39 @@ def _simulate(args: argparse.Namespace) -> int:
     quiet = not args.verbose
     if quiet:
         llm_logger.setLevel(logging.ERROR)
-    bar = tqdm(total=args.requests, unit="req", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    # Shown side by side, a batch without coordination makes the retries, and what coordination
+    # saves, visible at a glance.
+    compare = config.retry_coordinate and not args.json and not args.no_compare
+    runs = [("coordination off", dataclasses.replace(config, retry_coordinate=False))] if compare else []
+    runs.append(("as configured" if compare else "result", config))
+    results: list[tuple[str, SimulationResult]] = []
+    try:
+        for label, settings in runs:
+            results.append((label, _run_batch(args, settings, label)))
+    finally:
+        if quiet:
+            llm_logger.setLevel(logging.NOTSET)
+
+    result = results[-1][1]
+    if args.json:
+        print(json.dumps({**result.as_dict(), **_settings(args, config)}))
+    else:
+        _print_summary(args, config, results)
+    return EXIT_OK if result.failed == 0 else EXIT_FAILED
+
+
+def _run_batch(args: argparse.Namespace, config: Config, label: str) -> SimulationResult:
+    """One batch, with a progress bar on stderr when it is a terminal."""
+    bar = tqdm(
+        total=args.requests, desc=label, unit="req", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False
+    )
 
     def progress(done: int, rate_limited: int) -> None:
         bar.update(done - bar.n)
         bar.set_postfix_str(f"429s={rate_limited}", refresh=False)
 
     try:
-        result = simulate(
+        return simulate(
             rate=args.rate,
             burst=args.burst,
             requests=args.requests,
@@ -201,14 +232,6 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-        if quiet:
-            llm_logger.setLevel(logging.NOTSET)
-
-    if args.json:
-        print(json.dumps({**result.as_dict(), **_settings(args, config)}))
-    else:
-        _print_summary(args, config, result)
-    return EXIT_OK if result.failed == 0 else EXIT_FAILED
 
 
 def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
@@ -221,35 +244,41 @@ def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
         "retry_min_delay": config.retry_min_delay,
         "retry_max_delay": config.retry_max_delay,
         "retry_respect_retry_after": config.retry_respect_retry_after,
+        "retry_coordinate": config.retry_coordinate,
     }
 
 
-def _print_summary(args: argparse.Namespace, config: Config, result: SimulationResult) -> None:
+def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple[str, SimulationResult]]) -> None:
     hints = "server hints respected" if config.retry_respect_retry_after else "server hints ignored"
+    coordination = "coordinated" if config.retry_coordinate else "not coordinated"
     print(
-        f"aicoder simulate: {result.requests} requests from {args.concurrency} threads via {args.provider}, "
+        f"aicoder simulate: {args.requests} requests from {args.concurrency} threads via {args.provider}, "
         f"endpoint allows {args.rate:g}/s with a burst of {args.burst}"
     )
     print(
         f"retry settings: LLM_RETRY_COUNT={config.retry_count} LLM_RETRY_MIN_DELAY={config.retry_min_delay:g} "
-        f"LLM_RETRY_MAX_DELAY={config.retry_max_delay:g} ({hints})"
+        f"LLM_RETRY_MAX_DELAY={config.retry_max_delay:g} ({hints}, {coordination})"
     )
     print()
-    rows = [
-        ("requests", f"{result.requests}"),
-        ("succeeded", f"{result.succeeded}"),
-        ("failed", f"{result.failed}"),
-        ("429s received", f"{result.rate_limited}"),
-        ("retries", f"{result.retries}"),
-        ("wall time", f"{result.wall_seconds:.2f} s"),
-        ("ideal time", f"{result.ideal_seconds:.2f} s  (requests - burst) / rate"),
-        ("efficiency", f"{result.efficiency:.0%}  ideal / wall"),
+    rows: list[tuple[str, Callable[[SimulationResult], str]]] = [
+        ("requests", lambda r: f"{r.requests}"),
+        ("succeeded", lambda r: f"{r.succeeded}"),
+        ("failed", lambda r: f"{r.failed}"),
+        ("429s received", lambda r: f"{r.rate_limited}"),
+        ("retries", lambda r: f"{r.retries}"),
+        ("wall time", lambda r: f"{r.wall_seconds:.2f} s"),
+        ("ideal time", lambda r: f"{r.ideal_seconds:.2f} s"),
+        ("efficiency", lambda r: f"{r.efficiency:.0%}"),
     ]
-    for label, value in rows:
-        print(f"  {label:<14} {value}")
-    if result.first_error is not None:
-        print()
-        print(f"first failure: {result.first_error}")
+    if len(results) > 1:
+        print("  " + " " * 14 + "".join(f" {label:>18}" for label, _ in results))
+    for name, cell in rows:
+        print(f"  {name:<14}" + "".join(f" {cell(result):>18}" for _, result in results))
+    print()
+    print("ideal time = (requests - burst) / rate; efficiency = ideal / wall")
+    for label, result in results:
+        if result.first_error is not None:
+            print(f"first failure ({label}): {result.first_error}")
 
 
 _COMMANDS = {"ask": _ask, "schedule": _schedule, "simulate": _simulate}

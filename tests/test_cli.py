@@ -111,16 +111,36 @@ def test_ask_exhausted_retries_exits_1(capsys: pytest.CaptureFixture[str], monke
 
 def test_simulate_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """simulate runs a batch against the local endpoint and prints the summary rows."""
-    argv = ["simulate", "--rate", "40", "--burst", "2", "--requests", "6", "--concurrency", "3"]
+    argv = ["simulate", "--rate", "40", "--burst", "2", "--requests", "6", "--concurrency", "3", "--no-compare"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    rows = {line[:17].strip(): line[17:].strip() for line in captured.out.splitlines() if line.startswith("  ")}
+    rows = summary_rows(captured.out)
     assert rows["requests"] == "6"
     assert rows["succeeded"] == "6"
     assert rows["failed"] == "0"
     assert int(rows["429s received"]) == int(rows["retries"])
-    assert rows["ideal time"].startswith("0.10 s")
+    assert rows["ideal time"] == "0.10 s"
     assert "Traceback" not in captured.err
+
+
+def summary_rows(out: str) -> dict[str, str]:
+    """The summary's rows: label -> the cells after it."""
+    return {
+        line[2:16].strip(): line[16:].strip() for line in out.splitlines() if line.startswith("  ") and line[2] != " "
+    }
+
+
+def test_simulate_compares_with_coordination_off(capsys: pytest.CaptureFixture[str]) -> None:
+    """By default the batch also runs uncoordinated first, and both columns are shown: retries become visible."""
+    argv = ["simulate", "--rate", "100", "--burst", "2", "--requests", "12", "--concurrency", "6"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "coordination off" in out
+    assert "as configured" in out
+    rows = summary_rows(out)
+    uncoordinated_429s, coordinated_429s = (int(cell) for cell in rows["429s received"].split())
+    assert uncoordinated_429s > coordinated_429s
+    assert rows["requests"].split() == ["12", "12"]
 
 
 def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,8 +162,8 @@ def test_simulate_exhausted_budget_exits_1(capsys: pytest.CaptureFixture[str], m
     argv = ["simulate", "--rate", "1", "--burst", "1", "--requests", "3", "--concurrency", "3", "--count", "0"]
     assert main(argv) == 1
     captured = capsys.readouterr()
-    assert "failed         2" in captured.out
-    assert "first failure: openrouter rate limit (HTTP 429)" in captured.out
+    assert summary_rows(captured.out)["failed"] == "2"
+    assert "first failure (result): openrouter rate limit (HTTP 429)" in captured.out
     assert "Traceback" not in captured.err
 
 
