@@ -220,10 +220,15 @@ def test_waits_beyond_max_wait_are_left_to_the_server(cooldowns: Cooldowns, fake
 # --- interruption ---
 
 
-def _interrupt_soon() -> threading.Timer:
+def seconds_until_interrupted(cooldowns: Cooldowns) -> float:
+    """Take a turn, press Ctrl-C 0.1 s later, and return how long the turn lasted."""
     timer = threading.Timer(0.1, os.kill, args=(os.getpid(), signal.SIGINT))
     timer.start()
-    return timer
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        cooldowns.take_turn(KEY)
+    timer.join()
+    return time.monotonic() - started
 
 
 @pytest.fixture(autouse=True)
@@ -239,12 +244,7 @@ def test_ctrl_c_ends_a_hold_promptly() -> None:
     cooldowns = Cooldowns()
     destination = cooldowns.take_turn(KEY)
     cooldowns.observe(destination, 429, {}, ServerHint(10, "retry-after"))
-    timer = _interrupt_soon()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        cooldowns.take_turn(KEY)
-    timer.join()
-    assert time.monotonic() - started < 1
+    assert seconds_until_interrupted(cooldowns) < 1
     assert cooldowns.wait_turn(destination, max_wait=1) == 0.0  # no lock left held
 
 
@@ -252,12 +252,7 @@ def test_ctrl_c_ends_a_wait_for_the_first_answer() -> None:
     """KeyboardInterrupt also ends a wait for the probe's answer."""
     cooldowns = Cooldowns(probe_timeout=10)
     cooldowns.take_turn(KEY)
-    timer = _interrupt_soon()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        cooldowns.take_turn(KEY)
-    timer.join()
-    assert time.monotonic() - started < 1
+    assert seconds_until_interrupted(cooldowns) < 1
 
 
 # --- through the adapter, against a real server ---

@@ -88,19 +88,23 @@ def endpoint_process(rate: float, burst: int) -> Iterator[tuple[str, Served]]:
 Sender = tuple[Callable[[int], bool], Callable[[], None]]
 
 
-def aicoder_shared(base_url: str, threads: int) -> Sender:
-    config = Config(openrouter_api_key="bench", openrouter_base_url=base_url)
+def _aicoder(model: str, config: Config, threads: int) -> Sender:
+    """``LLMClient`` for ``model`` over one retrying session shared by all threads."""
     session = retrying_session(config, pool_maxsize=threads)
-    client = LLMClient("openrouter/bench", config=config, session=session)
+    client = LLMClient(model, config=config, session=session)
+    return (lambda index: _completes(client, index)), session.close
 
-    def send(index: int) -> bool:
-        try:
-            client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
-        except RuntimeError:
-            return False
-        return True
 
-    return send, session.close
+def _completes(client: LLMClient, index: int) -> bool:
+    try:
+        client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
+    except RuntimeError:
+        return False
+    return True
+
+
+def aicoder_shared(base_url: str, threads: int) -> Sender:
+    return _aicoder("openrouter/bench", Config(openrouter_api_key="bench", openrouter_base_url=base_url), threads)
 
 
 def aicoder_per_thread(base_url: str, threads: int) -> Sender:
@@ -113,43 +117,18 @@ def aicoder_per_thread(base_url: str, threads: int) -> Sender:
             local.session = retrying_session(config)
             sessions.append(local.session)
             local.client = LLMClient("openrouter/bench", config=config, session=local.session)
-        try:
-            local.client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
-        except RuntimeError:
-            return False
-        return True
+        return _completes(local.client, index)
 
     return send, lambda: [session.close() for session in sessions]
 
 
 def aicoder_sdk_bridge(base_url: str, threads: int) -> Sender:
-    config = Config(openai_api_key="bench", openai_base_url=base_url)
-    session = retrying_session(config, pool_maxsize=threads)
-    client = LLMClient("openai/bench", config=config, session=session)
-
-    def send(index: int) -> bool:
-        try:
-            client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
-        except RuntimeError:
-            return False
-        return True
-
-    return send, session.close
+    return _aicoder("openai/bench", Config(openai_api_key="bench", openai_base_url=base_url), threads)
 
 
 def aicoder_uncoordinated(base_url: str, threads: int) -> Sender:
     config = Config(openrouter_api_key="bench", openrouter_base_url=base_url, retry_coordinate=False)
-    session = retrying_session(config, pool_maxsize=threads)
-    client = LLMClient("openrouter/bench", config=config, session=session)
-
-    def send(index: int) -> bool:
-        try:
-            client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
-        except RuntimeError:
-            return False
-        return True
-
-    return send, session.close
+    return _aicoder("openrouter/bench", config, threads)
 
 
 def openai_sdk_retries(base_url: str, threads: int) -> Sender:
