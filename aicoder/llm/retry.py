@@ -90,16 +90,6 @@ class LinearRetry(Retry):
         options.update(retry_options)
         super().__init__(**options)
 
-    @classmethod
-    def from_config(cls, config: Config) -> LinearRetry:
-        """Build the policy the ``LLM_RETRY_*`` settings describe."""
-        return cls(
-            config.retry_count,
-            config.retry_min_delay,
-            config.retry_max_delay,
-            respect_retry_after_header=config.retry_respect_retry_after,
-        )
-
     def new(self, **kw: Any) -> Self:
         """Carry aicoder's parameters into the next ``Retry``; urllib3's ``new()`` alone drops them."""
         params: dict[str, Any] = {
