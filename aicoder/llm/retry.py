@@ -105,11 +105,11 @@ class LinearRetry(Retry):
         """Retry 429 only, whatever the method and whatever ``Retry-After`` says."""
         return status_code in self.RETRY_STATUSES
 
-    def hint(self, response: BaseHTTPResponse) -> ServerHint | None:
-        """Return the server's wait hint on ``response``, or ``None`` if absent or ignored."""
+    def hint(self, headers: Mapping[str, str]) -> ServerHint | None:
+        """Return the wait hint in a 429's ``headers``, or ``None`` if absent or ignored."""
         if not self.respect_retry_after_header:
             return None
-        return server_hint(response.headers)
+        return server_hint(headers)
 
     def waitable(self, hint: ServerHint | None) -> ServerHint | None:
         """Return ``hint`` if this policy would wait that long (at most ``max_delay``), else ``None``."""
@@ -130,7 +130,7 @@ class LinearRetry(Retry):
 
         if response.retries is None:  # urllib3 records it; `responses` does not
             response.retries = self
-        hint = self.hint(response)
+        hint = self.hint(response.headers)
         waitable = self.waitable(hint)
         turn = current_turn.get()
         if turn is not None:  # tell every request bound for this destination, not only this one
@@ -267,8 +267,7 @@ class LinearBackoffAdapter(HTTPAdapter):
             raise
         finally:
             current_turn.reset(token)
-        rate_limited = response.status_code in LinearRetry.RETRY_STATUSES and retry.respect_retry_after_header
-        hint = server_hint(response.headers) if rate_limited else None
+        hint = retry.hint(response.headers) if response.status_code in LinearRetry.RETRY_STATUSES else None
         cooldowns.observe(destination, response.status_code, response.headers, retry.waitable(hint))
         return response
 
