@@ -26,13 +26,17 @@ class Reply:
 
 @dataclass(frozen=True)
 class Received:
-    """A request as the server saw it (header names lower-cased), with the monotonic time it arrived."""
+    """A request as the server saw it (header names lower-cased), with the monotonic time it arrived.
+
+    ``client_port`` tells connections apart: requests on one kept-alive connection share it.
+    """
 
     method: str
     path: str
     headers: dict[str, str]
     body: bytes
     at: float
+    client_port: int = 0
 
 
 def completion(content: str = "hello") -> Reply:
@@ -90,7 +94,12 @@ class ScriptedServer:
                 body = self.rfile.read(length) if length else b""
                 reply = server._next_reply(
                     Received(
-                        self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()
+                        self.command,
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        body,
+                        time.monotonic(),
+                        self.client_address[1],
                     )
                 )
                 time.sleep(reply.delay)

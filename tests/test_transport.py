@@ -82,6 +82,15 @@ def test_sdk_request_goes_through_the_session_once_per_attempt() -> None:
     assert server.received[1].body == first.body
 
 
+def test_connection_is_kept_alive_across_sdk_calls() -> None:
+    """A completion read to the end leaves its connection in the pool for the next one."""
+    with scripted_server(completion("one"), completion("two"), completion("three")) as server:
+        client = sdk(f"{server.url}/v1")
+        answers = [client.chat.completions.create(model="m", messages=[]).choices[0].message.content for _ in range(3)]
+    assert answers == ["one", "two", "three"]
+    assert len({received.client_port for received in server.received}) == 1
+
+
 def test_retry_state_rides_along_on_the_final_response() -> None:
     """The final 429 carries the LinearRetry that produced it, for the client's error message."""
     with scripted_server(rate_limited()) as server, pytest.raises(openai.RateLimitError) as caught:
@@ -110,6 +119,33 @@ def test_repeated_response_headers_are_kept() -> None:
         response.read()
     assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
     assert response.content == b"ok"
+
+
+def test_request_header_bytes_reach_the_server_unchanged() -> None:
+    """Header bytes outside ASCII are sent exactly as httpx2 encoded them, not re-encoded."""
+    with scripted_server(Reply(200, b"ok")) as server:
+        request = httpx2.Request("GET", f"{server.url}/x", headers={"X-Note": "café ✓".encode()})
+        RequestsTransport(requests.Session()).handle_request(request).read()
+    # http.server decodes header bytes as latin-1: undo that to see the bytes on the wire.
+    assert server.received[0].headers["x-note"].encode("latin-1") == "café ✓".encode()
+
+
+def test_response_header_bytes_reach_the_sdk_unchanged() -> None:
+    """A response header outside ASCII reaches httpx2 as the bytes the server sent."""
+    with scripted_server(Reply(200, b"ok", {"X-Note": "café"})) as server:  # http.server sends latin-1
+        request = httpx2.Request("GET", f"{server.url}/x")
+        response = RequestsTransport(requests.Session()).handle_request(request)
+        response.read()
+    assert (b"X-Note", "café".encode("latin-1")) in response.headers.raw
+
+
+def test_repeated_request_headers_are_joined() -> None:
+    """A name given twice is sent once, its values joined, as httpx2 itself would."""
+    with scripted_server(Reply(200, b"ok")) as server:
+        request = httpx2.Request("GET", f"{server.url}/x", headers=[("X-Tag", "a"), ("x-tag", "b"), ("X-One", "1")])
+        RequestsTransport(requests.Session()).handle_request(request).read()
+    assert server.received[0].headers["x-tag"] == "a, b"
+    assert server.received[0].headers["x-one"] == "1"
 
 
 def test_connection_refused_becomes_an_sdk_connection_error() -> None:

@@ -20,6 +20,7 @@ import urllib3.exceptions
 from requests.hooks import default_hooks
 from requests.structures import CaseInsensitiveDict
 from requests.utils import resolve_proxies
+from urllib3 import HTTPHeaderDict
 
 from aicoder.llm.retry import retry_state
 
@@ -79,6 +80,8 @@ class _ResponseStream(httpx2.SyncByteStream):
         with map_exceptions(self._request):
             while chunk := raw.read1(_CHUNK_SIZE, decode_content=False):
                 yield chunk
+                if raw.closed:  # the body is complete: skip the read that would only say so
+                    break
 
     def close(self) -> None:
         self._response.close()
@@ -119,10 +122,9 @@ class RequestsTransport(httpx2.BaseTransport):
             "reason_phrase": (response.reason or "").encode("ascii", "replace"),
             RETRY_EXTENSION: retry_state(response),
         }
-        raw_headers = getattr(response.raw, "headers", None) or response.headers
         return httpx2.Response(
             response.status_code,
-            headers=list(raw_headers.items()),
+            headers=_response_headers(response),
             stream=_ResponseStream(response, request),
             extensions=extensions,
         )
@@ -157,13 +159,41 @@ def _prepare(request: httpx2.Request, body: bytes) -> requests.PreparedRequest:
     prepared = requests.PreparedRequest()
     prepared.method = request.method
     prepared.url = str(request.url)
-    prepared.headers = CaseInsensitiveDict(request.headers.items())
+    prepared.headers = _headers(request.headers)
     if "transfer-encoding" in prepared.headers:  # a streamed body, now read whole: frame it by length
         del prepared.headers["transfer-encoding"]
         prepared.headers["Content-Length"] = str(len(body))
     prepared.body = body or None
     prepared.hooks = default_hooks()
     return prepared
+
+
+def _headers(headers: httpx2.Headers) -> CaseInsensitiveDict[str]:
+    """Decode httpx2's header bytes as latin-1, which ``http.client`` encodes back to the very same bytes.
+
+    A name sent more than once is sent once with its values joined by ``", "``, as httpx2's
+    ``items()`` would; ``requests`` cannot send a name twice.
+    """
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.raw]
+    decoded = CaseInsensitiveDict(pairs)
+    if len(decoded) < len(pairs):
+        joined: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.lower()
+            joined[key] = f"{joined[key]}, {value}" if key in joined else value
+        decoded = CaseInsensitiveDict(joined)
+    return decoded
+
+
+def _response_headers(response: requests.Response) -> list[tuple[bytes, bytes]]:
+    """The response's header lines as the bytes the server sent, repeated names kept apart (``Set-Cookie``).
+
+    ``http.client`` decoded them as latin-1; encoding them back gives the very same bytes, which
+    httpx2 then decodes as it would its own.
+    """
+    raw_headers = getattr(response.raw, "headers", None)
+    lines = raw_headers.iteritems() if isinstance(raw_headers, HTTPHeaderDict) else response.headers.items()
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in lines]
 
 
 def _timeout(timeout: Any) -> tuple[float | None, float | None] | None:
