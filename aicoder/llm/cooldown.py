@@ -34,6 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from requests.structures import CaseInsensitiveDict
@@ -66,7 +67,7 @@ def destination_key(url: str, headers: Mapping[str, str]) -> str:
     origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
     if not isinstance(headers, CaseInsensitiveDict):
         headers = CaseInsensitiveDict(headers)
-    credentials = "\n".join(headers.get(name) or "" for name in CREDENTIAL_HEADERS)
+    credentials = "\n".join([headers.get(name) or "" for name in CREDENTIAL_HEADERS])
     fingerprint = hashlib.blake2b(credentials.encode(), key=_SALT, digest_size=12).hexdigest()
     return f"{origin} {fingerprint}"
 
@@ -138,10 +139,16 @@ class Cooldowns:
         others wait for. ``max_wait`` is as for :meth:`wait_turn`.
         """
         with self._lock:
-            known = key in self._destinations
-            destination = self._destination(key)
-        if known:
+            destination = self._destinations.get(key)
+            if destination is None:
+                return self._add(key)
+            self._destinations.move_to_end(key)
+            # The common case, decided under one lock: no probe in flight, so take the turn now.
+            wait = None if destination.first_answer is not None else self._reserve(destination, 0.0, max_wait)
+        if wait is None:
             self.wait_turn(destination, max_wait=max_wait)
+        elif wait > 0:
+            self._sleep(wait)
         return destination
 
     def wait_turn(self, destination: Destination, delay: float = 0.0, max_wait: float = math.inf) -> float:
@@ -159,15 +166,20 @@ class Cooldowns:
         if first_answer is not None and not first_answer.is_set():
             first_answer.wait(min(self.probe_timeout, max_wait))
         with self._lock:
-            now = self._clock()
-            hold = destination.held_until - now
-            wait = max(delay, hold if hold <= max_wait else 0.0, 0.0)
-            interval = destination.interval
-            if interval is not None and interval <= max_wait:
-                wait = max(wait, destination.tat - _tolerance(destination) - now)
-                destination.tat = max(destination.tat, now + wait) + interval
+            wait = self._reserve(destination, delay, max_wait)
         if wait > 0:
             self._sleep(wait)
+        return wait
+
+    def _reserve(self, destination: Destination, delay: float, max_wait: float) -> float:
+        """Take ``destination``'s next turn and return the seconds until it comes. Call with the lock held."""
+        now = self._clock()
+        hold = destination.held_until - now
+        wait = max(delay, hold if hold <= max_wait else 0.0, 0.0)
+        interval = destination.interval
+        if interval is not None and interval <= max_wait:
+            wait = max(wait, destination.tat - _tolerance(destination) - now)
+            destination.tat = max(destination.tat, now + wait) + interval
         return wait
 
     def observe(
@@ -192,11 +204,7 @@ class Cooldowns:
         with self._lock:
             self._answered(destination)
 
-    def _destination(self, key: str) -> Destination:
-        destination = self._destinations.get(key)
-        if destination is not None:
-            self._destinations.move_to_end(key)
-            return destination
+    def _add(self, key: str) -> Destination:
         # The first request to a new destination is the probe; others wait for its answer.
         destination = Destination(key, first_answer=threading.Event())
         self._destinations[key] = destination
@@ -273,8 +281,7 @@ def shared_cooldowns() -> Cooldowns:
     return _shared
 
 
-@dataclass(frozen=True)
-class Turn:
+class Turn(NamedTuple):
     """The destination a request in this thread is bound for, and the cooldowns that pace it."""
 
     cooldowns: Cooldowns

@@ -15,6 +15,7 @@ schedule. Only header *names* leave this module, never their values.
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import re
 import time
@@ -28,6 +29,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATIONS = re.compile(f"(?:{_DURATION.pattern})+")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RESET_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+#: Longer durations are parsed afresh each time, so a hostile server cannot fill the cache with big strings.
+_CACHED_DURATION_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,14 @@ def parse_duration(value: str | None) -> float | None:
     """Return the seconds in a duration such as ``20ms``, ``1s``, ``6m0s`` or ``1.5``; ``None`` if malformed."""
     if value is None:
         return None
+    if len(value) > _CACHED_DURATION_LENGTH:
+        return _parse_duration.__wrapped__(value)
+    return _parse_duration(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_duration(value: str) -> float | None:
+    # Cached: every answer carries x-ratelimit-reset-* headers, and servers repeat the same few values.
     value = value.strip()
     if not value:
         return None

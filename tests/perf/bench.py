@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -270,15 +271,29 @@ def run_batch(name: str, rate: float, threads: int, count: int) -> Run:
 # --- overhead with no 429 at all ---
 
 
-def time_requests(send: Callable[[int], Any], count: int) -> float:
-    started = time.perf_counter()
-    for index in range(count):
-        send(index)
-    return time.perf_counter() - started
+def time_paired(
+    ours: Callable[[int], Any], theirs: Callable[[int], Any], count: int, block: int = 100
+) -> tuple[float, float]:
+    """Seconds spent in ``count`` calls of each, in alternating blocks of ``block`` calls.
+
+    Alternating gives both sides the same machine: a background job or a change of CPU speed
+    slows both alike instead of whichever happened to run then. Blocks keep each side's code
+    warm in the CPU caches, as it is in a process that uses only one of them.
+    """
+    clock = time.perf_counter
+    spent = [0.0, 0.0]
+    for start in range(0, count, block):
+        order = ((0, ours), (1, theirs)) if start // block % 2 == 0 else ((1, theirs), (0, ours))
+        for side, send in order:
+            started = clock()
+            for index in range(start, min(start + block, count)):
+                send(index)
+            spent[side] += clock() - started
+    return spent[0], spent[1]
 
 
 def overhead(count: int, rounds: int) -> list[tuple[str, float, float, float]]:
-    """Median seconds for ``count`` sequential requests, aicoder against the plain equivalent."""
+    """Seconds for ``count`` sequential requests, aicoder against the plain equivalent: medians over ``rounds``."""
     results = []
     with endpoint_process(1e9, 10**9) as (base_url, _):
         config = Config(
@@ -301,14 +316,12 @@ def overhead(count: int, rounds: int) -> list[tuple[str, float, float, float]]:
             ),
         ]
         for label, ours, theirs in pairs:
-            time_requests(ours, 50)
-            time_requests(theirs, 50)
-            our_times, their_times = [], []
-            for _ in range(rounds):
-                our_times.append(time_requests(ours, count))
-                their_times.append(time_requests(theirs, count))
-            ours_median, theirs_median = min(our_times), min(their_times)
-            results.append((label, ours_median, theirs_median, ours_median / theirs_median))
+            time_paired(ours, theirs, 100)  # warm up: connections, caches, the probe
+            measured = [time_paired(ours, theirs, count) for _ in range(rounds)]
+            our_time = statistics.median(mine for mine, _ in measured)
+            their_time = statistics.median(other for _, other in measured)
+            ratio = statistics.median(mine / other for mine, other in measured)
+            results.append((label, our_time, their_time, ratio))
     return results
 
 
@@ -462,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| 2,000 sequential requests, no 429 | aicoder (s) | plain (s) | ratio |")
         print("| --- | --- | --- | --- |")
         report["overhead"] = []
-        for label, ours, theirs, ratio in overhead(2000, rounds=7):
+        for label, ours, theirs, ratio in overhead(2000, rounds=5):
             print(f"| {label} | {ours:.3f} | {theirs:.3f} | {ratio:.3f} |", flush=True)
             report["overhead"].append({"pair": label, "aicoder": ours, "plain": theirs, "ratio": ratio})
 
