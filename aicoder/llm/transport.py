@@ -10,7 +10,6 @@ handed on as streams: a streamed completion arrives chunk by chunk.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,16 +55,29 @@ _EXCEPTION_MAP: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] 
 )
 
 
-@contextmanager
-def map_exceptions(request: httpx2.Request) -> Iterator[None]:
+def map_exceptions(request: httpx2.Request) -> _MappedExceptions:
     """Re-raise ``requests``/urllib3 errors as the httpx2 errors the SDK handles, chained."""
-    try:
-        yield
-    except Exception as exc:
+    return _MappedExceptions(request)
+
+
+class _MappedExceptions:
+    """The context manager behind :func:`map_exceptions`; a class, not a generator, as it runs twice a request."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: httpx2.Request) -> None:
+        self.request = request
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object) -> None:
+        if not isinstance(exc, Exception):
+            return
         for source, target in _EXCEPTION_MAP:
             if isinstance(exc, source):
-                raise target(f"{type(exc).__name__} while sending {request.method} request", request=request) from exc
-        raise
+                message = f"{type(exc).__name__} while sending {self.request.method} request"
+                raise target(message, request=self.request) from exc
 
 
 class _ResponseStream(httpx2.SyncByteStream):
