@@ -106,9 +106,9 @@ class RequestsTransport(httpx2.BaseTransport):
     so that retrying happens in the session's adapter only. Redirects, content
     decoding (bodies pass through raw), headers and cookies are left to the
     httpx2 client: the session's default headers, cookies and auth are not merged
-    in. Its adapters, proxies (environment ones read once per origin), ``verify``
-    and ``cert`` apply. ``close()`` closes ``session`` only if ``close_session``
-    is true.
+    in. Header bytes pass through unchanged both ways. Its adapters, proxies
+    (environment ones read once per origin), ``verify`` and ``cert`` apply.
+    ``close()`` closes ``session`` only if ``close_session`` is true.
     """
 
     def __init__(self, session: requests.Session, *, close_session: bool = False) -> None:
