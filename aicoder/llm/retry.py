@@ -267,8 +267,10 @@ class LinearBackoffAdapter(HTTPAdapter):
             raise
         finally:
             current_turn.reset(token)
-        hint = retry.hint(response.headers) if response.status_code in LinearRetry.RETRY_STATUSES else None
-        cooldowns.observe(destination, response.status_code, response.headers, retry.waitable(hint))
+        # A 429 has already been observed, hint and all, by LinearRetry.increment, which urllib3
+        # runs for every 429, the last one included.
+        if response.status_code not in LinearRetry.RETRY_STATUSES:
+            cooldowns.observe(destination, response.status_code, response.headers, None)
         return response
 
     @property
