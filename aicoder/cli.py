@@ -16,6 +16,7 @@ from aicoder.config import Config, ConfigError
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.schedule import linear_delays
 from aicoder.simulate import SimulationResult, simulate
+from aicoder.testing.endpoint import DIALECTS
 
 __all__ = ["main", "run"]
 
@@ -92,6 +93,20 @@ def _build_parser() -> _ArgumentParser:
         "--concurrency", type=_at_least_one, default=4, help="threads sending them (default: %(default)s)"
     )
     simulate.add_argument(
+        "--dialect",
+        choices=list(DIALECTS),
+        default="openai",
+        help="how the endpoint describes its limits: its rate-limit headers and 429s (default: %(default)s; "
+        "openai-tokens makes a token limit bind; see docs/cli.md)",
+    )
+    simulate.add_argument(
+        "--foreign",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the endpoint's capacity another client on the same key takes, 0 to 0.9 (default: 0)",
+    )
+    simulate.add_argument(
         "--provider",
         choices=["openrouter", "openai"],
         default="openrouter",
@@ -112,6 +127,9 @@ def _add_retry_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=_count, help="retries after the first attempt (LLM_RETRY_COUNT)")
     parser.add_argument("--min", type=_seconds, dest="min_delay", help="first wait, seconds (LLM_RETRY_MIN_DELAY)")
     parser.add_argument("--max", type=_seconds, dest="max_delay", help="last and largest wait (LLM_RETRY_MAX_DELAY)")
+    parser.add_argument(
+        "--max-hint", type=_seconds, dest="max_hint", help="longest server hint waited for (LLM_RETRY_MAX_HINT)"
+    )
 
 
 def _count(text: str) -> int:
@@ -138,6 +156,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 0.9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share of the capacity from 0 to 0.9")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -149,12 +177,17 @@ def _seconds(text: str) -> float:
 
 
 def _retry_config(args: argparse.Namespace) -> Config:
-    """The loaded settings, with the command line's ``--count``/``--min``/``--max`` over them."""
-    overrides = {"retry_count": args.count, "retry_min_delay": args.min_delay, "retry_max_delay": args.max_delay}
+    """The loaded settings, with the command line's ``--count``/``--min``/``--max``/``--max-hint`` over them."""
+    overrides = {
+        "retry_count": args.count,
+        "retry_min_delay": args.min_delay,
+        "retry_max_delay": args.max_delay,
+        "retry_max_hint": args.max_hint,
+    }
     try:
         return dataclasses.replace(Config.load(), **{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (the flags --min and --max set these)") from None
+        raise ConfigError(f"{exc} (the flags --count, --min, --max and --max-hint set these)") from None
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -228,6 +261,8 @@ def _run_batch(args: argparse.Namespace, config: Config, label: str) -> Simulati
             concurrency=args.concurrency,
             provider=args.provider,
             config=config,
+            dialect=args.dialect,
+            foreign=args.foreign,
             on_progress=progress,
         )
     finally:
@@ -237,12 +272,15 @@ def _run_batch(args: argparse.Namespace, config: Config, label: str) -> Simulati
 def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
     return {
         "provider": args.provider,
+        "dialect": args.dialect,
+        "foreign": args.foreign,
         "rate": args.rate,
         "burst": args.burst,
         "concurrency": args.concurrency,
         "retry_count": config.retry_count,
         "retry_min_delay": config.retry_min_delay,
         "retry_max_delay": config.retry_max_delay,
+        "retry_max_hint": config.retry_max_hint,
         "retry_respect_retry_after": config.retry_respect_retry_after,
         "retry_coordinate": config.retry_coordinate,
     }
@@ -251,13 +289,15 @@ def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
 def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple[str, SimulationResult]]) -> None:
     hints = "server hints respected" if config.retry_respect_retry_after else "server hints ignored"
     coordination = "coordinated" if config.retry_coordinate else "not coordinated"
+    foreign = f", another client takes {args.foreign:.0%} of it" if args.foreign else ""
     print(
         f"aicoder simulate: {args.requests} requests from {args.concurrency} threads via {args.provider}, "
-        f"endpoint allows {args.rate:g}/s with a burst of {args.burst}"
+        f"endpoint allows {args.rate:g}/s with a burst of {args.burst}{foreign}, dialect {args.dialect}"
     )
     print(
         f"retry settings: LLM_RETRY_COUNT={config.retry_count} LLM_RETRY_MIN_DELAY={config.retry_min_delay:g} "
-        f"LLM_RETRY_MAX_DELAY={config.retry_max_delay:g} ({hints}, {coordination})"
+        f"LLM_RETRY_MAX_DELAY={config.retry_max_delay:g} LLM_RETRY_MAX_HINT={config.retry_max_hint:g} "
+        f"({hints}, {coordination})"
     )
     print()
     rows: list[tuple[str, Callable[[SimulationResult], str]]] = [
@@ -275,7 +315,11 @@ def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple
     for name, cell in rows:
         print(f"  {name:<14}" + "".join(f" {cell(result):>18}" for _, result in results))
     print()
-    print("ideal time = (requests - burst) / rate; efficiency = ideal / wall")
+    share = " * (1 - foreign share)" if args.foreign else ""
+    print(
+        f"ideal time = (requests - burst) / (rate{share}); "
+        "efficiency = the ideal time of the requests that succeeded / wall time"
+    )
     for label, result in results:
         if result.first_error is not None:
             print(f"first failure ({label}): {result.first_error}")

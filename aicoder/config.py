@@ -19,6 +19,9 @@ __all__ = ["Config", "ConfigError"]
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
+#: The longest server hint any setting may allow waiting for: a day.
+MAX_HINT_CAP = 86_400.0
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -41,6 +44,14 @@ def check_delay(name: str, value: object) -> float:
     return float(value)
 
 
+def check_hint_cap(name: str, value: object) -> float:
+    """Return ``value`` as seconds if it is a number from 0 to 86,400 (a day); else raise :class:`ConfigError`."""
+    seconds = check_delay(name, value)
+    if seconds > MAX_HINT_CAP:
+        raise ConfigError(f"{name}={value!r} is not allowed: expected seconds from 0 to {MAX_HINT_CAP:g} (a day)")
+    return seconds
+
+
 def check_delay_range(min_name: str, min_delay: float, max_name: str, max_delay: float) -> None:
     """Raise :class:`ConfigError` unless ``min_delay <= max_delay``."""
     if max_delay < min_delay:
@@ -55,6 +66,8 @@ class Config:
 
     ``retry_count=0`` means one attempt and no retry. ``retry_min_delay`` and
     ``retry_max_delay`` bound the linear schedule, in seconds.
+    ``retry_max_hint`` is the longest wait a server may ask for and get: a
+    longer hint (a daily quota) ends retrying at once.
     ``retry_respect_retry_after=False`` ignores the server's wait hints.
     ``retry_coordinate=False`` turns off the shared per-destination cooldown
     (:mod:`aicoder.llm.cooldown`).
@@ -64,6 +77,7 @@ class Config:
     retry_count: int = 5
     retry_min_delay: float = 2.0
     retry_max_delay: float = 30.0
+    retry_max_hint: float = 120.0
     retry_respect_retry_after: bool = True
     retry_coordinate: bool = True
     openrouter_api_key: str | None = field(default=None, repr=False)
@@ -76,6 +90,7 @@ class Config:
         object.__setattr__(self, "retry_min_delay", check_delay("LLM_RETRY_MIN_DELAY", self.retry_min_delay))
         object.__setattr__(self, "retry_max_delay", check_delay("LLM_RETRY_MAX_DELAY", self.retry_max_delay))
         check_delay_range("LLM_RETRY_MIN_DELAY", self.retry_min_delay, "LLM_RETRY_MAX_DELAY", self.retry_max_delay)
+        object.__setattr__(self, "retry_max_hint", check_hint_cap("LLM_RETRY_MAX_HINT", self.retry_max_hint))
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Config:
@@ -103,6 +118,7 @@ class Config:
         values |= get("LLM_RETRY_COUNT", _parse_count)
         values |= get("LLM_RETRY_MIN_DELAY", _parse_delay)
         values |= get("LLM_RETRY_MAX_DELAY", _parse_delay)
+        values |= get("LLM_RETRY_MAX_HINT", _parse_hint_cap)
         values |= get("LLM_RETRY_RESPECT_RETRY_AFTER", _parse_bool)
         values |= get("LLM_RETRY_COORDINATE", _parse_bool)
         for name in ("OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
@@ -114,6 +130,7 @@ _FIELDS = {
     "LLM_RETRY_COUNT": "retry_count",
     "LLM_RETRY_MIN_DELAY": "retry_min_delay",
     "LLM_RETRY_MAX_DELAY": "retry_max_delay",
+    "LLM_RETRY_MAX_HINT": "retry_max_hint",
     "LLM_RETRY_RESPECT_RETRY_AFTER": "retry_respect_retry_after",
     "LLM_RETRY_COORDINATE": "retry_coordinate",
     "OPENROUTER_API_KEY": "openrouter_api_key",
@@ -138,6 +155,15 @@ def _parse_delay(name: str, raw: str, origin: str) -> float:
     except (ValueError, ConfigError):
         raise ConfigError(
             f"{name}={raw!r} ({origin}) is not allowed: expected a finite number of seconds >= 0"
+        ) from None
+
+
+def _parse_hint_cap(name: str, raw: str, origin: str) -> float:
+    try:
+        return check_hint_cap(name, float(raw))
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"{name}={raw!r} ({origin}) is not allowed: expected seconds from 0 to {MAX_HINT_CAP:g} (a day)"
         ) from None
 
 

@@ -7,6 +7,7 @@ rate limit before they meet a paid API.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -17,12 +18,14 @@ from typing import Any, Literal
 from aicoder.config import Config
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.retry import retrying_session
+from aicoder.llm.tokens import estimate_cost
 from aicoder.testing.endpoint import RateLimitedEndpoint
 
 __all__ = ["SimulationResult", "ideal_seconds", "simulate"]
 
 Provider = Literal["openrouter", "openai"]
 LOCAL_KEY = "local-endpoint-needs-no-key"
+SYSTEM_PROMPT = "You are a test."
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,16 @@ class SimulationResult:
     latencies: tuple[float, ...] = field(repr=False)
     first_error: str | None = None
 
+    #: The least time the requests that succeeded could have taken.
+    completed_ideal_seconds: float = 0.0
+
     @property
     def efficiency(self) -> float:
-        """Ideal time over wall time: 1.0 means the batch ran exactly at the rate limit."""
-        return self.ideal_seconds / self.wall_seconds if self.wall_seconds > 0 else 1.0
+        """Ideal time for the requests that succeeded over wall time: 1.0 is exactly at the rate limit.
+
+        Failed requests count for nothing: a batch whose requests fail early is not efficient.
+        """
+        return self.completed_ideal_seconds / self.wall_seconds if self.wall_seconds > 0 else 1.0
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form ``aicoder simulate --json`` prints."""
@@ -61,9 +70,23 @@ class SimulationResult:
         }
 
 
-def ideal_seconds(requests: int, rate: float, burst: int) -> float:
-    """The least time ``requests`` can take under a ``rate``/``burst`` token bucket: ``(N - burst) / rate``."""
-    return max(0, requests - burst) / rate
+def ideal_seconds(requests: int, rate: float, burst: int, foreign: float = 0.0) -> float:
+    """The least time ``requests`` can take under a ``rate``/``burst`` token bucket of which another
+    client takes the share ``foreign``: ``(N - burst) / (rate * (1 - foreign))``."""
+    return max(0, requests - burst) / (rate * (1 - foreign))
+
+
+def prompt(index: int) -> str:
+    """The user prompt of request ``index``: always the same length, so every request costs the same tokens."""
+    return f"request {index:06d}"
+
+
+def request_tokens() -> int:
+    """The tokens each simulated request is charged (:func:`~aicoder.llm.tokens.estimate_cost`)."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt(0)}]
+    cost = estimate_cost(json.dumps({"messages": messages}))
+    assert cost is not None
+    return cost.total
 
 
 def simulate(
@@ -74,15 +97,19 @@ def simulate(
     concurrency: int,
     provider: Provider,
     config: Config,
+    dialect: str = "openai",
+    foreign: float = 0.0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     """Send ``requests`` completions from ``concurrency`` threads sharing one client, and measure.
 
     The retry settings come from ``config``; its keys and base URLs are replaced
-    to point at a fresh :class:`RateLimitedEndpoint`. ``on_progress(done, rate_limited)``
-    is called from the calling thread about ten times a second.
+    to point at a fresh :class:`RateLimitedEndpoint` speaking ``dialect``, of
+    whose capacity another client takes the share ``foreign``.
+    ``on_progress(done, rate_limited)`` is called from the calling thread about
+    ten times a second.
     """
-    with RateLimitedEndpoint(rate, burst) as endpoint:
+    with RateLimitedEndpoint(rate, burst, dialect=dialect, foreign=foreign, token_cost=request_tokens()) as endpoint:
         local = replace(
             config,
             openrouter_api_key=LOCAL_KEY,
@@ -98,7 +125,7 @@ def simulate(
             while (index := batch.claim()) is not None:
                 sent = time.monotonic()
                 try:
-                    client.sendRequest("You are a test.", f"request {index}", verbose=False)
+                    client.sendRequest(SYSTEM_PROMPT, prompt(index), verbose=False)
                 except RuntimeError as exc:
                     batch.finish(time.monotonic() - sent, str(exc))
                 else:
@@ -119,16 +146,18 @@ def simulate(
 
     if on_progress is not None:
         on_progress(batch.done, stats.rate_limited)
+    succeeded = requests - len(batch.errors)
     return SimulationResult(
         requests=requests,
-        succeeded=requests - len(batch.errors),
+        succeeded=succeeded,
         failed=len(batch.errors),
         rate_limited=stats.rate_limited,
         retries=stats.total - requests,
         wall_seconds=wall,
-        ideal_seconds=ideal_seconds(requests, rate, burst),
+        ideal_seconds=ideal_seconds(requests, rate, burst, foreign),
         latencies=tuple(batch.latencies),
         first_error=batch.errors[0] if batch.errors else None,
+        completed_ideal_seconds=ideal_seconds(succeeded, rate, burst, foreign),
     )
 
 

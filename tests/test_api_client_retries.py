@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import socket
@@ -30,6 +31,7 @@ def client(provider: str, base_url: str = BASE, **settings: float) -> LLMClient:
         retry_count=int(settings.get("count", 5)),
         retry_min_delay=settings.get("min_delay", 2.0),
         retry_max_delay=settings.get("max_delay", 30.0),
+        retry_max_hint=settings.get("max_hint", 120.0),
         openrouter_api_key=KEY,
         openrouter_base_url=base_url,
         openai_api_key=KEY,
@@ -103,17 +105,47 @@ def test_other_errors_are_raised_after_one_request(provider: str, status: int) -
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_hint_longer_than_max_stops_at_once(provider: str) -> None:
-    """A Retry-After beyond LLM_RETRY_MAX_DELAY ends retrying and says which setting to raise."""
+def test_hint_longer_than_max_hint_stops_at_once(provider: str) -> None:
+    """A Retry-After beyond LLM_RETRY_MAX_HINT ends retrying and says which setting to raise."""
     with responses.RequestsMock() as mock:
         limited = mock.post(ENDPOINT, status=429, json=error_json("quota"), headers={"Retry-After": "3600"})
         with pytest.raises(RuntimeError) as caught:
             client(provider).sendRequest("system", PROMPT)
     assert limited.call_count == 1
     message = str(caught.value)
-    assert "asked to wait 3.6e+03 s (retry-after)" in message
+    assert "asked to wait 60 min" in message
+    assert "(retry-after, retry-after dialect)" in message
     assert "stopped after 0 retries" in message
-    assert "Raise LLM_RETRY_MAX_DELAY to at least 3600" in message
+    assert "Raise LLM_RETRY_MAX_HINT to at least 3600" in message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_daily_quota_stops_at_once_and_names_its_reset(provider: str) -> None:
+    """OpenRouter's per-day cap, its reset a Unix time in ms in the body: one request, then the reset time."""
+    reset = int(time.time() + 9 * 3600) * 1000
+    headers = {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)}
+    body = {
+        "error": {"message": "Rate limit exceeded: free-models-per-day", "code": 429, "metadata": {"headers": headers}}
+    }
+    with scripted_server(Reply(429, json.dumps(body).encode(), {"Content-Type": "application/json"})) as server:
+        with pytest.raises(RuntimeError) as caught:
+            client(provider, f"{server.url}/v1").sendRequest("system", PROMPT)
+        assert server.count == 1
+    message = str(caught.value)
+    moment = datetime.datetime.fromtimestamp(reset / 1000, datetime.UTC)
+    assert f"until {moment:%Y-%m-%d %H:%M}" in message
+    assert "x-ratelimit dialect" in message
+    assert "asked to wait 9 h" in message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_hint_between_the_schedule_cap_and_the_hint_cap_is_waited(provider: str) -> None:
+    """A 0.3 s hint with LLM_RETRY_MAX_DELAY=0.1 but the hint cap above it: waited, then the answer."""
+    with scripted_server(rate_limited({"retry-after-ms": "300"}), completion("later")) as server:
+        started = time.monotonic()
+        llm = client(provider, f"{server.url}/v1", min_delay=0.05, max_delay=0.1, max_hint=1.0)
+        assert llm.sendRequest("s", "u") == "later"
+        assert time.monotonic() - started >= 0.3
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -13,12 +13,13 @@ import pytest
 import requests
 
 from aicoder.config import Config
-from aicoder.llm.cooldown import RELAX_FACTOR, SAFETY_MARGIN, Cooldowns, destination_key, shared_cooldowns
+from aicoder.llm.cooldown import Cooldowns, DestinationKey, destination_key, shared_cooldowns
 from aicoder.llm.hints import ServerHint
+from aicoder.llm.pace import SAFETY_MARGIN
 from aicoder.llm.retry import LinearBackoffAdapter, retrying_session
 from aicoder.testing import RateLimitedEndpoint
 
-KEY = "http://api.test sk"
+KEY = DestinationKey("http://api.test", "sk")
 
 
 class FakeTime:
@@ -46,7 +47,7 @@ def cooldowns(fake: FakeTime) -> Cooldowns:
     return Cooldowns(clock=fake.clock, sleep=fake.sleep, probe_timeout=0.01)
 
 
-def rate_headers(limit: int, remaining: int, reset: str) -> dict[str, str]:
+def per_minute(limit: int, remaining: int, reset: str) -> dict[str, str]:
     return {
         "x-ratelimit-limit-requests": str(limit),
         "x-ratelimit-remaining-requests": str(remaining),
@@ -54,7 +55,7 @@ def rate_headers(limit: int, remaining: int, reset: str) -> dict[str, str]:
     }
 
 
-def turns(cooldowns: Cooldowns, fake: FakeTime, count: int, key: str = KEY) -> list[float]:
+def turns(cooldowns: Cooldowns, fake: FakeTime, count: int, key: DestinationKey = KEY) -> list[float]:
     """Take ``count`` first-attempt turns one after another; return when each was granted."""
     granted = []
     for _ in range(count):
@@ -78,19 +79,20 @@ def test_same_origin_and_key_share_a_destination() -> None:
 
 
 def test_key_never_holds_the_credentials() -> None:
-    """The destination key is a salted hash of the credentials, not the credentials."""
-    key = destination_key("https://api.test/v1", {"Authorization": "Bearer sk-SENTINEL", "x-api-key": "xk-SENTINEL"})
-    assert "SENTINEL" not in key
-    assert key.startswith("https://api.test ")
+    """The destination key is the origin and a salted hash of the credentials, not the credentials."""
+    key = destination_key("https://user:pw@api.test/v1", {"Authorization": "Bearer sk-SENTINEL", "x-api-key": "x"})
+    assert "SENTINEL" not in repr(key) and "pw" not in repr(key)
+    assert key.origin == "https://api.test"
 
 
 def test_memory_is_bounded() -> None:
     """Only the most recently used destinations are remembered."""
     cooldowns = Cooldowns(max_destinations=3)
     for n in range(10):
-        cooldowns.take_turn(f"http://host{n}.test k")
+        cooldowns.observe(cooldowns.take_turn(DestinationKey(f"http://host{n}.test", "k")), 200, {})
     assert len(cooldowns) == 3
-    assert cooldowns.take_turn("http://host0.test k").first_answer is not None  # forgotten: a new probe
+    assert cooldowns.pace(DestinationKey("http://host0.test", "k")) is None  # forgotten
+    assert cooldowns.pace(DestinationKey("http://host9.test", "k")) is not None
 
 
 # --- first contact ---
@@ -104,7 +106,7 @@ def test_first_request_probes_and_others_wait_for_its_answer() -> None:
     follower = threading.Thread(target=lambda: (cooldowns.take_turn(KEY), released.set()))
     follower.start()
     assert not released.wait(0.05)
-    cooldowns.observe(probe, 200, rate_headers(100, 99, "10ms"), None)
+    cooldowns.observe(probe, 200, per_minute(6000, 5999, "10ms"))
     assert released.wait(1)
     follower.join()
 
@@ -128,93 +130,81 @@ def test_probe_wait_is_bounded() -> None:
     assert 0.04 <= time.monotonic() - started < 0.5
 
 
-# --- hold and staggered release ---
+# --- hold and pace ---
 
 
 def test_a_hint_holds_first_attempts_too(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """After a 429 asking for 3 s, a new request (not a retry) waits those 3 s."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, {}, ServerHint(3.0, "retry-after"))
+    """After a 429 asking for 3 s (precisely), a new request (not a retry) waits those 3 s."""
+    turn = cooldowns.take_turn(KEY)
+    cooldowns.observe(turn, 429, {}, ServerHint(3.0, "retry-after-ms"))
     assert turns(cooldowns, fake, 1) == [3.0]
 
 
-def test_release_is_staggered_at_the_measured_pace(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """With rate headers, held requests go one interval apart, not all at once."""
-    destination = cooldowns.take_turn(KEY)
-    # 5 requests per second: an empty bucket is full again after 1 s.
-    cooldowns.observe(destination, 429, rate_headers(5, 0, "1s"), ServerHint(0.2, "retry-after-ms"))
-    interval = 0.2 * (1 + SAFETY_MARGIN)
+def test_a_whole_second_hint_holds_the_others_a_second_less(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """``Retry-After: 3`` may mean 2.01 s: others hold only for the 2 s that are certain."""
+    turn = cooldowns.take_turn(KEY)
+    cooldowns.observe(turn, 429, {}, ServerHint(3.0, "retry-after", coarse=True))
+    assert turns(cooldowns, fake, 1) == [2.0]
+
+
+def test_a_one_second_hint_is_not_a_pace(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """``Retry-After: 1`` does not become "one request a second": later turns are far closer together."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, {})
+    granted = turns(cooldowns, fake, 6)
+    turn = cooldowns.take_turn(KEY)
+    cooldowns.observe(turn, 429, {}, ServerHint(1.0, "retry-after", coarse=True))
+    later = turns(cooldowns, fake, 5)
+    assert all(b - a < 0.5 for a, b in itertools.pairwise([granted[-1], *later]))
+
+
+def test_requests_go_at_the_per_minute_rate(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """600 requests a minute, with room for all: one every 0.1 s, none at once."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, per_minute(600, 599, "100ms"))
     granted = turns(cooldowns, fake, 4)
-    # The bucket is full after 1 s; the first turn comes once it holds two tokens (one stays spare).
-    assert granted[0] == pytest.approx(1.0 - 3 * interval, abs=1e-6)
+    interval = 0.1 / (1 - SAFETY_MARGIN)
     assert [b - a for a, b in itertools.pairwise(granted)] == pytest.approx([interval] * 3, abs=1e-6)
 
 
-def test_release_is_staggered_by_the_hint_without_rate_headers(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """Without rate headers, the hint is the pace: one request per hinted wait."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, {}, ServerHint(0.5, "retry-after-ms"))
-    assert turns(cooldowns, fake, 3) == pytest.approx([0.5, 1.0, 1.5])
+def test_a_retry_waits_its_backoff_then_queues(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """A retry sleeps its own backoff first, holding no place in the queue meanwhile."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, per_minute(60, 59, "1s"))
+    assert cooldowns.wait_turn(probe, delay=5.0) == pytest.approx(5.0)
+    assert turns(cooldowns, fake, 1)[0] == pytest.approx(5.0 + 1 / (1 - SAFETY_MARGIN), abs=1e-6)
 
 
-def test_a_retry_waits_for_its_backoff_and_its_turn(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """A retry waits at least its own backoff, and behind turns already handed out."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, {}, ServerHint(1.0, "retry-after"))
-    turns(cooldowns, fake, 2)  # turns at 1.0 and 2.0 s
-    assert cooldowns.wait_turn(destination, delay=0.1) == pytest.approx(1.0)
-    assert cooldowns.wait_turn(destination, delay=5.0) == pytest.approx(5.0)
-
-
-def test_unknown_limits_are_not_paced(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """A destination that sends no rate headers and no 429 is never slowed down."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 200, {}, None)
-    assert turns(cooldowns, fake, 50) == [0.0] * 50
-    assert fake.slept == []
-
-
-def test_full_bucket_allows_a_burst_less_one(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """With a known burst, turns come at once while the server's bucket has room, keeping one spare."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 200, rate_headers(10, 9, "100ms"), None)
-    granted = turns(cooldowns, fake, 10)
-    assert granted[:8] == [0.0] * 8
-    assert granted[8] > 0
-
-
-# --- relaxation ---
-
-
-def test_hint_pace_relaxes_with_successes(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """Without rate headers, each success shortens the pace, until it is dropped."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, {}, ServerHint(1.0, "retry-after"))
-    cooldowns.observe(destination, 200, {}, None)
-    assert destination.interval == pytest.approx(RELAX_FACTOR)
-    for _ in range(40):
-        cooldowns.observe(destination, 200, {}, None)
-    assert destination.interval is None
-    fake.now += 10
-    assert turns(cooldowns, fake, 5) == [10.0] * 5
-
-
-def test_measured_pace_refills_when_load_drops(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """With rate headers, an idle spell gives back the burst: full speed within the limit."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, rate_headers(5, 0, "1s"), ServerHint(0.2, "retry-after-ms"))
-    turns(cooldowns, fake, 5)
-    fake.now += 60
-    start = fake.now - 1000.0
-    assert turns(cooldowns, fake, 4) == pytest.approx([start] * 4)
+def test_unknown_limits_are_not_paced_once_slow_start_is_over(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """A destination that sends no rate headers and no 429 is slowed only by slow start's first second."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, {})
+    fake.now += 5
+    assert turns(cooldowns, fake, 50) == [5.0] * 50
 
 
 def test_waits_beyond_max_wait_are_left_to_the_server(cooldowns: Cooldowns, fake: FakeTime) -> None:
     """A hold or pace longer than the caller's maximum is not waited for: the server will say so."""
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, {}, ServerHint(3600, "retry-after"))
-    assert cooldowns.wait_turn(destination, max_wait=30) == 0.0
+    turn = cooldowns.take_turn(KEY)
+    cooldowns.observe(turn, 429, {}, ServerHint(3600, "retry-after"))
+    assert cooldowns.wait_turn(turn, max_wait=30) == 0.0
     assert fake.slept == []
+
+
+def test_a_429_moves_turns_already_handed_out() -> None:
+    """A thread asleep until its turn follows the turn when a hold moves it later."""
+    cooldowns = Cooldowns(probe_timeout=0.01)
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, per_minute(600, 599, "100ms"))  # ten a second
+    first = cooldowns.take_turn(KEY)
+    done: list[float] = []
+    started = time.monotonic()
+    waiter = threading.Thread(target=lambda: (cooldowns.take_turn(KEY), done.append(time.monotonic() - started)))
+    waiter.start()  # its turn is about 0.1 s away
+    time.sleep(0.02)
+    cooldowns.observe(first, 429, {}, ServerHint(0.3, "retry-after-ms"))
+    waiter.join()
+    assert done[0] >= 0.3
 
 
 # --- interruption ---
@@ -242,10 +232,10 @@ def ctrl_c_raises() -> Iterator[None]:
 def test_ctrl_c_ends_a_hold_promptly() -> None:
     """KeyboardInterrupt ends a long hold at once, and leaves the cooldowns usable."""
     cooldowns = Cooldowns()
-    destination = cooldowns.take_turn(KEY)
-    cooldowns.observe(destination, 429, {}, ServerHint(10, "retry-after"))
+    turn = cooldowns.take_turn(KEY)
+    cooldowns.observe(turn, 429, {}, ServerHint(10, "retry-after-ms"))
     assert seconds_until_interrupted(cooldowns) < 1
-    assert cooldowns.wait_turn(destination, max_wait=1) == 0.0  # no lock left held
+    assert cooldowns.wait_turn(turn, max_wait=1) == 0.0  # no lock left held
 
 
 def test_ctrl_c_ends_a_wait_for_the_first_answer() -> None:

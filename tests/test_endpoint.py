@@ -67,25 +67,86 @@ def test_limits_are_enforced_and_counted() -> None:
 
 
 def test_429_looks_like_openai() -> None:
-    """A 429 carries an OpenAI error body and consistent retry and rate-limit headers."""
+    """By default a 429 speaks OpenAI: per-minute limits in six headers, the wait in the error message."""
     with RateLimitedEndpoint(rate=2, burst=1) as endpoint:
         first = requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
         limited = requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
-    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    assert first.headers["x-ratelimit-limit-requests"] == "120"  # per minute
     assert limited.status_code == 429
     error = limited.json()["error"]
-    assert error["code"] == "rate_limit_exceeded"
-    assert "Rate limit reached" in error["message"]
+    assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
+    assert "on requests per min (RPM): Limit 120" in error["message"]
     headers = limited.headers
-    wait_ms = int(headers["retry-after-ms"])
-    assert 0 < wait_ms <= 500
-    assert int(headers["retry-after"]) == math.ceil(wait_ms / 1000)
-    assert headers["x-ratelimit-limit-requests"] == "1"
-    assert int(headers["x-ratelimit-remaining-requests"]) <= int(headers["x-ratelimit-limit-requests"])
-    hint = server_hint(headers)
-    assert hint is not None and hint.header == "retry-after-ms"
-    reset = server_hint({"x-ratelimit-reset-requests": headers["x-ratelimit-reset-requests"]})
-    assert reset is not None and reset.seconds >= wait_ms / 1000 - 0.001
+    assert "retry-after" not in headers
+    assert int(headers["x-ratelimit-remaining-requests"]) <= 120
+    hint = server_hint(headers, limited.content)
+    assert hint is not None and hint.source == "body: error.message"
+    assert 0 < hint.seconds <= 0.5
+
+
+def send_until_refused(endpoint: RateLimitedEndpoint) -> requests.Response:
+    for _ in range(20):
+        answer = requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+        if answer.status_code == 429:
+            return answer
+    raise AssertionError("the endpoint never refused")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "source", "on_every_answer"),
+    [
+        ("openai", "body: error.message", "x-ratelimit-limit-requests"),
+        ("openai-tokens", "body: error.message", "x-ratelimit-limit-tokens"),
+        ("openrouter", "x-ratelimit-reset", None),
+        ("anthropic", "retry-after", "anthropic-ratelimit-requests-limit"),
+        ("github", "retry-after", "x-ratelimit-reset"),
+        ("ietf", "retry-after", "ratelimit-policy"),
+        ("retry-after", "retry-after", None),
+        ("retry-after-ms", "retry-after-ms", None),
+        ("bare", None, None),
+    ],
+)
+def test_every_dialect_speaks_as_documented(dialect: str, source: str | None, on_every_answer: str | None) -> None:
+    """Each dialect's 429 carries the hint aicoder reads for it, its 200s their rate-limit headers or none."""
+    with RateLimitedEndpoint(rate=4, burst=2, dialect=dialect, token_cost=10) as endpoint:
+        ok = requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+        limited = send_until_refused(endpoint)
+    assert ok.status_code == 200
+    if on_every_answer is None:
+        assert not any(name.lower().startswith(("x-ratelimit", "ratelimit", "anthropic")) for name in ok.headers)
+    else:
+        assert on_every_answer in {name.lower() for name in ok.headers}
+    hint = server_hint(limited.headers, limited.content)
+    if source is None:
+        assert hint is None
+    else:
+        assert hint is not None and hint.source == source
+        assert 0 < hint.seconds <= 1.0  # the next request fits within a second at 4 a second
+
+
+def test_token_limit_binds_in_the_tokens_dialect() -> None:
+    """openai-tokens refuses on tokens (type "tokens") while its request limit has room."""
+    with RateLimitedEndpoint(rate=4, burst=2, dialect="openai-tokens", token_cost=10) as endpoint:
+        limited = send_until_refused(endpoint)
+    assert limited.json()["error"]["type"] == "tokens"
+    assert int(limited.headers["x-ratelimit-remaining-requests"]) > 0
+
+
+def test_a_foreign_client_takes_its_share() -> None:
+    """With another client taking 90 % of the capacity, the headers still show the whole limit."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, refill=1.0)
+    assert bucket.take()[0]
+    clock.now += 0.5
+    assert not bucket.take()[0]  # at the whole rate a token would be back; at a tenth of it, not yet
+    assert bucket.until_full(0) == 0.1
+
+
+@pytest.mark.parametrize(("option", "value"), [("dialect", "klingon"), ("foreign", 0.95), ("token_cost", 0)])
+def test_bad_endpoint_options_are_named(option: str, value: object) -> None:
+    """A dialect not listed, a foreign share over 0.9 or a token cost below 1 is refused with the option named."""
+    with pytest.raises(ValueError, match=f"{option}="):
+        RateLimitedEndpoint(**{option: value})  # type: ignore[arg-type]
 
 
 def test_sdk_parses_plain_and_streamed_completions() -> None:
@@ -139,15 +200,12 @@ def test_instant_waits_fixture(aicoder_instant_waits: list[float], aicoder_endpo
     from aicoder import Config, LLMClient
 
     endpoint = aicoder_endpoint_factory(rate=0.5, burst=1)
-    config = Config(retry_count=2, openrouter_api_key="k", openrouter_base_url=endpoint.base_url)
+    config = Config(retry_count=2, openrouter_api_key="key-for-test", openrouter_base_url=endpoint.base_url)
     client = LLMClient("m", config=config)
     assert client.sendRequest("s", "first") == "echo: first"
     with pytest.raises(RuntimeError, match="persisted after 2 retries"):
         client.sendRequest("s", "second")
-    # One wait for the second request's turn (the endpoint allows one every 2 s), then its two
-    # retries' waits, each behind the turns handed out before it. All skipped, so the real
-    # endpoint still refuses the retries.
-    first, *retries = aicoder_instant_waits
-    assert 1.5 < first <= 2.1
-    assert len(retries) == 2
-    assert first < retries[0] < retries[1]
+    # The second request waits for its turn at the endpoint's pace (30 a minute: one every 2 s),
+    # then each retry for its own. All skipped, so the real endpoint still refuses the retries.
+    assert len(aicoder_instant_waits) >= 3
+    assert all(1.5 < wait < 10 for wait in aicoder_instant_waits if wait > 0)

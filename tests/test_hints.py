@@ -1,67 +1,214 @@
-"""Server wait hints are read from 429 headers, and broken ones are ignored, never fatal."""
+"""The wait a 429 asks for is read from every dialect's headers and bodies; broken values are ignored, never fatal."""
 
 from __future__ import annotations
 
 import email.utils
+import json
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 
-from aicoder.llm.hints import ServerHint, server_hint
+from aicoder.llm.hints import MAX_BODY, ServerHint, server_hint
+from aicoder.llm.tokens import RequestCost
 
 NOW = 1_800_000_000.0
 
 
-def hint(**headers: str) -> ServerHint | None:
-    return server_hint(CaseInsensitiveDict({k.replace("_", "-"): v for k, v in headers.items()}), now=lambda: NOW)
+def hint(body: bytes | str | None = None, cost: RequestCost | None = None, **headers: str) -> ServerHint | None:
+    names = CaseInsensitiveDict({k.replace("_", "-"): v for k, v in headers.items()})
+    return server_hint(names, body, now=lambda: NOW, cost=cost)
+
+
+def said(found: ServerHint | None) -> tuple[float, str, bool] | None:
+    """The seconds, source and coarseness of a hint, rounded for comparison."""
+    return None if found is None else (round(found.seconds, 6), found.source, found.coarse)
 
 
 def test_milliseconds() -> None:
-    """retry-after-ms is milliseconds."""
-    assert hint(retry_after_ms="1500") == ServerHint(1.5, "retry-after-ms")
+    """retry-after-ms is milliseconds, precise."""
+    found = hint(retry_after_ms="1500")
+    assert said(found) == (1.5, "retry-after-ms", False)
+    assert found is not None and found.retry_at == NOW + 1.5 and found.header == "retry-after-ms"
 
 
-def test_seconds() -> None:
-    """Retry-After in seconds, integer or decimal."""
-    assert hint(Retry_After="7") == ServerHint(7.0, "retry-after")
-    assert hint(Retry_After=" 0.25 ") == ServerHint(0.25, "retry-after")
+def test_seconds_are_coarse_when_whole() -> None:
+    """Retry-After in whole seconds may be rounded; a decimal is precise."""
+    assert said(hint(Retry_After="7")) == (7.0, "retry-after", True)
+    assert said(hint(Retry_After=" 0.25 ")) == (0.25, "retry-after", False)
 
 
 def test_http_date() -> None:
-    """Retry-After as an HTTP-date is the time left until then."""
+    """Retry-After as an HTTP-date is the time left until then, to the second."""
     date = email.utils.formatdate(NOW + 12, usegmt=True)
-    assert hint(Retry_After=date) == ServerHint(12.0, "retry-after")
+    assert said(hint(Retry_After=date)) == (12.0, "retry-after", True)
 
 
 def test_milliseconds_win_over_seconds() -> None:
     """retry-after-ms is more precise and is preferred."""
-    assert hint(retry_after_ms="200", Retry_After="1") == ServerHint(0.2, "retry-after-ms")
+    assert said(hint(retry_after_ms="200", Retry_After="1")) == (0.2, "retry-after-ms", False)
 
 
-def test_reset_durations_take_the_later() -> None:
-    """x-ratelimit-reset-* durations are parsed and the later one is used."""
-    found = hint(x_ratelimit_reset_requests="20ms", x_ratelimit_reset_tokens="6m0s")
-    assert found == ServerHint(360.0, "x-ratelimit-reset-tokens")
-    assert hint(x_ratelimit_reset_requests="1h2m3.5s") == ServerHint(3723.5, "x-ratelimit-reset-requests")
-    assert hint(x_ratelimit_reset_requests="1s", x_ratelimit_reset_tokens="bogus") == ServerHint(
-        1.0, "x-ratelimit-reset-requests"
+def test_a_precise_hint_within_a_second_of_a_coarse_one_wins() -> None:
+    """``Retry-After: 2`` with "try again in 1.5s" in the body: the same wait, said precisely."""
+    body = json.dumps({"error": {"message": "Please try again in 1.5s.", "type": "tokens"}})
+    assert said(hint(body, Retry_After="2")) == (1.5, "body: error.message", False)
+    assert said(hint(body, Retry_After="20")) == (20.0, "retry-after", True)  # a different wait: the header wins
+
+
+@pytest.mark.parametrize("zero", ["0", "0.0"])
+def test_zero_is_no_hint_and_a_usable_reset_wins(zero: str) -> None:
+    """Flask-Limiter's truncated ``Retry-After: 0`` is not "go now": the reset beside it is used."""
+    assert hint(Retry_After=zero) is None
+    assert hint(retry_after_ms=zero) is None
+    found = hint(Retry_After=zero, x_ratelimit_limit="5", x_ratelimit_remaining="0", x_ratelimit_reset="0.4")
+    assert said(found) == (0.4, "x-ratelimit-reset", False)
+
+
+def test_openai_token_429_waits_for_its_own_cost() -> None:
+    """The exhausted dimension's bucket, until this request fits: not the larger of the two resets."""
+    headers = {
+        "x_ratelimit_limit_requests": "500",
+        "x_ratelimit_remaining_requests": "499",
+        "x_ratelimit_reset_requests": "6m0s",  # the limit not exhausted: its long reset must not count
+        "x_ratelimit_limit_tokens": "30000",
+        "x_ratelimit_remaining_tokens": "0",
+        "x_ratelimit_reset_tokens": "58s",
+    }
+    found = hint(cost=RequestCost(500, 1000), **headers)
+    assert said(found) == (2.9, "x-ratelimit-reset-tokens", False)
+    assert found is not None and found.dialect == "openai"
+
+
+def test_the_body_type_names_the_exhausted_dimension() -> None:
+    """OpenAI's error ``type`` says which limit refused, even when both show room."""
+    body = json.dumps({"error": {"message": "Rate limit reached", "type": "requests"}})
+    found = hint(
+        body,
+        x_ratelimit_limit_requests="60",
+        x_ratelimit_remaining_requests="0",
+        x_ratelimit_reset_requests="30s",
+        x_ratelimit_limit_tokens="1000",
+        x_ratelimit_remaining_tokens="0",
+        x_ratelimit_reset_tokens="60s",
     )
+    assert said(found) == (0.5, "x-ratelimit-reset-requests", False)
 
 
-def test_retry_after_beats_reset_headers() -> None:
-    """An explicit Retry-After is preferred to the reset durations."""
-    assert hint(Retry_After="3", x_ratelimit_reset_requests="10s") == ServerHint(3.0, "retry-after")
+def test_gemini_retry_info_in_a_list() -> None:
+    """Gemini's OpenAI-compatible endpoint: a JSON list, with google.rpc.RetryInfo among the details."""
+    body = json.dumps(
+        [
+            {
+                "error": {
+                    "code": 429,
+                    "message": "You exceeded your current quota.",
+                    "status": "RESOURCE_EXHAUSTED",
+                    "details": [
+                        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "38.601s"},
+                    ],
+                }
+            }
+        ]
+    )
+    found = hint(body)
+    assert said(found) == (38.601, "body: RetryInfo.retryDelay", False)
+    assert found is not None and found.dialect == "gemini"
+
+
+@pytest.mark.parametrize(
+    ("message", "seconds", "dialect"),
+    [
+        ("Rate limit reached for gpt-4o on tokens per min (TPM). Please try again in 1.5s.", 1.5, "openai"),
+        ("Rate limit reached. Please try again in 20ms.", 0.02, "openai"),
+        ("Rate limit reached. Please try again in 7m12s.", 432.0, "openai"),
+        ("...exceeded token rate limit of your current pricing tier. Please retry after 37 seconds.", 37.0, "azure"),
+        ("Resource exhausted. Please retry in 38.601536533s.", 38.601536533, "gemini"),
+    ],
+)
+def test_hints_in_error_messages(message: str, seconds: float, dialect: str) -> None:
+    """The phrases OpenAI's Responses API, Azure and Gemini put in their messages."""
+    found = hint(json.dumps({"error": {"message": message}}))
+    assert found is not None
+    assert found.seconds == pytest.approx(seconds)
+    assert (found.source, found.dialect) == ("body: error.message", dialect)
+
+
+def test_openrouter_metadata_headers_in_the_body() -> None:
+    """OpenRouter repeats its rate-limit headers in ``error.metadata.headers``; Reset is a Unix time in ms."""
+    body = json.dumps(
+        {
+            "error": {
+                "message": "Rate limit exceeded: free-models-per-day",
+                "code": 429,
+                "metadata": {
+                    "headers": {
+                        "X-RateLimit-Limit": "50",
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset": str(int((NOW + 9 * 3600) * 1000)),
+                    }
+                },
+            }
+        }
+    )
+    found = hint(body)
+    assert said(found) == (9 * 3600.0, "x-ratelimit-reset", False)
+    assert found is not None and found.retry_at == NOW + 9 * 3600
+
+
+def test_anthropic_reset_without_retry_after() -> None:
+    """An exhausted Anthropic bucket, with no retry-after: the time until one request is back."""
+    found = hint(
+        anthropic_ratelimit_requests_limit="60",
+        anthropic_ratelimit_requests_remaining="0",
+        anthropic_ratelimit_requests_reset="2027-01-15T08:01:00Z",  # a minute after NOW
+    )
+    assert said(found) == (1.0, "anthropic-ratelimit-requests-reset", False)  # 1/60 of a whole-second reset
+
+
+def test_ietf_ratelimit_reset() -> None:
+    """IETF ``RateLimit: "q";r=0;t=2``."""
+    found = hint(RateLimit_Policy='"q";q=10;w=1', RateLimit='"q";r=0;t=2')
+    assert said(found) == (2.0, "ratelimit", True)
+
+
+def test_a_hint_past_the_first_64_kib_is_not_read() -> None:
+    """Bodies are read from their first 64 KiB only."""
+    padding = " " * MAX_BODY
+    assert hint(padding + "Please try again in 3s") is None
+    assert said(hint("Please try again in 3s" + padding)) == (3.0, "body: error.message", False)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["", "soon", "-5", "1e3", "nan", "inf", "Wed, 21 Oct 2015 07:28:00", "Wed, 21 Oct 99999 07:28:00 GMT"],
+    [
+        "",
+        "soon",
+        "-5",
+        "1e3",
+        "nan",
+        "inf",
+        "٣",
+        "1_000",
+        "5\x1f",
+        "Wed, 21 Oct 2015 07:28:00",
+        "Wed, 21 Oct 99999 GMT",
+    ],
 )
 def test_garbage_is_ignored(value: str) -> None:
-    """A malformed, negative, non-finite or zone-less value counts as no hint."""
+    """A malformed, negative, non-finite, non-ASCII or zone-less value counts as no hint."""
     assert hint(Retry_After=value) is None
     assert hint(retry_after_ms=value) is None
-    assert hint(x_ratelimit_reset_requests=value) is None
+    assert hint(x_ratelimit_remaining="0", x_ratelimit_reset=value) is None
+
+
+def test_an_exhausted_per_minute_bucket_needs_no_reset() -> None:
+    """OpenAI's 5 a minute with none left: the next request fits in 12 s, whatever the reset header says."""
+    found = hint(x_ratelimit_remaining_requests="0", x_ratelimit_limit_requests="5", x_ratelimit_reset_requests="?")
+    assert said(found) == (12.0, "x-ratelimit-reset-requests", False)
 
 
 def test_past_date_is_ignored() -> None:
@@ -71,9 +218,66 @@ def test_past_date_is_ignored() -> None:
 
 def test_broken_preferred_header_falls_through() -> None:
     """A garbage retry-after-ms does not hide a usable Retry-After."""
-    assert hint(retry_after_ms="soon", Retry_After="4") == ServerHint(4.0, "retry-after")
+    assert said(hint(retry_after_ms="soon", Retry_After="4")) == (4.0, "retry-after", True)
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000, "{" * 100_000, '{"error": ' * 50_000, b"\xff\xfe" * 100, "null"])
+def test_hostile_bodies_are_no_hint(body: str | bytes) -> None:
+    """Deep nesting, invalid UTF-8 and JSON that is no object are read without error, as no hint."""
+    assert hint(body) is None
 
 
 def test_no_headers() -> None:
     """No hint headers, no hint."""
     assert hint() is None
+
+
+_HEADER_NAMES = st.sampled_from(
+    [
+        "retry-after",
+        "retry-after-ms",
+        "x-ratelimit-reset",
+        "x-ratelimit-remaining",
+        "x-ratelimit-limit",
+        "x-ratelimit-reset-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-limit-tokens",
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-requests-remaining",
+        "ratelimit",
+        "ratelimit-policy",
+        "ratelimitbysize-reset",
+        "x-ratelimit-reset-requests-day",
+    ]
+)
+_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.integers(min_value=-(10**20), max_value=10**20).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["1e308", "9" * 400, "0.0000001", "1s" * 30, "2027-01-15T08:00:01Z", '"x";r=0;t=9e99']),
+)
+_BODIES = st.one_of(
+    st.none(),
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.floats(), st.text(max_size=20), st.integers()),
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(
+                st.sampled_from(["error", "details", "message", "retryDelay", "@type", "metadata", "headers", "type"]),
+                children,
+                max_size=4,
+            ),
+        ),
+        max_leaves=20,
+    ).map(json.dumps),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.dictionaries(_HEADER_NAMES, _VALUES, max_size=6), body=_BODIES)
+def test_any_answer_gives_no_hint_or_a_finite_positive_wait(headers: dict[str, str], body: str | bytes | None) -> None:
+    """Whatever a server sends, reading it never raises, and never yields a negative, NaN or infinite wait."""
+    found = server_hint(CaseInsensitiveDict(headers), body, now=lambda: NOW, cost=RequestCost(10, 100))
+    assert found is None or (math.isfinite(found.seconds) and found.seconds > 0)

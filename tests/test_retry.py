@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 
@@ -48,9 +49,10 @@ def test_zero_count_means_one_attempt() -> None:
 
 
 def test_new_carries_subclass_parameters() -> None:
-    """``new()`` keeps count, delays, waits and the hint switch (urllib3's alone would drop them)."""
-    retry = LinearRetry(3, 0.5, 4.0, respect_retry_after_header=False).increment("POST", URL, response=response())
-    assert (retry.count, retry.min_delay, retry.max_delay) == (3, 0.5, 4.0)
+    """``new()`` keeps count, delays, hint cap, waits and the hint switch (urllib3's alone would drop them)."""
+    first = LinearRetry(3, 0.5, 4.0, max_hint=9.0, respect_retry_after_header=False)
+    retry = first.increment("POST", URL, response=response())
+    assert (retry.count, retry.min_delay, retry.max_delay, retry.max_hint) == (3, 0.5, 4.0, 9.0)
     assert retry.respect_retry_after_header is False
     assert retry.waits == (Wait(0.5, "schedule"),)
     assert retry.total == 2
@@ -96,13 +98,30 @@ def test_hint_replaces_the_schedule() -> None:
     """A server hint is waited instead of the schedule, and its header is named."""
     retry = retry_chain(
         LinearRetry(),
-        [response(retry_after_ms="1500"), response(Retry_After="4"), response(x_ratelimit_reset_tokens="250ms")],
+        [
+            response(retry_after_ms="1500"),
+            response(Retry_After="4"),
+            response(x_ratelimit_reset_tokens="250ms"),
+            response(x_ratelimit_limit="10", x_ratelimit_remaining="0", x_ratelimit_reset="0.5"),
+        ],
     )
     assert retry.waits == (
         Wait(1.5, "retry-after-ms"),
         Wait(4.0, "retry-after"),
         Wait(0.25, "x-ratelimit-reset-tokens"),
+        Wait(0.5, "x-ratelimit-reset"),
     )
+
+
+def test_body_hint_is_read_and_the_body_kept_for_the_caller() -> None:
+    """A hint in a 429's body is honoured, and the final 429 still carries that body whole."""
+    body = b'{"error": {"message": "Please try again in 1.5s.", "type": "requests"}}'
+    answer = HTTPResponse(
+        body=io.BytesIO(body), status=429, headers={"Content-Length": str(len(body))}, preload_content=False
+    )
+    retry = LinearRetry().increment("POST", URL, response=answer)
+    assert retry.waits == (Wait(1.5, "body: error.message"),)
+    assert answer.data == body
 
 
 def test_bad_hint_falls_back_to_the_schedule() -> None:
@@ -111,10 +130,16 @@ def test_bad_hint_falls_back_to_the_schedule() -> None:
     assert retry.waits == (Wait(2.0, "schedule"), Wait(9.0, "schedule"))
 
 
-def test_hint_longer_than_max_gives_up_at_once() -> None:
-    """A hint beyond max_delay stops retrying: waiting it out is the user's decision."""
+def test_hint_longer_than_max_hint_gives_up_at_once() -> None:
+    """A hint beyond max_hint stops retrying: waiting it out is the user's decision."""
     with pytest.raises(MaxRetryError, match=r"server asked to wait 3\.6e\+03 s"):
-        LinearRetry(max_delay=30).increment("POST", URL, response=response(Retry_After="3600"))
+        LinearRetry(max_hint=120).increment("POST", URL, response=response(Retry_After="3600"))
+
+
+def test_hints_longer_than_the_schedule_cap_are_waited() -> None:
+    """Azure's 37 s is more than LLM_RETRY_MAX_DELAY's 30 s but within the hint cap: it is waited."""
+    retry = LinearRetry(max_delay=30, max_hint=120).increment("POST", URL, response=response(Retry_After="37"))
+    assert retry.waits == (Wait(37.0, "retry-after"),)
 
 
 def test_hints_can_be_ignored() -> None:
@@ -152,6 +177,7 @@ def test_one_warning_per_retry_without_secrets(caplog: pytest.LogCaptureFixture)
         ({"count": -1}, "count=-1"),
         ({"min_delay": -1}, "min_delay=-1"),
         ({"max_delay": float("nan")}, "max_delay=nan"),
+        ({"max_hint": 86401}, "max_hint=86401"),
         ({"min_delay": 5, "max_delay": 1}, "max_delay=1.0 is below min_delay=5.0"),
     ],
 )

@@ -7,14 +7,16 @@ every 429 it could. What reaches the client is final, and it becomes one
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import openai
 import requests
 
-from aicoder.config import Config, ConfigError
+from aicoder.config import MAX_HINT_CAP, Config, ConfigError
 from aicoder.llm.hints import server_hint
 from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
 from aicoder.llm.redaction import redact, safe_url
@@ -105,20 +107,20 @@ def _describe(provider: str, exc: Exception) -> str:
 
 def _describe_rate_limit(provider: str, where: str, failure: _Failure, said: str) -> str:
     retry = failure.retry
-    hint = server_hint(failure.headers)
-    asked = f"{hint.seconds:.3g} s ({hint.header})" if hint is not None else "no wait"
+    hint = server_hint(failure.headers, failure.body)
+    asked = f"{hint.seconds:.3g} s ({hint.source})" if hint is not None else "no wait"
     if retry is None:
         return (
             f"{provider} rate limit (HTTP 429) on {where}; server said: {said}; it asked for {asked}. "
             "No retries were made: this session has no LinearBackoffAdapter mounted."
         )
     retries = len(retry.history)
-    if retry.respect_retry_after_header and hint is not None and hint.seconds > retry.max_delay:
+    if retry.respect_retry_after_header and hint is not None and hint.seconds > retry.max_hint:
         return (
-            f"{provider} rate limit (HTTP 429) on {where}: the server asked to wait {asked}, longer than "
-            f"LLM_RETRY_MAX_DELAY={retry.max_delay:g} s, so aicoder stopped after {retries} "
-            f"{_plural(retries, 'retry', 'retries')}; server said: {said}. "
-            f"Raise LLM_RETRY_MAX_DELAY to at least {hint.seconds:.0f} to wait that long, or send fewer requests."
+            f"{provider} rate limit (HTTP 429) on {where}: the server asked to wait {_span(hint.seconds)}"
+            f"{_until(hint.retry_at)} ({hint.source}, {hint.dialect} dialect), longer than "
+            f"LLM_RETRY_MAX_HINT={retry.max_hint:g} s, so aicoder stopped after {retries} "
+            f"{_plural(retries, 'retry', 'retries')}; server said: {said}. {_advice_for_hint(hint.seconds)}"
         )
     waited = ", ".join(f"{wait.seconds:g}" for wait in retry.waits) or "nothing"
     return (
@@ -127,6 +129,28 @@ def _describe_rate_limit(provider: str, where: str, failure: _Failure, said: str
         f"server said: {said}; it asked for {asked}. "
         "Raise LLM_RETRY_COUNT or LLM_RETRY_MAX_DELAY, or send fewer requests."
     )
+
+
+def _span(seconds: float) -> str:
+    """``1.5 s``, ``12 min``, ``9.5 h``: a wait as a person would say it."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def _until(retry_at: float | None) -> str:
+    if retry_at is None:
+        return ""
+    moment = datetime.datetime.fromtimestamp(retry_at, datetime.UTC)
+    return f", until {moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _advice_for_hint(seconds: float) -> str:
+    if seconds <= MAX_HINT_CAP:
+        return f"Raise LLM_RETRY_MAX_HINT to at least {math.ceil(seconds)} to wait that long, or send fewer requests."
+    return "That is a quota for the day or longer: wait until then, or use another key or model."
 
 
 def _describe_transport_error(provider: str, exc: Exception) -> str:

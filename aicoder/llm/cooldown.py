@@ -3,16 +3,15 @@
 Per-request backoff fails many threads: every waiting thread wakes when the
 server's hint expires, one wins, the rest burn a retry. Instead, every request
 bound for the same destination (origin and credentials) asks :class:`Cooldowns`
-for a turn before it is sent, first attempts and retries alike:
+for a turn before it is sent, first attempts and retries alike. The turns follow
+the destination's :class:`~aicoder.llm.pace.Pace`:
 
-- **Hold.** A 429 with a hint holds the destination until the hint expires.
-- **Staggered release.** Turns are handed out at the pace the server allows,
-  learnt from its ``x-ratelimit-limit/remaining/reset-requests`` headers (a
-  client-side mirror of its token bucket, GCRA), or, without those headers,
-  from the hint itself.
-- **Relaxation.** With headers, turns come at once whenever the server's bucket
-  has room; without them, the pace speeds up with every success and is dropped
-  once it is faster than a millisecond.
+- **Hold.** A 429 with a hint holds the destination until the hint expires (a
+  whole-second hint, one second less: the server may have rounded up).
+- **Pace.** Turns are handed out at the rate the server's quotas describe, in
+  whatever dialect (:mod:`aicoder.llm.quotas`), for requests and for tokens.
+- **Feedback.** A 429 that arrives while paced means the model is wrong: the
+  rate is cut, then regrows (CUBIC), so servers that say nothing converge too.
 - **First contact.** While the first request to a new destination is in flight,
   others wait for its answer (at most ``probe_timeout`` seconds) so the limits
   are known before a crowd is sent.
@@ -30,34 +29,37 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
 from aicoder.llm import waiting
-from aicoder.llm.hints import ServerHint, parse_duration
+from aicoder.llm.hints import ServerHint
+from aicoder.llm.pace import Pace
+from aicoder.llm.quotas import read_quotas
+from aicoder.llm.tokens import RequestCost, estimate_cost
 
-__all__ = ["Cooldowns", "Destination", "Turn", "current_turn", "destination_key", "shared_cooldowns"]
+__all__ = ["Cooldowns", "DestinationKey", "Turn", "current_turn", "destination_key", "shared_cooldowns"]
 
 log = logging.getLogger(__name__)
 
 #: Request headers that carry credentials; their values are hashed into the key, never kept.
-CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
-#: Pace a little slower than the measured rate, which is known only from below.
-SAFETY_MARGIN = 0.01
-#: Without rate headers, each success shortens the pace by this factor ...
-RELAX_FACTOR = 0.8
-#: ... and a pace faster than this is no pace at all.
-RELAXED_INTERVAL = 0.001
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 _SALT = os.urandom(16)
 
 
-def destination_key(url: str, headers: Mapping[str, str]) -> str:
+class DestinationKey(NamedTuple):
+    """Where requests go and on whose account: the origin, and a salted hash of the credentials."""
+
+    origin: str
+    fingerprint: str
+
+
+def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
     """Return the key for ``url``'s origin and the credentials in ``headers``.
 
     The credentials are hashed with a per-process random salt: the key can
@@ -69,32 +71,51 @@ def destination_key(url: str, headers: Mapping[str, str]) -> str:
         headers = CaseInsensitiveDict(headers)
     credentials = "\n".join([headers.get(name) or "" for name in CREDENTIAL_HEADERS])
     fingerprint = hashlib.blake2b(credentials.encode(), key=_SALT, digest_size=12).hexdigest()
-    return f"{origin} {fingerprint}"
+    return DestinationKey(origin, fingerprint)
 
 
-@dataclass(eq=False)
-class Destination:
-    """What is known of one destination's rate limit. Guarded by its :class:`Cooldowns`' lock."""
+class _Destination:
+    """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
 
-    key: str
-    #: Seconds per request the server allows, ``None`` when unknown (no pacing).
-    interval: float | None = None
-    #: Requests the server allows at once (``x-ratelimit-limit-requests``); 1 when unknown.
-    burst: int = 1
-    #: Whether ``interval`` and ``burst`` come from rate headers, not from hints.
-    measured: bool = False
-    #: GCRA's theoretical arrival time: a turn is free at ``tat - (burst - 2) * interval`` (one token spare).
-    tat: float = 0.0
-    #: No turn before this (monotonic) time: the latest hint's expiry.
-    held_until: float = 0.0
-    #: Recent interval measurements, each at most the true one (see :meth:`Cooldowns._learn`).
-    samples: deque[float] = field(default_factory=lambda: deque(maxlen=32))
-    #: Set once the first request's answer (or failure) is in; ``None`` after that.
-    first_answer: threading.Event | None = None
+    __slots__ = ("first_answer", "key", "pace", "pending")
+
+    def __init__(self, key: DestinationKey, pace: Pace) -> None:
+        self.key = key
+        self.pace = pace
+        #: Turns handed out whose time has not come yet: a hold or a cut moves them.
+        self.pending: set[Turn] = set()
+        #: Set once the first request's answer (or failure) is in; ``None`` after that.
+        self.first_answer: threading.Event | None = threading.Event()
+
+
+class Turn:
+    """One request's place at its destination: when its current attempt went, and what it costs."""
+
+    __slots__ = ("_body", "_cost", "cooldowns", "destination", "granted_at", "held_back", "sent_at")
+
+    def __init__(self, cooldowns: Cooldowns, destination: _Destination, body: object = None) -> None:
+        self.cooldowns = cooldowns
+        self.destination = destination
+        #: When the current attempt was granted its turn, and when the turn came (monotonic seconds).
+        self.granted_at = self.sent_at = 0.0
+        #: Whether the destination's feedback rate, not its other limits, set the current attempt's turn.
+        self.held_back = False
+        self._body = body
+        self._cost: RequestCost | bool | None = False
 
     @property
-    def origin(self) -> str:
-        return self.key.split(" ", 1)[0]
+    def paced(self) -> bool:
+        """Whether the destination has a pace: a rate learnt from its quotas or from its 429s."""
+        return self.destination.pace.paced
+
+    @property
+    def cost(self) -> RequestCost | None:
+        """The request's token cost (:func:`~aicoder.llm.tokens.estimate_cost`), estimated once, on demand."""
+        if self._cost is False:
+            body = self._body
+            self._cost = estimate_cost(body) if isinstance(body, (bytes, str)) else None
+        assert self._cost is not True
+        return self._cost
 
 
 class Cooldowns:
@@ -102,7 +123,7 @@ class Cooldowns:
 
     Thread-safe. Remembers at most ``max_destinations`` (least recently used go
     first). ``clock`` and ``sleep`` are injectable so the rules can be tested
-    without waiting.
+    without waiting. ``min_rate`` is the slowest pace that 429s alone can impose.
     """
 
     def __init__(
@@ -110,15 +131,17 @@ class Cooldowns:
         *,
         max_destinations: int = 1024,
         probe_timeout: float = 2.0,
+        min_rate: float = 1 / 120,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = waiting.sleep,
     ) -> None:
         self.max_destinations = max_destinations
         self.probe_timeout = probe_timeout
+        self.min_rate = min_rate
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._destinations: OrderedDict[str, Destination] = OrderedDict()
+        self._destinations: OrderedDict[DestinationKey, _Destination] = OrderedDict()
 
     def __len__(self) -> int:
         with self._lock:
@@ -132,81 +155,134 @@ class Cooldowns:
                     destination.first_answer.set()
             self._destinations.clear()
 
-    def take_turn(self, key: str, max_wait: float = math.inf) -> Destination:
-        """Wait for a turn for a first attempt bound for ``key``, and return its destination.
+    def pace(self, key: DestinationKey) -> Pace | None:
+        """What is known of ``key``'s pace, or ``None`` if nothing is (for inspection and tests)."""
+        with self._lock:
+            destination = self._destinations.get(key)
+            return destination.pace if destination is not None else None
 
-        The first request to a new destination goes at once: it is the probe the
-        others wait for. ``max_wait`` is as for :meth:`wait_turn`.
+    def take_turn(self, key: DestinationKey, *, body: object = None, max_wait: float = math.inf) -> Turn:
+        """Wait for a first attempt's turn at ``key``, and return it.
+
+        ``body`` is the request's body, read for its token cost if the server has a
+        token limit. The first request to a new destination goes at once: it is the
+        probe the others wait for. ``max_wait`` is as for :meth:`wait_turn`.
         """
         with self._lock:
             destination = self._destinations.get(key)
             if destination is None:
-                return self._add(key)
+                turn = Turn(self, self._add(key), body)
+                self._reserve(turn, None, max_wait)  # the probe: nothing is known, so it goes now
+                turn.destination.pace.feedback.sent(turn.sent_at)
+                return turn
             self._destinations.move_to_end(key)
+        turn = Turn(self, destination, body)
+        cost = turn.cost if destination.pace.counts_tokens else None
+        with self._lock:
             # The common case, decided under one lock: no probe in flight, so take the turn now.
-            wait = None if destination.first_answer is not None else self._reserve(destination, 0.0, max_wait)
-        if wait is None:
-            self.wait_turn(destination, max_wait=max_wait)
-        elif wait > 0:
-            self._sleep(wait)
-        return destination
+            waiting_for_probe = destination.first_answer is not None
+            if not waiting_for_probe:
+                self._reserve(turn, cost, max_wait)
+        if waiting_for_probe:
+            self.wait_turn(turn, max_wait=max_wait)
+        else:
+            self._wait_until_sent(turn)
+        return turn
 
-    def wait_turn(self, destination: Destination, delay: float = 0.0, max_wait: float = math.inf) -> float:
-        """Wait until ``destination`` may take another request, at least ``delay`` seconds, and take the turn.
+    def wait_turn(self, turn: Turn, delay: float = 0.0, max_wait: float = math.inf) -> float:
+        """Wait until ``turn``'s destination may take another attempt, at least ``delay`` seconds; take it.
 
         ``delay`` is the caller's own minimum, such as a retry's backoff. A hold
-        or a pace longer than ``max_wait`` (the caller's ``LLM_RETRY_MAX_DELAY``)
+        or a pace step longer than ``max_wait`` (the caller's ``LLM_RETRY_MAX_HINT``)
         is not waited for: the request goes, and the server's answer says how long
         it wants, so the caller can give up with that message instead of hanging.
         Waiting behind other requests at an allowed pace has no limit. Returns the
         seconds waited.
         """
+        destination = turn.destination
+        if delay > 0:
+            # The backoff is this request's own: it holds no place in the queue meanwhile, so the
+            # turns of others that are due sooner go ahead.
+            self._sleep(delay)
         with self._lock:
             first_answer = destination.first_answer
         if first_answer is not None and not first_answer.is_set():
             first_answer.wait(min(self.probe_timeout, max_wait))
+        cost = turn.cost if destination.pace.counts_tokens else None
         with self._lock:
-            wait = self._reserve(destination, delay, max_wait)
-        if wait > 0:
-            self._sleep(wait)
-        return wait
+            self._reserve(turn, cost, max_wait)
+        return max(delay, 0.0) + self._wait_until_sent(turn)
 
-    def _reserve(self, destination: Destination, delay: float, max_wait: float) -> float:
-        """Take ``destination``'s next turn and return the seconds until it comes. Call with the lock held."""
-        now = self._clock()
-        hold = destination.held_until - now
-        wait = max(delay, hold if hold <= max_wait else 0.0, 0.0)
-        interval = destination.interval
-        if interval is not None and interval <= max_wait:
-            wait = max(wait, destination.tat - _tolerance(destination) - now)
-            destination.tat = max(destination.tat, now + wait) + interval
-        return wait
+    def _wait_until_sent(self, turn: Turn) -> float:
+        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds."""
+        target = turn.sent_at
+        waited = target - turn.granted_at
+        if waited > 0:
+            self._sleep(waited)
+        while True:
+            with self._lock:
+                moved = turn.sent_at
+                if moved <= target:
+                    turn.destination.pending.discard(turn)
+                    turn.destination.pace.feedback.sent(moved)
+                    return max(waited, 0.0)
+            self._sleep(moved - target)
+            waited, target = waited + moved - target, moved
 
-    def observe(
-        self, destination: Destination, status: int, headers: Mapping[str, str], hint: ServerHint | None
-    ) -> None:
-        """Learn from an answer: its rate headers, and for a 429 its hint."""
-        limits = _rate_limits(headers)
+    def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
+        """Take the destination's next turn for ``turn``; return the seconds until it comes. Lock held."""
+        now = turn.granted_at = self._clock()
+        turn.sent_at, turn.held_back = turn.destination.pace.next_turn(now, cost, max_wait)
+        if turn.sent_at > now:
+            turn.destination.pending.add(turn)
+        return turn.sent_at - now
+
+    def observe(self, turn: Turn, status: int, headers: Mapping[str, str], hint: ServerHint | None = None) -> None:
+        """Learn from the answer to ``turn``'s latest attempt: its quotas, and for a 429 its hint."""
+        quotas = read_quotas(headers)
+        destination = turn.destination
         with self._lock:
             now = self._clock()
-            if limits is not None:
-                self._learn(destination, now, *limits)
-            if status == 429 and hint is not None:
-                self._hold(destination, now, hint)
-            elif status < 400 and not destination.measured and destination.interval is not None:
-                destination.interval *= RELAX_FACTOR
-                if destination.interval < RELAXED_INTERVAL:
-                    destination.interval = None
+            pace = destination.pace
+            # Slow start is for a destination whose limits are unknown, not one that has already refused.
+            pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
+            if status == 429:
+                hold = 0.0
+                if hint is not None:
+                    # A whole-second hint may be rounded up: hold the others only for the part that is certain.
+                    hold = max(hint.seconds - 1, 0.0) if hint.coarse else hint.seconds
+                    if hold > 0 and now + hold > pace.held_until:
+                        log.info("Holding requests to %s for %.3g s (%s)", destination.key.origin, hold, hint.source)
+                precise = hint.seconds if hint is not None and not hint.coarse else None
+                held = hold > 0 and pace.hold(now + hold) if hint is not None else False
+                cut = pace.feedback.refused(now, turn.sent_at, turn.granted_at, precise)
+                if cut:
+                    log.info(
+                        "Rate limited while paced: requests to %s now go at most %.3g a second",
+                        destination.key.origin,
+                        pace.feedback.rate,
+                    )
+                if (held or cut) and destination.pending:
+                    self._reschedule(destination, now)
+            elif status < 400:
+                pace.feedback.accepted(now, turn.held_back)
             self._answered(destination)
 
-    def failed(self, destination: Destination) -> None:
+    @staticmethod
+    def _reschedule(destination: _Destination, now: float) -> None:
+        """Move the turns handed out but not yet due behind a new hold or rate: they are granted anew."""
+        pending = sorted((turn for turn in destination.pending if turn.sent_at > now), key=lambda turn: turn.sent_at)
+        for turn, at in zip(pending, destination.pace.reschedule([turn.sent_at for turn in pending]), strict=True):
+            turn.sent_at, turn.granted_at = at, now
+
+    def failed(self, turn: Turn) -> None:
         """The request got no answer at all; let those waiting on a first answer go."""
         with self._lock:
-            self._answered(destination)
+            self._answered(turn.destination)
 
-    def _add(self, key: str) -> Destination:
+    def _add(self, key: DestinationKey) -> _Destination:
         # The first request to a new destination is the probe; others wait for its answer.
-        destination = Destination(key, first_answer=threading.Event())
+        destination = _Destination(key, Pace(self.min_rate))
         self._destinations[key] = destination
         while len(self._destinations) > self.max_destinations:
             _, evicted = self._destinations.popitem(last=False)
@@ -214,63 +290,11 @@ class Cooldowns:
                 evicted.first_answer.set()
         return destination
 
-    def _learn(self, destination: Destination, now: float, limit: int, remaining: int, reset: float) -> None:
-        """Mirror the server's bucket from its ``x-ratelimit-*-requests`` answer."""
-        # `remaining` is rounded down, so reset / (limit - remaining) is never above the true interval;
-        # the largest recent measurement is the closest, and a margin covers the rest.
-        destination.samples.append(reset / (limit - remaining))
-        destination.interval = max(destination.samples) * (1 + SAFETY_MARGIN)
-        destination.burst = limit
-        destination.measured = True
-        # The server's bucket is full again after `reset`: in GCRA terms that is its theoretical arrival
-        # time. No turn of ours may come sooner than that allows.
-        destination.tat = max(destination.tat, now + reset)
-
-    def _hold(self, destination: Destination, now: float, hint: ServerHint) -> None:
-        held_until = now + hint.seconds
-        if held_until > destination.held_until:
-            log.info(
-                "Holding requests to %s for %.3g s (%s)%s",
-                destination.origin,
-                hint.seconds,
-                hint.header,
-                f", then one every {destination.interval:.3g} s" if destination.interval else "",
-            )
-        destination.held_until = max(destination.held_until, held_until)
-        if not destination.measured:
-            # Without rate headers, the wait for one more turn is the best estimate of the pace.
-            destination.interval = max(destination.interval or 0.0, hint.seconds, RELAXED_INTERVAL)
-            destination.burst = 1
-        if destination.interval is not None:
-            # No turn before the hold ends. (The refused request's own turn is not given back: other
-            # turns may already be handed out behind it, and reusing it would overbook the server.)
-            destination.tat = max(destination.tat, held_until + _tolerance(destination))
-
     @staticmethod
-    def _answered(destination: Destination) -> None:
+    def _answered(destination: _Destination) -> None:
         if destination.first_answer is not None:
             destination.first_answer.set()
             destination.first_answer = None
-
-
-def _rate_limits(headers: Mapping[str, str]) -> tuple[int, int, float] | None:
-    """``(limit, remaining, reset)`` from ``x-ratelimit-*-requests``, or ``None`` if absent or inconsistent."""
-    try:
-        limit = int(headers.get("x-ratelimit-limit-requests") or "")
-        remaining = int(headers.get("x-ratelimit-remaining-requests") or "")
-    except ValueError:
-        return None
-    reset = parse_duration(headers.get("x-ratelimit-reset-requests"))
-    if reset is None or not 0 <= remaining < limit or reset <= 0:
-        return None
-    return limit, remaining, reset
-
-
-def _tolerance(destination: Destination) -> float:
-    """How far ahead of the pace a turn may come: the server's burst, less one token kept in
-    reserve so that a request arriving a little early still finds one."""
-    assert destination.interval is not None
-    return max(destination.burst - 2, 0) * destination.interval
 
 
 _shared = Cooldowns()
@@ -281,13 +305,6 @@ def shared_cooldowns() -> Cooldowns:
     return _shared
 
 
-class Turn(NamedTuple):
-    """The destination a request in this thread is bound for, and the cooldowns that pace it."""
-
-    cooldowns: Cooldowns
-    destination: Destination
-
-
 #: Set by the adapter around each send, so that the retry policy, which urllib3 runs in the
-#: same thread, paces its retries through the same destination.
+#: same thread, paces its retries through the same turn.
 current_turn: ContextVar[Turn | None] = ContextVar("aicoder_current_turn", default=None)

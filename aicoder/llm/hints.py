@@ -1,109 +1,239 @@
-"""How long a 429 response asks the client to wait, read from its headers.
+"""How long a 429 asks the client to wait before *this* request may go, in whatever dialect it speaks.
 
-Servers say it in several ways; the first one that parses wins:
+The first of these that says a usable wait wins:
 
 1. ``retry-after-ms``: milliseconds (OpenAI, Azure OpenAI);
-2. ``Retry-After``: seconds or an HTTP-date (RFC 9110);
-3. ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens``: durations
-   such as ``20ms``, ``1s`` or ``6m0s``; the later of the two.
+2. ``Retry-After``: seconds or an HTTP-date (RFC 9110), precise to the second;
+3. the body, read from its first 64 KiB: Gemini's ``RetryInfo.retryDelay``
+   (``"38.601s"``), OpenAI's "Please try again in 1.5s", Azure's "retry after 37
+   seconds", and OpenRouter's ``error.metadata.headers``;
+4. the quota that ran out (:mod:`aicoder.llm.quotas`): with OpenAI's six
+   ``x-ratelimit-*`` headers, the dimension at ``remaining`` 0 or the one the
+   body's ``type`` names, and the time until this request's cost fits, not
+   until the whole bucket is full.
 
-A malformed, negative, non-finite or already-past value is treated as absent,
-so a broken header never crashes a request: the caller falls back to its
-schedule. Only header *names* leave this module, never their values.
+A whole-second hint (``Retry-After: 1``) is *coarse*: the server may have rounded
+up or down. When a precise hint lies within a second of it, the precise one wins.
+Zero, negative, malformed, non-finite and already-past values count as no hint,
+never as "go now": the next source is tried. Nothing here raises on what a server
+sends. Only header and field *names* leave this module, never their values.
 """
 
 from __future__ import annotations
 
 import email.utils
-import functools
-import math
+import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ServerHint", "parse_duration", "server_hint"]
+from aicoder.llm.quotas import Quota, parse_duration, parse_number, read_quotas
+from aicoder.llm.tokens import RequestCost
 
-_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATIONS = re.compile(f"(?:{_DURATION.pattern})+")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RESET_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-#: Longer durations are parsed afresh each time, so a hostile server cannot fill the cache with big strings.
-_CACHED_DURATION_LENGTH = 32
+__all__ = ["MAX_BODY", "ServerHint", "body_prefix", "parse_duration", "server_hint"]
+
+#: The most of a body that is ever read for a hint or a message.
+MAX_BODY = 64 * 1024
+_BODY_HINT = re.compile(
+    r"(?P<phrase>try again in|retry in|retry after)\s+(?:"
+    r"(?P<go>(?:[0-9]+(?:\.[0-9]+)?(?:ms|us|µs|ns|h|m|s))+)(?![a-z])"
+    r"|(?P<amount>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>milliseconds?|seconds?|secs?|minutes?|mins?|hours?)\b)",
+    re.IGNORECASE,
+)
+_PHRASE_DIALECT = {"try again in": "openai", "retry in": "gemini", "retry after": "azure"}
 
 
 @dataclass(frozen=True)
 class ServerHint:
-    """A wait the server asked for: ``seconds``, and the ``header`` that said so."""
+    """A wait the server asked for: ``seconds`` from now, and where it said so.
+
+    ``source`` is the header or body field, ``dialect`` the family it belongs to,
+    ``retry_at`` the wall-clock time it names (Unix seconds). ``coarse`` marks a
+    whole-second value the server may have rounded.
+    """
 
     seconds: float
-    header: str
+    source: str
+    dialect: str = ""
+    coarse: bool = False
+    retry_at: float | None = None
+
+    @property
+    def header(self) -> str:
+        """The old name of :attr:`source`."""
+        return self.source
 
 
-def server_hint(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> ServerHint | None:
-    """Return the wait ``headers`` ask for, or ``None`` when none of them says one usably.
+def server_hint(
+    headers: Mapping[str, str],
+    body: bytes | str | None = None,
+    *,
+    now: Callable[[], float] = time.time,
+    cost: RequestCost | None = None,
+) -> ServerHint | None:
+    """Return the wait a 429's ``headers`` and ``body`` ask for, or ``None`` when none says one usably.
 
-    ``headers`` must look names up case-insensitively, as both
-    ``requests``' and urllib3's header mappings do. ``now`` gives the wall
-    clock for HTTP-dates.
+    ``headers`` must look names up case-insensitively, as ``requests``', urllib3's
+    and httpx's header mappings do. ``cost`` is the refused request's estimated
+    token cost: with it, a token quota's wait is the time until *this* request fits.
+    ``now`` is the wall clock, for dates and Unix times.
     """
-    milliseconds = _number(headers.get("retry-after-ms"))
-    if milliseconds is not None:
-        return ServerHint(milliseconds / 1000, "retry-after-ms")
+    found = None
+    for hint in _hints(headers, body, now, cost):
+        if found is None:
+            if not hint.coarse:
+                return hint
+            found = hint
+        elif not hint.coarse and abs(hint.seconds - found.seconds) < 1:
+            return hint  # the same wait, said more precisely
+    return found
 
-    retry_after = _retry_after(headers.get("retry-after"), now)
+
+def _hints(
+    headers: Mapping[str, str], body: bytes | str | None, now: Callable[[], float], cost: RequestCost | None
+) -> Iterator[ServerHint]:
+    """Every usable hint, most explicit first."""
+    wall = now()
+    milliseconds = parse_number(headers.get("retry-after-ms"))
+    if milliseconds:
+        yield ServerHint(milliseconds / 1000, "retry-after-ms", "retry-after-ms", retry_at=wall + milliseconds / 1000)
+
+    retry_after = headers.get("retry-after")
     if retry_after is not None:
-        return ServerHint(retry_after, "retry-after")
+        seconds = parse_number(retry_after)
+        coarse = seconds is not None and seconds.is_integer()
+        if seconds is None:
+            seconds, coarse = _http_date(retry_after, wall), True
+        if seconds:
+            yield ServerHint(seconds, "retry-after", "retry-after", coarse=coarse, retry_at=wall + seconds)
 
-    resets = [(seconds, name) for name in _RESET_HEADERS if (seconds := parse_duration(headers.get(name))) is not None]
-    if resets:
-        seconds, name = max(resets)
-        return ServerHint(seconds, name)
+    said = _BodySays.read(body)
+    if said.hint is not None:
+        yield ServerHint(said.hint[0], said.hint[1], said.hint[2], retry_at=wall + said.hint[0])
+
+    quotas = read_quotas(headers, lambda: wall)
+    if said.headers:
+        quotas += read_quotas(said.headers, lambda: wall)
+    exhausted = _exhausted(quotas, said.dimension, cost)
+    if exhausted is not None:
+        seconds, quota = exhausted
+        # A bucket's wait is a fraction of its reset, and so is the reset's rounding; a window's is all of it.
+        coarse = quota.coarse and (quota.refill == "window" or quota.remaining is None)
+        yield ServerHint(seconds, quota.source, quota.dialect, coarse=coarse, retry_at=wall + seconds)
+
+
+def _exhausted(
+    quotas: tuple[Quota, ...], dimension: str | None, cost: RequestCost | None
+) -> tuple[float, Quota] | None:
+    """The longest wait among the quotas this request does not fit in, and that quota.
+
+    Quotas that say how much is left come first; those that give only a reset count
+    when none of the others ran out.
+    """
+    if dimension is not None and any(quota.dimension.endswith(dimension) for quota in quotas):
+        quotas = tuple(quota for quota in quotas if quota.dimension.endswith(dimension))
+    for known in (True, False):
+        longest: tuple[float, Quota] | None = None
+        for quota in quotas:
+            if (quota.remaining is not None) is known:
+                wait = quota.wait(cost.of(quota.dimension) if cost is not None else 1)
+                if wait and (longest is None or wait > longest[0]):
+                    longest = (wait, quota)
+        if longest is not None:
+            return longest
     return None
 
 
-def _number(value: str | None) -> float | None:
-    if value is None or not _NUMBER.fullmatch(value):
+def _http_date(value: str, now: float) -> float | None:
+    if len(value) > 64:
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _retry_after(value: str | None, now: Callable[[], float]) -> float | None:
-    if value is None:
-        return None
-    seconds = _number(value)
-    if seconds is not None:
-        return seconds
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:  # RFC 9110 HTTP-dates are GMT; a date without a zone is malformed
         return None
-    seconds = moment.timestamp() - now()
-    return seconds if seconds >= 0 else None
+    seconds = moment.timestamp() - now
+    return seconds if seconds > 0 else None
 
 
-def parse_duration(value: str | None) -> float | None:
-    """Return the seconds in a duration such as ``20ms``, ``1s``, ``6m0s`` or ``1.5``; ``None`` if malformed."""
-    if value is None:
+def body_prefix(body: bytes | str | None) -> str:
+    """The first :data:`MAX_BODY` bytes of ``body`` as text, however large ``body`` is."""
+    if not body:
+        return ""
+    if isinstance(body, str):
+        return body[:MAX_BODY]
+    return body[:MAX_BODY].decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class _BodySays:
+    """What an error body says about waiting: a hint, the exhausted dimension, rate-limit headers."""
+
+    hint: tuple[float, str, str] | None = None
+    dimension: str | None = None
+    headers: Mapping[str, str] | None = None
+
+    @classmethod
+    def read(cls, body: bytes | str | None) -> _BodySays:
+        text = body_prefix(body)
+        if not text:
+            return cls()
+        try:
+            data: Any = json.loads(text)
+        except (ValueError, RecursionError):
+            return cls(hint=_phrase_hint(text))
+        items = (data if isinstance(data, list) else [data])[:8]
+        errors = [item.get("error", item) for item in items if isinstance(item, dict)]
+        errors = [error for error in errors if isinstance(error, dict)]
+        hint = next((found for error in errors if (found := _retry_info(error))), None)
+        dimension = headers = None
+        for error in errors:
+            kind = error.get("type")
+            if isinstance(kind, str) and dimension is None:
+                dimension = "tokens" if "token" in kind else "requests" if "request" in kind else None
+            metadata = error.get("metadata")
+            if isinstance(metadata, dict) and isinstance(metadata.get("headers"), dict) and headers is None:
+                headers = _text_headers(metadata["headers"])
+            message = error.get("message")
+            if hint is None and isinstance(message, str):
+                hint = _phrase_hint(message)
+        return cls(hint, dimension, headers)
+
+
+def _retry_info(error: Mapping[str, Any]) -> tuple[float, str, str] | None:
+    """Google's ``RetryInfo`` detail: ``{"@type": "….RetryInfo", "retryDelay": "38.601s"}``."""
+    details = error.get("details")
+    if not isinstance(details, list):
         return None
-    if len(value) > _CACHED_DURATION_LENGTH:
-        return _parse_duration.__wrapped__(value)
-    return _parse_duration(value)
+    for detail in details[:16]:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            delay = detail.get("retryDelay")
+            seconds = parse_duration(delay) if isinstance(delay, str) else None
+            if seconds:
+                return seconds, "body: RetryInfo.retryDelay", "gemini"
+    return None
 
 
-@functools.lru_cache(maxsize=1024)
-def _parse_duration(value: str) -> float | None:
-    # Cached: every answer carries x-ratelimit-reset-* headers, and servers repeat the same few values.
-    value = value.strip()
-    if not value:
+def _phrase_hint(text: str) -> tuple[float, str, str] | None:
+    """ "Please try again in 1.5s", "retry after 37 seconds", "Please retry in 38.6s"."""
+    match = _BODY_HINT.search(text)
+    if match is None:
         return None
-    if _NUMBER.fullmatch(value):  # a bare number is taken as seconds
-        return _number(value)
-    if not _DURATIONS.fullmatch(value):
+    if match["go"]:
+        seconds = parse_duration(match["go"])
+    else:
+        unit = match["unit"].lower()
+        scale = 1e-3 if unit.startswith("milli") else 60.0 if unit.startswith("min") else 1.0
+        scale = 3600.0 if unit.startswith("h") else scale
+        seconds = float(match["amount"]) * scale
+    if not seconds:
         return None
-    seconds = sum(float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(value))
-    return seconds if math.isfinite(seconds) else None
+    return seconds, "body: error.message", _PHRASE_DIALECT[match["phrase"].lower()]
+
+
+def _text_headers(raw: Mapping[Any, Any]) -> Mapping[str, str]:
+    """OpenRouter's ``error.metadata.headers`` as text, at most 64 of them."""
+    return {str(name): str(value) for name, value in list(raw.items())[:64]}

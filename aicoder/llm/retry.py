@@ -13,18 +13,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+from weakref import WeakKeyDictionary
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from aicoder.config import Config, check_count, check_delay, check_delay_range
+from aicoder.config import Config, check_count, check_delay, check_delay_range, check_hint_cap
 from aicoder.llm import waiting
-from aicoder.llm.cooldown import Cooldowns, Turn, current_turn, destination_key, shared_cooldowns
-from aicoder.llm.hints import ServerHint, server_hint
+from aicoder.llm.cooldown import Cooldowns, current_turn, destination_key, shared_cooldowns
+from aicoder.llm.hints import MAX_BODY, ServerHint, server_hint
 from aicoder.llm.redaction import safe_url
 from aicoder.llm.schedule import linear_delay
+from aicoder.llm.tokens import RequestCost
 
 if TYPE_CHECKING:
     from urllib3.connectionpool import ConnectionPool
@@ -54,12 +57,14 @@ class LinearRetry(Retry):
     - Retry *k* waits :func:`~aicoder.llm.schedule.linear_delay` seconds,
       from ``min_delay`` up to ``max_delay``. ``count=0`` means one attempt.
     - With ``respect_retry_after_header`` (the default) a server hint
-      (:func:`~aicoder.llm.hints.server_hint`) replaces the schedule; a hint
-      longer than ``max_delay`` stops retrying at once.
+      (:func:`~aicoder.llm.hints.server_hint`, any dialect) replaces the schedule;
+      a hint longer than ``max_hint`` seconds stops retrying at once.
     - When retrying stops, the caller gets the last 429 response itself.
 
     Like every ``Retry`` it is immutable: :meth:`increment` returns a new one,
-    and ``waits`` records each wait taken, beside urllib3's ``history``.
+    and ``waits`` records each wait taken, beside urllib3's ``history``. Each step
+    of the decision is a method a subclass may override, as urllib3's are:
+    :meth:`hint`, :meth:`backoff` and :meth:`next_wait`.
     """
 
     RETRY_STATUSES = frozenset({TOO_MANY_REQUESTS})
@@ -70,6 +75,7 @@ class LinearRetry(Retry):
         min_delay: float = 2.0,
         max_delay: float = 30.0,
         *,
+        max_hint: float = 120.0,
         waits: tuple[Wait, ...] = (),
         **retry_options: Any,
     ) -> None:
@@ -77,6 +83,7 @@ class LinearRetry(Retry):
         self.min_delay = check_delay("min_delay", min_delay)
         self.max_delay = check_delay("max_delay", max_delay)
         check_delay_range("min_delay", self.min_delay, "max_delay", self.max_delay)
+        self.max_hint = check_hint_cap("max_hint", max_hint)
         self.waits = waits
         options: dict[str, Any] = {
             "total": count,
@@ -96,6 +103,7 @@ class LinearRetry(Retry):
             "count": self.count,
             "min_delay": self.min_delay,
             "max_delay": self.max_delay,
+            "max_hint": self.max_hint,
             "waits": self.waits,
         }
         params.update(kw)
@@ -105,15 +113,31 @@ class LinearRetry(Retry):
         """Retry 429 only, whatever the method and whatever ``Retry-After`` says."""
         return status_code in self.RETRY_STATUSES
 
-    def hint(self, headers: Mapping[str, str]) -> ServerHint | None:
-        """Return the wait hint in a 429's ``headers``, or ``None`` if absent or ignored."""
+    def hint(
+        self, headers: Mapping[str, str], body: bytes | None = None, cost: RequestCost | None = None
+    ) -> ServerHint | None:
+        """Return the wait a 429 asks for in its ``headers`` and ``body``, or ``None`` if absent or ignored."""
         if not self.respect_retry_after_header:
             return None
-        return server_hint(headers)
+        return server_hint(headers, body, cost=cost)
 
-    def waitable(self, hint: ServerHint | None) -> ServerHint | None:
-        """Return ``hint`` if this policy would wait that long (at most ``max_delay``), else ``None``."""
-        return hint if hint is not None and hint.seconds <= self.max_delay else None
+    def backoff(self, number: int) -> float:
+        """The schedule's wait before retry ``number`` (1-based), for a 429 that says nothing."""
+        return linear_delay(number, self.count, self.min_delay, self.max_delay)
+
+    def next_wait(self, hint: ServerHint | None, number: int, paced: bool = False) -> Wait:
+        """The wait before retry ``number``: the server's hint if it gave one, else the schedule.
+
+        A whole-second hint may be rounded up. A ``paced`` retry (its destination has
+        a pace, which this 429 has just cut) waits only the part of it that is
+        certain, a second less, as every other request bound there does, and then
+        its turn at that pace.
+        """
+        if hint is not None:
+            if paced and hint.coarse:
+                return Wait(max(hint.seconds - 1, 0.0), hint.source)
+            return Wait(hint.seconds, hint.source)
+        return Wait(self.backoff(number), "schedule")
 
     def increment(
         self,
@@ -130,29 +154,27 @@ class LinearRetry(Retry):
 
         if response.retries is None:  # urllib3 records it; `responses` does not
             response.retries = self
-        hint = self.hint(response.headers)
-        waitable = self.waitable(hint)
         turn = current_turn.get()
+        body = read_small_body(response) if self.respect_retry_after_header else None
+        hint = self.hint(response.headers, body, turn.cost if turn is not None else None)
+        too_long = hint is not None and hint.seconds > self.max_hint
         if turn is not None:  # tell every request bound for this destination, not only this one
-            turn.cooldowns.observe(turn.destination, response.status, response.headers, waitable)
-        if hint is not None and waitable is None:
+            turn.cooldowns.observe(turn, response.status, response.headers, None if too_long else hint)
+        if hint is not None and too_long:
             log.warning(
                 "Rate limited (429) on %s %s; not retrying: the server asked for %.3g s (%s), "
-                "more than the %.3g s maximum wait",
+                "more than the %.3g s LLM_RETRY_MAX_HINT",
                 method,
                 _display_url(url, _pool),
                 hint.seconds,
-                hint.header,
-                self.max_delay,
+                hint.source,
+                self.max_hint,
             )
             raise MaxRetryError(_pool, url, ResponseError(f"server asked to wait {hint.seconds:.3g} s"))  # type: ignore[arg-type]
 
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
         number = len(retry.history)
-        if hint is not None:
-            wait = Wait(hint.seconds, hint.header)
-        else:
-            wait = Wait(linear_delay(number, self.count, self.min_delay, self.max_delay), "schedule")
+        wait = self.next_wait(hint, number, turn is not None and turn.paced)
         log.warning(
             "Rate limited (429) on %s %s; retry %d/%d in %.3g s (%s)",
             method,
@@ -176,13 +198,40 @@ class LinearRetry(Retry):
         if turn is None:
             waiting.sleep(self.waits[-1].seconds)
         else:
-            turn.cooldowns.wait_turn(turn.destination, delay=self.waits[-1].seconds, max_wait=self.max_delay)
+            turn.cooldowns.wait_turn(turn, delay=self.waits[-1].seconds, max_wait=self.max_hint)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(count={self.count}, min_delay={self.min_delay}, max_delay={self.max_delay}, "
-            f"respect_retry_after_header={self.respect_retry_after_header}, total={self.total})"
+            f"max_hint={self.max_hint}, respect_retry_after_header={self.respect_retry_after_header}, "
+            f"total={self.total})"
         )
+
+
+#: 429 bodies read for their hints, by response, until the adapter hands them on (see :func:`read_small_body`).
+_read_bodies: WeakKeyDictionary[BaseHTTPResponse, bytes] = WeakKeyDictionary()
+
+
+def read_small_body(response: BaseHTTPResponse) -> bytes | None:
+    """Read a 429's body for its hints, if that can be done without losing it for the caller.
+
+    Only a body that declares its length, at most :data:`~aicoder.llm.hints.MAX_BODY`,
+    and is not compressed is read: the adapter then hands the same bytes on as the
+    response's content (see :meth:`LinearBackoffAdapter.send`). Any other body is
+    left unread, and only the headers give hints.
+    """
+    headers = response.headers
+    if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return None
+    length = headers.get("content-length", "")
+    if not (length.isascii() and length.isdigit() and int(length) <= MAX_BODY):
+        return None
+    try:
+        body = response.read(decode_content=False, cache_content=True)
+    except (urllib3.exceptions.HTTPError, OSError):
+        return None
+    _read_bodies[response] = body
+    return body
 
 
 def _display_url(url: str | None, pool: ConnectionPool | None) -> str:
@@ -197,8 +246,8 @@ class LinearBackoffAdapter(HTTPAdapter):
 
     Mount it on any session: ``session.mount("https://", LinearBackoffAdapter())``.
     The policy comes from ``config`` (default: :meth:`Config.load`); ``count``,
-    ``min_delay``, ``max_delay``, ``respect_retry_after`` and ``coordinate``
-    override it one by one. The pool arguments are
+    ``min_delay``, ``max_delay``, ``max_hint``, ``respect_retry_after`` and
+    ``coordinate`` override it one by one. The pool arguments are
     :class:`~requests.adapters.HTTPAdapter`'s; make ``pool_maxsize`` at least the
     number of threads sharing the session.
 
@@ -217,6 +266,7 @@ class LinearBackoffAdapter(HTTPAdapter):
         count: int | None = None,
         min_delay: float | None = None,
         max_delay: float | None = None,
+        max_hint: float | None = None,
         respect_retry_after: bool | None = None,
         coordinate: bool | None = None,
         cooldowns: Cooldowns | None = None,
@@ -225,12 +275,13 @@ class LinearBackoffAdapter(HTTPAdapter):
         pool_block: bool = False,
     ) -> None:
         if config is None:
-            explicit = None not in (count, min_delay, max_delay, respect_retry_after, coordinate)
+            explicit = None not in (count, min_delay, max_delay, max_hint, respect_retry_after, coordinate)
             config = Config() if explicit else Config.load()
         retry = LinearRetry(
             config.retry_count if count is None else count,
             config.retry_min_delay if min_delay is None else min_delay,
             config.retry_max_delay if max_delay is None else max_delay,
+            max_hint=config.retry_max_hint if max_hint is None else max_hint,
             respect_retry_after_header=(
                 config.retry_respect_retry_after if respect_retry_after is None else respect_retry_after
             ),
@@ -255,29 +306,38 @@ class LinearBackoffAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Wait for this request's turn at its destination, send it, and learn from the answer."""
         if self.cooldowns is None:
-            return super().send(request, stream, timeout, verify, cert, proxies)
+            return _with_read_body(super().send(request, stream, timeout, verify, cert, proxies))
         cooldowns = self.cooldowns
-        retry = self.retry
-        destination = cooldowns.take_turn(destination_key(request.url or "", request.headers), retry.max_delay)
-        token = current_turn.set(Turn(cooldowns, destination))
+        key = destination_key(request.url or "", request.headers)
+        turn = cooldowns.take_turn(key, body=request.body, max_wait=self.retry.max_hint)
+        token = current_turn.set(turn)
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
         except BaseException:
-            cooldowns.failed(destination)
+            cooldowns.failed(turn)
             raise
         finally:
             current_turn.reset(token)
         # A 429 has already been observed, hint and all, by LinearRetry.increment, which urllib3
         # runs for every 429, the last one included.
         if response.status_code not in LinearRetry.RETRY_STATUSES:
-            cooldowns.observe(destination, response.status_code, response.headers, None)
-        return response
+            cooldowns.observe(turn, response.status_code, response.headers)
+        return _with_read_body(response)
 
     @property
     def retry(self) -> LinearRetry:
         """The policy every request through this adapter starts from."""
         assert isinstance(self.max_retries, LinearRetry)
         return self.max_retries
+
+
+def _with_read_body(response: requests.Response) -> requests.Response:
+    """Hand on a 429 body that :func:`read_small_body` already read, as the response's content."""
+    body = _read_bodies.pop(response.raw, None)
+    if body is not None:
+        response._content = body
+        response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag, missing from its stubs
+    return response
 
 
 def retrying_session(config: Config | None = None, **adapter_options: Any) -> requests.Session:

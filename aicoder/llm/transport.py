@@ -88,6 +88,10 @@ class _ResponseStream(httpx2.SyncByteStream):
         self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._response._content_consumed:  # type: ignore[attr-defined]  # a 429 body already read for its hints
+            if self._response.content:
+                yield self._response.content
+            return
         raw = self._response.raw
         with map_exceptions(self._request):
             while chunk := raw.read1(_CHUNK_SIZE, decode_content=False):

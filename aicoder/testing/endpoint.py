@@ -1,14 +1,16 @@
 """A rate-limited, OpenAI-compatible chat endpoint on 127.0.0.1, for demos, tuning and tests.
 
 It is a real HTTP server on a real socket, so urllib3, the retry policy and the
-openai SDK all run for real against it. A token bucket (``rate`` requests a
-second, ``burst`` at once) decides; over the limit it answers 429 the way
-OpenAI does, with an error body and ``retry-after-ms``, ``retry-after`` and
-``x-ratelimit-*`` headers.
+openai SDK all run for real against it. Token buckets decide: ``rate`` requests
+a second with ``burst`` at once, under a per-minute limit of ``60 * rate``, and
+with the ``openai-tokens`` dialect a token limit that binds first. Over the limit
+it answers 429, and it describes its limits in one of several real dialects
+(:data:`DIALECTS`), so clients can be tried against each.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import json
 import math
@@ -17,52 +19,99 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
-__all__ = ["EndpointStats", "RateLimitedEndpoint", "TokenBucket"]
+from aicoder.llm.tokens import estimate_cost
+
+__all__ = ["DIALECTS", "EndpointStats", "RateLimitedEndpoint", "TokenBucket"]
 
 COMPLETIONS_PATH = "/v1/chat/completions"
 _EPSILON = 1e-9
+#: The request limit of the ``openai-tokens`` dialect is this much more generous than its token limit.
+TOKENS_DIALECT_HEADROOM = 10
+#: The token limit the other dialects report: one no batch here comes near.
+_GENEROUS_TOKENS_PER_MINUTE = 10_000_000
+
+#: How the endpoint describes its limits, and which of its limits binds:
+DIALECTS: dict[str, str] = {
+    "openai": "x-ratelimit-{limit,remaining,reset}-{requests,tokens} on every answer (per minute, reset until "
+    "the bucket is full); a 429 names the exhausted limit in its body and says 'Please try again in 20ms'",
+    "openai-tokens": "as openai, but the token limit binds and the request limit is generous",
+    "openrouter": "only on a 429: X-RateLimit-Limit/Remaining/Reset (a Unix time in ms), repeated in the body's "
+    "error.metadata.headers",
+    "anthropic": "anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset} on every answer (reset an RFC 3339 "
+    "time); a 429 adds retry-after in whole seconds",
+    "github": "x-ratelimit-limit/remaining/used/reset (a Unix time in s) on every answer; a 429 adds retry-after",
+    "ietf": "RateLimit-Policy and RateLimit (IETF draft) on every answer; a 429 adds Retry-After",
+    "retry-after": "only on a 429: Retry-After in whole seconds, rounded up",
+    "retry-after-ms": "only on a 429: retry-after-ms",
+    "bare": "a 429 and nothing else: no header, no hint",
+}
 
 
 class TokenBucket:
-    """``burst`` tokens, refilled at ``rate`` a second; each request takes one or is refused.
+    """``burst`` tokens, refilled at ``rate`` a second; each request takes its cost, or is refused.
 
-    Thread-safe. ``clock`` is injectable so the arithmetic can be tested without waiting.
+    Thread-safe. ``refill`` is the rate tokens really come back at, when another
+    client shares them (default ``rate``). ``clock`` is injectable so the
+    arithmetic can be tested without waiting.
     """
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        refill: float | None = None,
+    ) -> None:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"rate={rate!r} is not allowed: expected requests per second > 0")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        if isinstance(burst, bool) or not isinstance(burst, (int, float)) or not burst >= 1 or burst != int(burst):
             raise ValueError(f"burst={burst!r} is not allowed: expected a whole number >= 1")
         self.rate = rate
         self.burst = burst
+        self.refill = rate if refill is None else refill
         self._clock = clock
         self._tokens = float(burst)
         self._updated = clock()
         self._lock = threading.Lock()
 
-    def take(self) -> tuple[bool, float, float]:
-        """Take a token if one is there.
+    def take(self, cost: float = 1.0) -> tuple[bool, float, float]:
+        """Take ``cost`` tokens if they are there.
 
-        Returns ``(allowed, remaining, wait)``: ``remaining`` whole tokens after
-        this request, and ``wait``, the seconds until the next token (0 if one
-        is left).
+        Returns ``(allowed, remaining, wait)``: the tokens left after this request,
+        and ``wait``, the seconds until ``cost`` tokens are there (0 if they still are).
         """
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            allowed = self._tokens >= 1 - _EPSILON  # a request exactly on time is on time
+            allowed = self._level() >= cost - _EPSILON  # a request exactly on time is on time
             if allowed:
-                self._tokens = max(0.0, self._tokens - 1)
-            wait = max(0.0, (1 - self._tokens) / self.rate)
-            return allowed, self._tokens, wait
+                self._tokens = max(0.0, self._tokens - cost)
+            return allowed, self._tokens, self._wait(cost)
+
+    def level(self) -> float:
+        """The tokens in the bucket now."""
+        with self._lock:
+            return self._level()
+
+    def wait(self, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` tokens are there; 0 if they are now."""
+        with self._lock:
+            self._level()
+            return self._wait(cost)
 
     def until_full(self, remaining: float) -> float:
-        """Seconds until a bucket holding ``remaining`` tokens is full again."""
+        """Seconds until a bucket holding ``remaining`` tokens is full again, at the nominal ``rate``."""
         return (self.burst - remaining) / self.rate
+
+    def _level(self) -> float:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.refill)
+        self._updated = now
+        return self._tokens
+
+    def _wait(self, cost: float) -> float:
+        return max(0.0, (cost - self._tokens) / self.refill) if self._tokens < cost - _EPSILON else 0.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +135,24 @@ class Event:
     status: int
 
 
+class _Limit(NamedTuple):
+    """One dimension's limits: the short-term bucket that binds, and the per-minute one the headers show."""
+
+    dimension: str
+    short: TokenBucket
+    minute: TokenBucket
+
+
+class _Verdict(NamedTuple):
+    """The endpoint's decision on one request, and the state its headers describe."""
+
+    allowed: bool
+    refused: _Limit | None
+    wait: float
+    cost: float
+    levels: dict[str, float]
+
+
 class RateLimitedEndpoint:
     """Serve ``POST /v1/chat/completions`` on 127.0.0.1, at most ``rate`` a second after a ``burst``.
 
@@ -96,14 +163,57 @@ class RateLimitedEndpoint:
             LLMClient("local-model", config=config).sendRequest("system", "hello")
             print(endpoint.stats())
 
-    Answers are plain JSON, or server-sent events when the request says
-    ``"stream": true``, in OpenAI's format. Any API key is accepted.
+    ``dialect`` (:data:`DIALECTS`) is how it describes its limits. With
+    ``openai-tokens``, ``token_cost`` is the tokens a request is expected to cost
+    (:func:`~aicoder.llm.tokens.estimate_cost`): the token limit then allows ``rate``
+    such requests a second and ``burst`` at once, and binds before the request
+    limit, which is ten times as generous. ``foreign`` (0 to 0.9) is the share of
+    the capacity another client on the same key takes: the headers still show the
+    whole limit. Answers are plain JSON, or server-sent events when the request
+    says ``"stream": true``, in OpenAI's format. Any API key is accepted.
     ``latency`` delays each 200 by that many seconds, like a model thinking.
     """
 
-    def __init__(self, rate: float = 10.0, burst: int = 5, *, latency: float = 0.0, port: int = 0) -> None:
-        self.bucket = TokenBucket(rate, burst)
+    def __init__(
+        self,
+        rate: float = 10.0,
+        burst: int = 5,
+        *,
+        dialect: str = "openai",
+        token_cost: float = 100.0,
+        foreign: float = 0.0,
+        latency: float = 0.0,
+        port: int = 0,
+    ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect={dialect!r} is not allowed: expected one of {', '.join(DIALECTS)}")
+        if not 0 <= foreign <= 0.9:
+            raise ValueError(f"foreign={foreign!r} is not allowed: expected a share of the capacity from 0 to 0.9")
+        if not (math.isfinite(token_cost) and token_cost >= 1):
+            raise ValueError(f"token_cost={token_cost!r} is not allowed: expected tokens per request >= 1")
+        self.dialect = dialect
+        self.rate = rate
+        self.burst = burst
+        self.foreign = foreign
         self.latency = latency
+        share = 1 - foreign
+        tokens_bind = dialect == "openai-tokens"
+        request_scale = TOKENS_DIALECT_HEADROOM if tokens_bind else 1
+        self.bucket = TokenBucket(rate * request_scale, burst * request_scale, refill=rate * request_scale * share)
+        self._requests = _Limit(
+            "requests",
+            self.bucket,
+            TokenBucket(
+                rate * request_scale, math.ceil(60 * rate * request_scale), refill=rate * request_scale * share
+            ),
+        )
+        token_rate = rate * token_cost if tokens_bind else _GENEROUS_TOKENS_PER_MINUTE / 60
+        token_burst = math.ceil(burst * token_cost) if tokens_bind else _GENEROUS_TOKENS_PER_MINUTE
+        self._tokens = _Limit(
+            "tokens",
+            TokenBucket(token_rate, token_burst, refill=token_rate * share),
+            TokenBucket(token_rate, math.ceil(60 * token_rate), refill=token_rate * share),
+        )
         self._lock = threading.Lock()
         self._counts = {"ok": 0, "rate_limited": 0, "other": 0}
         self._events: list[Event] = []
@@ -157,6 +267,34 @@ class RateLimitedEndpoint:
         with self._lock:
             return list(self._events)
 
+    def _decide(self, cost: float) -> _Verdict:
+        """Take one request of ``cost`` tokens from every bucket, or from none, atomically."""
+        demands = [
+            (limit, bucket, need)
+            for limit, need in ((self._requests, 1.0), (self._tokens, cost))
+            for bucket in (limit.short, limit.minute)
+        ]
+        with self._lock:
+            refused = None
+            wait = 0.0
+            for limit, bucket, need in demands:
+                bucket_wait = bucket.wait(need)
+                if bucket_wait > wait:
+                    refused, wait = limit, bucket_wait
+            if refused is None:
+                for _, bucket, need in demands:
+                    bucket.take(need)
+            levels = {name: bucket.level() for name, bucket in self._buckets().items()}
+        return _Verdict(refused is None, refused, wait, cost, levels)
+
+    def _buckets(self) -> dict[str, TokenBucket]:
+        return {
+            "requests": self._requests.short,
+            "requests-minute": self._requests.minute,
+            "tokens": self._tokens.short,
+            "tokens-minute": self._tokens.minute,
+        }
+
     def _record(self, status: int) -> None:
         key = "ok" if status == 200 else "rate_limited" if status == 429 else "other"
         with self._lock:
@@ -209,23 +347,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(400, "expected a JSON chat completion request with messages", "invalid_request_error")
             return
 
-        bucket = self.endpoint.bucket
-        allowed, remaining, wait = bucket.take()
-        limits = {
-            "x-ratelimit-limit-requests": str(bucket.burst),
-            "x-ratelimit-remaining-requests": str(math.floor(remaining)),
-            "x-ratelimit-reset-requests": _duration(bucket.until_full(remaining)),
-        }
-        if not allowed:
-            limits["retry-after-ms"] = str(math.ceil(wait * 1000))
-            limits["retry-after"] = str(math.ceil(wait))
-            self._error(
-                429,
-                f"Rate limit reached for {model}: limit {bucket.rate:g} requests/s, burst {bucket.burst}. "
-                f"Please try again in {math.ceil(wait * 1000)}ms.",
-                "rate_limit_exceeded",
-                limits,
-            )
+        cost = estimate_cost(body)
+        verdict = self.endpoint._decide(float(cost.total) if cost is not None else 0.0)
+        limits, refusal = _describe(self.endpoint, verdict, model)
+        if not verdict.allowed:
+            self._json(429, refusal, limits)
             return
 
         if self.endpoint.latency:
@@ -244,7 +370,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         kind = "requests" if status == 429 else "invalid_request_error"
         self._json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers or {})
 
-    def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
+    def _json(self, status: int, payload: Any, headers: dict[str, str]) -> None:
         data = json.dumps(payload).encode()
         self.endpoint._record(status)  # before answering, so a caller never sees an answer not yet counted
         self.send_response(status)
@@ -280,6 +406,102 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+
+def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> tuple[dict[str, str], Any]:
+    """The headers of an answer in ``endpoint``'s dialect, and the body of a 429."""
+    now = time.time()
+    dialect = endpoint.dialect
+    levels = verdict.levels
+    requests, tokens = endpoint._requests, endpoint._tokens
+    request_limit, requests_left = requests.minute.burst, math.floor(levels["requests-minute"])
+    requests_full_in = requests.minute.until_full(levels["requests-minute"])
+    dimension = verdict.refused.dimension if verdict.refused is not None else "requests"
+    wait = verdict.wait
+    headers: dict[str, str] = {}
+    body: Any = {"error": {"message": "Rate limit exceeded", "type": dimension, "code": "rate_limit_exceeded"}}
+    if dialect in ("openai", "openai-tokens"):
+        headers = {
+            "x-ratelimit-limit-requests": f"{request_limit:g}",
+            "x-ratelimit-limit-tokens": f"{tokens.minute.burst:g}",
+            "x-ratelimit-remaining-requests": str(requests_left),
+            "x-ratelimit-remaining-tokens": str(math.floor(levels["tokens-minute"])),
+            "x-ratelimit-reset-requests": _duration(requests_full_in),
+            "x-ratelimit-reset-tokens": _duration(tokens.minute.until_full(levels["tokens-minute"])),
+        }
+        per, limit, need = (
+            ("TPM", tokens.minute.burst, verdict.cost) if dimension == "tokens" else ("RPM", request_limit, 1)
+        )
+        left = levels[f"{dimension}-minute"]
+        body["error"]["message"] = (
+            f"Rate limit reached for {model} in organization org-local on {dimension} per min ({per}): "
+            f"Limit {limit:g}, Used {limit - math.floor(left):g}, Requested {need:g}. "
+            f"Please try again in {_duration(wait)}. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
+    elif dialect == "anthropic":
+        for name, limit_, left_, full_in in (
+            ("requests", requests.minute, levels["requests-minute"], requests_full_in),
+            ("tokens", tokens.minute, levels["tokens-minute"], tokens.minute.until_full(levels["tokens-minute"])),
+        ):
+            headers[f"anthropic-ratelimit-{name}-limit"] = f"{limit_.burst:g}"
+            headers[f"anthropic-ratelimit-{name}-remaining"] = str(math.floor(left_))
+            headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(now + full_in)
+        body = {
+            "type": "error",
+            "error": {
+                "type": "rate_limit_error",
+                "message": f"This request would exceed the rate limit for your organization of {request_limit:g} "
+                "requests per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits.",
+            },
+        }
+        if not verdict.allowed:
+            headers["retry-after"] = str(math.ceil(wait))
+    elif dialect == "github":
+        headers = {
+            "x-ratelimit-limit": f"{request_limit:g}",
+            "x-ratelimit-remaining": str(requests_left),
+            "x-ratelimit-used": f"{request_limit - requests_left:g}",
+            "x-ratelimit-reset": str(math.ceil(now + requests_full_in)),
+            "x-ratelimit-resource": "core",
+        }
+        body = {
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            "documentation_url": "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api",
+        }
+        if not verdict.allowed:
+            headers["retry-after"] = str(math.ceil(wait))
+    elif dialect == "ietf":
+        headers = {
+            "RateLimit-Policy": f'"minute";q={request_limit:g};w=60',
+            "RateLimit": f'"minute";r={requests_left};t={math.ceil(requests_full_in)}',
+        }
+        if not verdict.allowed:
+            headers["Retry-After"] = str(math.ceil(wait))
+    elif dialect == "openrouter" and not verdict.allowed:
+        headers = {
+            "X-RateLimit-Limit": f"{endpoint.burst:g}",
+            "X-RateLimit-Remaining": str(math.floor(levels["requests"])),
+            "X-RateLimit-Reset": str(math.ceil((now + wait) * 1000)),
+        }
+        body = {
+            "error": {
+                "message": f"Rate limit exceeded: limit_rpm/{model}",
+                "code": 429,
+                "metadata": {"headers": dict(headers), "provider_name": None},
+            },
+            "user_id": "user_local",
+        }
+    elif dialect == "retry-after" and not verdict.allowed:
+        headers = {"Retry-After": str(math.ceil(wait))}
+    elif dialect == "retry-after-ms" and not verdict.allowed:
+        headers = {"retry-after-ms": str(math.ceil(wait * 1000))}
+    return headers, body
+
+
+def _rfc3339(moment: float) -> str:
+    """A Unix time as RFC 3339 in whole seconds, rounded up, as Anthropic writes its resets."""
+    return datetime.datetime.fromtimestamp(math.ceil(moment), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:

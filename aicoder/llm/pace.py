@@ -1,0 +1,360 @@
+"""When one destination will take the next request: the model behind coordinated backoff.
+
+A :class:`Pace` combines four constraints; a turn comes when all of them allow it.
+
+- **Hold.** No request before ``held_until``, the expiry of the latest server hint.
+- **Sustained lanes**, one per dimension (requests, tokens, input-tokens,
+  output-tokens), from quotas whose window is a minute or less: ``limit / window``
+  units a second, with no burst. A per-minute limit is a rate, never a burst to
+  spend at once.
+- **Bucket mirrors**, for servers that refill a bucket continuously and say how
+  full it is (OpenAI, Anthropic): the server's own level, so that other clients
+  on the same key are accounted for.
+- **Feedback** (:class:`Feedback`): a request rate learnt from 429s alone, so
+  that a server that says nothing, speaks an unknown dialect, or shares the key
+  with other clients still converges to what it really allows.
+
+Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
+is not thread-safe: :class:`~aicoder.llm.cooldown.Cooldowns` guards it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable
+
+from aicoder.llm.quotas import Quota
+from aicoder.llm.tokens import RequestCost
+
+__all__ = ["Feedback", "Lane", "Pace"]
+
+#: Pace a little slower than the server allows: its clock and ours drift, and requests arrive with jitter.
+SAFETY_MARGIN = 0.01
+#: Longer windows (per hour, per day) are a budget, not a pace: only running out of them holds requests.
+MAX_PACED_WINDOW = 60.0
+
+
+class Lane:
+    """GCRA over one dimension: ``rate`` units a second, at most ``burst`` units ahead of that pace.
+
+    Invariant: ``tat`` (the theoretical arrival time) is when every unit granted so
+    far would have been spent at ``rate``. A request of ``cost`` units may go at
+    ``t`` if ``tat - t <= (burst - cost) / rate``: the lane is then at most
+    ``burst`` units ahead. ``burst=0`` spaces requests strictly.
+    """
+
+    __slots__ = ("burst", "rate", "tat")
+
+    def __init__(self, rate: float, burst: float = 0.0, tat: float = 0.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tat = tat
+
+    def ready_at(self, cost: float) -> float:
+        """The earliest time a request of ``cost`` units conforms."""
+        return self.tat - max(self.burst - cost, 0.0) / self.rate
+
+    def take(self, at: float, cost: float) -> None:
+        """Grant ``cost`` units at ``at``."""
+        self.tat = max(self.tat, at) + cost / self.rate
+
+    def __repr__(self) -> str:
+        return f"Lane(rate={self.rate:.6g}, burst={self.burst:g}, tat={self.tat:.6f})"
+
+
+class Feedback:
+    """A request rate learnt from 429s alone, after botocore's adaptive retry mode (CUBIC).
+
+    **Slow start.** A destination whose first answer says nothing of its limits may
+    have none, or any: its requests start at ``SLOW_START`` a second, doubling every
+    ``DOUBLING`` seconds, so a crowd of threads finds the limit with a few 429s,
+    not dozens. The first 429 ends it (and cuts, below); so does a rate past
+    ``SLOW_START_END``, after which nothing is slowed. Each 429 for a request
+    granted its turn under the current rate means the rate is wrong, and cuts it to
+    ``beta`` times the lower of the rate and the measured send rate, as botocore
+    does, corrected by what the server has shown:
+
+    - **at most** ``1 / hint`` for a precise hint: with its bucket empty, the server
+      says when its next token comes, and that is never later than one interval;
+    - **at least** what it demonstrably accepted: between two refusals its bucket
+      was empty at both ends, so the requests it took in between (the latest such
+      span with a few of them), over the time between, are its rate, or less if
+      its bucket filled up meanwhile. When
+      requests went steadily in between, its bucket never filled up: that *is*
+      its rate, and the new rate goes just under it. Otherwise the rate lies
+      between what it took and what it refused, and the cut goes to their
+      geometric mean if that is lower, which narrows the range quickly.
+
+    A 429 for a request granted its turn *before* the last cut says nothing new (it
+    was paced at the old rate) and cuts nothing, so a crowd of refusals is one cut,
+    not forty. After a cut the rate regrows along CUBIC's curve,
+    ``w_max * (1 + C * (n - K)**3)``: flat near the rate that was refused, steeper
+    beyond it, never faster than twice the measured send rate. botocore counts ``n``
+    in seconds, with ``C`` = 0.4 requests/s³; here ``n`` counts the successes of
+    requests this rate held back, with ``C`` = 0.4 / 10⁴: botocore's curve at 10
+    requests a second, and the same shape at 2 a second as at 200. A cut of 30 %
+    regrows in about 20 such requests. Requests the rate did not hold back say
+    nothing about whether it could be higher, and do not regrow it (TCP's rule for
+    an application-limited sender). Once a cut has measured the server's rate, the
+    search for more is gentler (``MEASURED_SCALE``): it is only for a limit that
+    has risen since.
+    """
+
+    BETA = 0.7
+    SCALE = 0.4 / 10**4
+    #: Once the server's rate has been measured, more is only worth a gentler search: an eighth of ``SCALE``.
+    MEASURED_SCALE = SCALE / 8
+    SLOW_START, DOUBLING, SLOW_START_END = 10.0, 0.1, 10_000.0
+    MIN_ACCEPTED = 4
+    SAMPLES = 256
+    #: The send rate is measured over the last few sends, and over no less than a few milliseconds.
+    MEASURED_SENDS, MIN_WINDOW = 4, 0.02
+
+    def __init__(self, min_rate: float = 1 / 120) -> None:
+        self.min_rate = min_rate
+        self.rate: float | None = None
+        self.lane: Lane | None = None
+        self.w_max = 0.0
+        self.scale = self.SCALE
+        self.k = 0.0
+        self.cut_at = -math.inf
+        #: When slow start began, while it lasts, and the turns it has handed out.
+        self.slow_start: float | None = None
+        self._slow_granted = 0
+        #: Successes of requests held back by this rate since the last cut: CUBIC's clock.
+        self.regrowth = 0
+        self.last_refusal: float | None = None
+        self._sends: deque[float] = deque(maxlen=self.SAMPLES)
+        self._refusals: deque[float] = deque(maxlen=self.SAMPLES)
+
+    def start_slowly(self, now: float) -> None:
+        """Begin slow start: the first answer said nothing of the limits."""
+        if self.rate is None:
+            self.slow_start = now
+            self._slow_granted = 0
+
+    def stop_slow_start(self) -> None:
+        """The limits are known (from quotas, or a 429), or slow start outgrew them: it is over."""
+        self.slow_start = None
+
+    def slow_rate(self, now: float) -> float:
+        """The rate slow start has reached at ``now``."""
+        assert self.slow_start is not None
+        return self.SLOW_START * 2 ** (max(now - self.slow_start, 0.0) / self.DOUBLING)
+
+    def ready_at(self) -> float | None:
+        """When this rate allows the next turn, or ``None`` if it sets no limit."""
+        if self.slow_start is not None:
+            # Turn n + 1 of slow start comes when the integral of its doubling rate reaches n.
+            n = self._slow_granted
+            return self.slow_start + self.DOUBLING * math.log2(1 + n * math.log(2) / (self.SLOW_START * self.DOUBLING))
+        if self.lane is not None:
+            return self.lane.ready_at(1)
+        return None
+
+    def granted(self, at: float) -> None:
+        """A turn at ``at`` was handed out: it takes its place in the paced lane."""
+        if self.slow_start is not None:
+            self._slow_granted += 1
+            if self.slow_rate(at) > self.SLOW_START_END:
+                self.stop_slow_start()
+        elif self.lane is not None:
+            self.lane.take(at, 1)
+
+    def sent(self, at: float) -> None:
+        """A request went at ``at``: a sample for the send rate and for what the server accepted."""
+        self._sends.append(at)
+
+    def send_rate(self, now: float) -> float | None:
+        """Requests a second over the last few sends, up to ``now``: a pause lowers it at once."""
+        recent = list(itertools.islice(reversed(self._sends), self.MEASURED_SENDS))
+        if len(recent) < 2:
+            return None
+        return len(recent) / max(now - recent[-1], self.MIN_WINDOW)
+
+    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None = None) -> bool:
+        """Learn from a 429 for a request granted its turn at ``granted_at`` and sent at ``sent_at``.
+
+        ``hint`` is the server's precise wait, if it gave one. Returns whether the rate was cut.
+        """
+        self._refusals.append(sent_at)
+        if granted_at < self.cut_at:
+            return False
+        rate = self.rate
+        if self.slow_start is not None:
+            rate = self.slow_rate(now)
+            self.stop_slow_start()
+        measured = self.send_rate(now)
+        current = rate if measured is None else measured if rate is None else min(rate, measured)
+        if current is None:  # one lone request so far: no rate to cut from yet
+            self.last_refusal = sent_at
+            return False
+        new, w_max, scale = current * self.BETA, current, self.SCALE
+        if hint:  # the server's next token comes within one interval: it allows at most 1 / hint
+            new, w_max = min(new, 1 / hint), min(w_max, 1 / hint)
+        accepted, saturated = self._accepted_rate(sent_at)
+        if accepted is not None and accepted < current:
+            if saturated:  # what the server took while kept busy is its rate: go just under it, regrow around it
+                new, w_max, scale = accepted * (1 - SAFETY_MARGIN), accepted, self.MEASURED_SCALE
+            else:  # its rate lies between what it took and what it refused: search that range geometrically
+                new = max(accepted * (1 - SAFETY_MARGIN), min(new, math.sqrt(accepted * w_max)))
+        new = max(new, self.min_rate)
+        self.w_max = max(w_max, new)
+        self.scale = scale
+        self.k = ((1 - new / self.w_max) / scale) ** (1 / 3)
+        self.regrowth = 0
+        self.cut_at = now
+        self.last_refusal = sent_at
+        self._set(new, now)
+        return True
+
+    def accepted(self, now: float, held_back: bool) -> None:
+        """Regrow the rate after a success of a request it ``held_back``, along the cubic, to at most
+        twice the measured send rate."""
+        if self.rate is None or not held_back:
+            return
+        self.regrowth += 1
+        grown = self.w_max * (1 + self.scale * (self.regrowth - self.k) ** 3)
+        measured = self.send_rate(now)
+        if measured is not None:
+            grown = min(grown, max(2 * measured, self.rate))
+        if grown > self.rate:
+            self._set(grown, now)
+
+    def _set(self, rate: float, now: float) -> None:
+        self.rate = rate
+        if self.lane is None:
+            self.lane = Lane(rate, tat=now)
+        else:
+            self.lane.rate = rate
+
+    def _accepted_rate(self, sent_at: float) -> tuple[float | None, bool]:
+        """Requests the server took per second since the latest refusal that leaves enough to tell.
+
+        Also whether requests went steadily meanwhile, with no pause longer than two
+        of its intervals: then its bucket never filled up, and what it took is all
+        it gave.
+        """
+        sends = sorted(self._sends)
+        refusals = sorted(self._refusals)
+        if not sends:
+            return None, False
+        end = bisect.bisect_left(refusals, sent_at)
+        for index in range(end - 1, -1, -1):
+            start = refusals[index]
+            if start < sends[0]:
+                break  # older than the samples kept
+            first, last = bisect.bisect_right(sends, start), bisect.bisect_left(sends, sent_at)
+            accepted = (last - first) - (end - index - 1)
+            if accepted >= self.MIN_ACCEPTED and sent_at > start:
+                rate = accepted / (sent_at - start)
+                moments = [start, *sends[first:last], sent_at]
+                longest_pause = max(later - earlier for earlier, later in itertools.pairwise(moments))
+                return rate, longest_pause <= 2 / rate
+        return None, False
+
+
+class Pace:
+    """Everything known about when one destination takes requests; see the module docstring."""
+
+    def __init__(self, min_rate: float = 1 / 120) -> None:
+        #: No turn before this time: the latest hint's expiry.
+        self.held_until = 0.0
+        self.lanes: dict[str, Lane] = {}
+        self.mirrors: dict[str, Lane] = {}
+        self.feedback = Feedback(min_rate)
+
+    @property
+    def paced(self) -> bool:
+        """Whether anything paces this destination: a rate from its quotas, from its 429s, or slow start."""
+        return bool(self.lanes) or self.feedback.rate is not None or self.feedback.slow_start is not None
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a request's token cost matters here: the server has told of a token limit."""
+        return any(dimension != "requests" for dimension in (*self.lanes, *self.mirrors))
+
+    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> tuple[float, bool]:
+        """Take the next turn for a request of ``cost``; return its time, and whether the feedback rate set it.
+
+        A hold, or one lane's step, longer than ``max_wait`` is not waited for: the
+        request goes, and the server's answer says how long it really wants.
+        """
+        at = now
+        if self.held_until - now <= max_wait:
+            at = max(at, self.held_until)
+        for dimension, lane in self._lanes():
+            units = _units(cost, dimension)
+            if units / lane.rate <= max_wait:
+                at = max(at, lane.ready_at(units))
+        held_back = False
+        ready = self.feedback.ready_at()
+        if ready is not None and ready - now <= max_wait:
+            held_back = ready >= at
+            at = max(at, ready)
+        for dimension, lane in self._lanes():
+            lane.take(at, _units(cost, dimension))
+        self.feedback.granted(at)
+        return at, held_back
+
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
+        """Adopt the limits an answer describes; a ``first`` success that tells no rate starts slow start."""
+        quotas = tuple(quotas)
+        if any(quota.rate for quota in quotas):
+            self.feedback.stop_slow_start()
+        elif first:
+            self.feedback.start_slowly(now)
+        rates: dict[str, float] = {}
+        for quota in quotas:
+            rate = quota.rate
+            if rate and quota.window and quota.window <= MAX_PACED_WINDOW:
+                rates[quota.dimension] = min(rates.get(quota.dimension, math.inf), rate * (1 - SAFETY_MARGIN))
+            if quota.refill == "bucket" and rate and quota.limit and quota.remaining is not None:
+                mirror = self.mirrors.get(quota.dimension)
+                if mirror is None:
+                    mirror = self.mirrors[quota.dimension] = Lane(rate, quota.limit)
+                mirror.rate, mirror.burst = rate, quota.limit
+                mirror.tat = max(mirror.tat, now + (quota.limit - quota.remaining) / rate)
+            elif quota.refill == "window" and quota.reset and quota.remaining is not None and quota.remaining < 1:
+                self.held_until = max(self.held_until, now + quota.reset)  # spent: nothing fits until it resets
+        for dimension, rate in rates.items():
+            lane = self.lanes.get(dimension)
+            if lane is None:
+                self.lanes[dimension] = Lane(rate, tat=now)
+            else:
+                lane.rate = rate
+
+    def reschedule(self, times: list[float]) -> list[float]:
+        """Move turns already handed out (sorted ``times``) behind the hold and the feedback rate, if they changed.
+
+        Threads asleep until their turn then wake at the new time: a cut or a hold
+        takes effect at once, not after the queue granted at the old rate has drained.
+        """
+        moved: list[float] = []
+        interval = 1 / self.feedback.rate if self.feedback.rate else 0.0
+        for at in times:
+            at = max(at, self.held_until, moved[-1] + interval if moved else at)
+            moved.append(at)
+        if moved and self.feedback.lane is not None:
+            self.feedback.lane.tat = max(self.feedback.lane.tat, moved[-1] + interval)
+        return moved
+
+    def hold(self, until: float) -> bool:
+        """No turn before ``until``; return whether that is later than before."""
+        if until <= self.held_until:
+            return False
+        self.held_until = until
+        return True
+
+    def _lanes(self) -> Iterable[tuple[str, Lane]]:
+        yield from self.lanes.items()
+        yield from self.mirrors.items()
+
+
+def _units(cost: RequestCost | None, dimension: str) -> float:
+    if dimension == "requests":
+        return 1.0
+    return float(cost.of(dimension)) if cost is not None else 0.0

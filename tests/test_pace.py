@@ -1,0 +1,238 @@
+"""The pace model's rules, one by one, on a clock that only moves when told to."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from aicoder.llm.pace import MAX_PACED_WINDOW, SAFETY_MARGIN, Feedback, Lane, Pace
+from aicoder.llm.quotas import Quota
+from aicoder.llm.tokens import RequestCost
+
+
+def per_minute(dimension: str, limit: float, remaining: float, reset: float) -> Quota:
+    return Quota(dimension, limit, remaining, reset, 60.0, "bucket", "openai", f"x-ratelimit-reset-{dimension}")
+
+
+def turns(pace: Pace, count: int, now: float = 0.0, cost: RequestCost | None = None) -> list[float]:
+    return [round(pace.next_turn(now, cost)[0], 6) for _ in range(count)]
+
+
+# --- lanes ---
+
+
+def test_lane_spaces_strictly_without_burst() -> None:
+    """GCRA with no burst: one unit every 1/rate, from the first."""
+    lane = Lane(rate=4.0)
+    times = []
+    for _ in range(3):
+        at = max(0.0, lane.ready_at(1))
+        lane.take(at, 1)
+        times.append(at)
+    assert times == [0.0, 0.25, 0.5]
+
+
+def test_lane_burst_lets_units_ahead_of_the_pace() -> None:
+    """A burst of 3 lets three units go at once, the fourth a full interval after the first."""
+    lane = Lane(rate=1.0, burst=3.0)
+    ready = []
+    for _ in range(4):
+        at = max(0.0, lane.ready_at(1))
+        lane.take(at, 1)
+        ready.append(at)
+    assert ready == [0.0, 0.0, 0.0, 1.0]
+
+
+# --- quotas ---
+
+
+def test_a_per_minute_limit_is_a_rate_not_a_burst() -> None:
+    """600 requests a minute with all 600 left: ten a second, evenly, never 600 at once."""
+    pace = Pace()
+    pace.learn(0.0, [per_minute("requests", 600, 600, 0.0001)])
+    interval = 1 / (10 * (1 - SAFETY_MARGIN))
+    assert turns(pace, 4) == pytest.approx([0.0, interval, 2 * interval, 3 * interval])
+
+
+def test_tokens_are_paced_by_each_requests_cost() -> None:
+    """6,000 tokens a minute (100 a second): a 50-token request, then the next half a second later."""
+    pace = Pace()
+    pace.learn(0.0, [per_minute("tokens", 6000, 6000, 0.0001)])
+    cost = RequestCost(20, 30)
+    assert pace.counts_tokens
+    assert turns(pace, 3, cost=cost) == pytest.approx([0.0, 0.5 / (1 - SAFETY_MARGIN), 1.0 / (1 - SAFETY_MARGIN)])
+
+
+def test_an_empty_bucket_is_mirrored() -> None:
+    """With 0 of 60 left, a bucket that refills at 1 a second gives the next request after 1 s."""
+    pace = Pace()
+    pace.learn(0.0, [per_minute("requests", 60, 0, 60.0)])
+    assert turns(pace, 1)[0] == pytest.approx(1.0)
+
+
+def test_a_spent_window_holds_until_it_resets() -> None:
+    """``remaining: 0`` with a reset in 3 s on a window quota: nothing goes before then."""
+    pace = Pace()
+    pace.learn(0.0, [Quota("requests", 20, 0, 3.0, None, "window", "x-ratelimit", "x-ratelimit-reset")])
+    assert turns(pace, 1) == [3.0]
+
+
+def test_long_windows_are_a_budget_not_a_pace() -> None:
+    """A per-day limit does not space requests out."""
+    day = Quota("requests", 14400, 14000, 3600.0, 86400.0, "window", "periodic", "x")
+    assert day.window > MAX_PACED_WINDOW
+    pace = Pace()
+    pace.learn(0.0, [day])
+    assert turns(pace, 3) == [0.0, 0.0, 0.0]
+
+
+# --- feedback ---
+
+
+def fed(pace: Pace, times: list[float]) -> None:
+    """Record sends at ``times``."""
+    for at in times:
+        pace.feedback.sent(at)
+
+
+def test_nothing_is_slowed_before_a_429() -> None:
+    """A destination that never refuses is never paced."""
+    pace = Pace()
+    pace.learn(0.0, [])
+    assert pace.feedback.rate is None
+    assert turns(pace, 5) == [0.0] * 5
+
+
+def test_first_429_cuts_to_beta_of_the_send_rate() -> None:
+    """botocore's rule: 0.7 times the rate the refused request was sent at."""
+    feedback = Feedback()
+    for at in (0.0, 0.1, 0.2, 0.3):
+        feedback.sent(at)
+    assert feedback.refused(now=0.4, sent_at=0.3, granted_at=0.3)
+    assert feedback.rate == pytest.approx(Feedback.BETA * 4 / 0.4)
+
+
+def test_a_crowd_of_refusals_is_one_cut() -> None:
+    """Refusals of requests granted before the cut say nothing new and cut nothing."""
+    feedback = Feedback()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        feedback.sent(at)
+    assert feedback.refused(now=0.05, sent_at=0.03, granted_at=0.0)
+    rate = feedback.rate
+    assert not feedback.refused(now=0.06, sent_at=0.03, granted_at=0.01)
+    assert feedback.rate == rate
+
+
+def test_a_precise_hint_caps_the_cut() -> None:
+    """The server's next token comes within one interval: 0.1 s means at most 10 a second."""
+    feedback = Feedback()
+    for at in (0.0, 0.001, 0.002, 0.003):
+        feedback.sent(at)
+    feedback.refused(now=0.005, sent_at=0.003, granted_at=0.003, hint=0.1)
+    assert feedback.rate == pytest.approx(10.0)
+
+
+def test_what_the_server_took_while_busy_is_its_rate() -> None:
+    """Between two refusals, 20 steady requests in 2 s: the rate goes just under 10 a second."""
+    feedback = Feedback()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        feedback.sent(at)
+    feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03)
+    steady = [0.03 + 0.1 * n for n in range(1, 21)]
+    for at in steady:
+        feedback.sent(at)
+    feedback.sent(2.04)
+    assert feedback.refused(now=2.05, sent_at=2.04, granted_at=2.0)
+    assert feedback.rate == pytest.approx(20 / 2.01 * (1 - SAFETY_MARGIN), rel=1e-3)
+
+
+def test_an_idle_spell_makes_the_accepted_count_a_floor_only() -> None:
+    """After a pause the server's bucket may have filled: what it took is a floor, not its rate."""
+    feedback = Feedback()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        feedback.sent(at)
+    feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03)
+    for at in (1.0, 1.01, 1.02, 1.03, 1.04, 1.05):  # idle for a second, then a burst
+        feedback.sent(at)
+    feedback.refused(now=1.07, sent_at=1.06, granted_at=1.06)
+    floor = 5 / 1.03 * (1 - SAFETY_MARGIN)
+    assert feedback.rate is not None and feedback.rate > floor
+
+
+def test_regrowth_only_counts_requests_the_rate_held_back() -> None:
+    """Successes that the rate did not delay do not regrow it (an application-limited sender)."""
+    feedback = Feedback()
+    for at in (0.0, 0.1, 0.2, 0.3):
+        feedback.sent(at)
+    feedback.refused(now=0.4, sent_at=0.3, granted_at=0.3)
+    cut = feedback.rate
+    for n in range(200):
+        feedback.accepted(now=1 + n, held_back=False)
+    assert feedback.rate == cut
+    for n in range(60):
+        feedback.sent(0.5 + n * 0.01)
+        feedback.accepted(now=0.5 + n * 0.01, held_back=True)
+    assert feedback.rate is not None and cut is not None and feedback.rate > cut
+
+
+def test_regrowth_follows_the_cubic_and_stops_at_twice_the_send_rate() -> None:
+    """The curve returns to the refused rate after K held-back successes, and never beyond 2x what is sent."""
+    feedback = Feedback()
+    for at in (0.0, 0.1, 0.2, 0.3):
+        feedback.sent(at)
+    feedback.refused(now=0.4, sent_at=0.3, granted_at=0.3)
+    w_max, k = feedback.w_max, feedback.k
+    for n in range(1, round(k) + 1):
+        feedback.sent(0.4 + n * 0.1)
+        feedback.accepted(now=0.4 + n * 0.1, held_back=True)
+    assert feedback.rate == pytest.approx(w_max * (1 + Feedback.SCALE * (round(k) - k) ** 3))
+    for n in range(200):
+        feedback.accepted(now=100.0 + n, held_back=True)  # nothing sent for 100 s: the send rate is tiny
+    measured = feedback.send_rate(299.0)
+    assert measured is not None and feedback.rate is not None
+    assert feedback.rate <= max(2 * measured, w_max * 2)
+
+
+# --- slow start ---
+
+
+def test_slow_start_doubles_the_rate_every_tenth_of_a_second() -> None:
+    """A first answer without limits: turn n + 1 when the integral of 10 a second, doubling, reaches n."""
+    pace = Pace()
+    pace.learn(0.0, [], first=True)
+    granted = turns(pace, 30)
+    expected = [0.1 * math.log2(1 + n * math.log(2) / (10 * 0.1)) for n in range(30)]
+    assert granted == pytest.approx(expected, abs=1e-6)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert gaps[-1] < gaps[0] / 4
+    assert granted[-1] < 0.5
+
+
+def test_slow_start_ends_at_the_first_429_with_a_cut() -> None:
+    """The first refusal ends slow start and sets a rate below the one it reached."""
+    pace = Pace()
+    pace.learn(0.0, [], first=True)
+    times = turns(pace, 10)
+    fed(pace, times)
+    pace.feedback.refused(now=times[-1] + 0.01, sent_at=times[-1], granted_at=0.0)
+    assert pace.feedback.slow_start is None
+    assert pace.feedback.rate is not None
+
+
+def test_limits_in_the_first_answer_skip_slow_start() -> None:
+    """A first answer that tells a rate is paced by it, with no slow start."""
+    pace = Pace()
+    pace.learn(0.0, [per_minute("requests", 60000, 60000, 0.001)], first=True)
+    assert pace.feedback.slow_start is None
+
+
+def test_a_hold_moves_turns_already_handed_out() -> None:
+    """Turns granted for 0.1 and 0.2 s move behind a hold until 1 s, at the feedback rate."""
+    pace = Pace()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        pace.feedback.sent(at)
+    pace.feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)  # at most 4 a second
+    pace.hold(1.0)
+    assert pace.reschedule([0.1, 0.2]) == pytest.approx([1.0, 1.25])
