@@ -105,8 +105,8 @@ class Turn:
 
     @property
     def paced(self) -> bool:
-        """Whether the destination has a pace: a rate learnt from its quotas or from its 429s."""
-        return self.destination.pace.paced
+        """Whether the destination is paced at its known rate: from its quotas, or measured from its 429s."""
+        return self.destination.pace.knows_rate
 
     @property
     def cost(self) -> RequestCost | None:

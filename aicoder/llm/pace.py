@@ -121,6 +121,8 @@ class Feedback:
         self.scale = self.SCALE
         self.k = 0.0
         self.cut_at = -math.inf
+        #: Whether a cut has measured the server's rate (what it accepted while kept busy).
+        self.measured = False
         #: When slow start began, while it lasts, and the turns it has handed out.
         self.slow_start: float | None = None
         self._slow_granted = 0
@@ -199,6 +201,7 @@ class Feedback:
         if accepted is not None and accepted < current:
             if saturated:  # what the server took while kept busy is its rate: go just under it, regrow around it
                 new, w_max, scale = accepted * (1 - SAFETY_MARGIN), accepted, self.MEASURED_SCALE
+                self.measured = True
             else:  # its rate lies between what it took and what it refused: search that range geometrically
                 new = max(accepted * (1 - SAFETY_MARGIN), min(new, math.sqrt(accepted * w_max)))
         new = max(new, self.min_rate)
@@ -268,9 +271,9 @@ class Pace:
         self.feedback = Feedback(min_rate)
 
     @property
-    def paced(self) -> bool:
-        """Whether anything paces this destination: a rate from its quotas, from its 429s, or slow start."""
-        return bool(self.lanes) or self.feedback.rate is not None or self.feedback.slow_start is not None
+    def knows_rate(self) -> bool:
+        """Whether the server's rate is known: from its quotas, or measured between its 429s."""
+        return bool(self.lanes) or self.feedback.measured
 
     @property
     def counts_tokens(self) -> bool:

@@ -128,15 +128,18 @@ class LinearRetry(Retry):
     def next_wait(self, hint: ServerHint | None, number: int, paced: bool = False) -> Wait:
         """The wait before retry ``number``: the server's hint if it gave one, else the schedule.
 
-        A whole-second hint may be rounded up. A ``paced`` retry (its destination has
-        a pace, which this 429 has just cut) waits only the part of it that is
-        certain, a second less, as every other request bound there does, and then
-        its turn at that pace.
+        A ``paced`` retry is bound for a destination whose rate is known (from its
+        quotas, or measured between its 429s), and waits its turn at that rate anyway:
+        that is a better backoff than a guess. So it needs no schedule of its own, and
+        of a whole-second hint, which may be rounded up, only the part that is
+        certain: a second less, as every other request bound there waits.
         """
         if hint is not None:
             if paced and hint.coarse:
                 return Wait(max(hint.seconds - 1, 0.0), hint.source)
             return Wait(hint.seconds, hint.source)
+        if paced:
+            return Wait(0.0, "pace")
         return Wait(self.backoff(number), "schedule")
 
     def increment(

@@ -1,16 +1,18 @@
-"""aicoder's benchmark: coordinated backoff against other retry strategies, overhead, and reliability.
+"""aicoder's benchmark: coordinated backoff against other retry strategies, dialect by dialect, overhead,
+and reliability.
 
 Not part of the unit suite. Needs the ``bench`` extra::
 
     .venv/bin/pip install -e '.[test,bench]'
-    .venv/bin/python tests/perf/bench.py                # everything, about 20 minutes
-    .venv/bin/python tests/perf/bench.py --quick        # rates 10 and 50 only, about 3 minutes
+    .venv/bin/python tests/perf/bench.py                  # everything, about 90 minutes
+    .venv/bin/python tests/perf/bench.py --quick          # rates 10 and 50 only
+    .venv/bin/python tests/perf/bench.py --skip overhead reliability --dialects bare retry-after
 
 Each run starts the built-in rate-limited endpoint in a separate process (so the
-server does not share the client's interpreter lock), sends ``--requests``
-chat completions from a number of threads, and reads the endpoint's own counts.
-It prints Markdown tables, checks the goals of docs/performance.md, and writes a
-plot of requests over time to ``--plot``.
+server does not share the client's interpreter lock), speaking one dialect,
+sends ``--requests`` chat completions from a number of threads, and reads the
+endpoint's own counts. It prints one Markdown table per dialect, checks the goals
+of docs/performance.md, and writes a plot of requests over time to ``--plot``.
 """
 
 from __future__ import annotations
@@ -41,20 +43,25 @@ from urllib3.util.retry import Retry
 
 from aicoder import Config, LLMClient, retrying_session
 from aicoder.llm.cooldown import shared_cooldowns
+from aicoder.llm.tokens import estimate_cost
 from aicoder.testing import RateLimitedEndpoint
+from aicoder.testing.endpoint import DIALECTS
 
 BURST = 5
 RETRIES = 5  # LLM_RETRY_COUNT's default; every contender gets the same budget
-MESSAGES = [{"role": "system", "content": "You are a benchmark."}, {"role": "user", "content": "hello"}]
-GOAL_WALL = 1.05
-GOAL_429_PER_SUCCESS = 0.1
+SYSTEM, PROMPT = "You are a benchmark.", "hello"
+MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+#: Every contender sends the same messages, so a token limit allows each the same number of requests.
+TOKEN_COST = estimate_cost(json.dumps({"messages": MESSAGES})).total  # type: ignore[union-attr]
+#: The goals, by dialect: (wall / ideal, 429s per success); every run must also lose no request.
+GOALS = {dialect: (1.10, 0.15) for dialect in DIALECTS} | {"bare": (1.5, 0.5)}
 
 
 # --- the endpoint, in its own process ---
 
 
-def _serve(conn: Connection, rate: float, burst: int) -> None:
-    with RateLimitedEndpoint(rate, burst) as endpoint:
+def _serve(conn: Connection, rate: float, burst: int, dialect: str, foreign: float) -> None:
+    with RateLimitedEndpoint(rate, burst, dialect=dialect, foreign=foreign, token_cost=TOKEN_COST) as endpoint:
         conn.send(endpoint.base_url)
         conn.recv()
         conn.send((endpoint.stats(), [(event.at, event.status) for event in endpoint.events()]))
@@ -69,10 +76,14 @@ class Served:
 
 
 @contextmanager
-def endpoint_process(rate: float, burst: int) -> Iterator[tuple[str, Served]]:
+def endpoint_process(
+    rate: float, burst: int, dialect: str = "openai", foreign: float = 0.0
+) -> Iterator[tuple[str, Served]]:
     """Run a RateLimitedEndpoint in a child process; on exit, fill in what it served."""
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=_serve, args=(child, rate, burst), daemon=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(child, rate, burst, dialect, foreign), daemon=True
+    )
     process.start()
     served = Served(0, 0, 0, [])
     try:
@@ -98,7 +109,7 @@ def _aicoder(model: str, config: Config, threads: int) -> Sender:
 
 def _completes(client: LLMClient, index: int) -> bool:
     try:
-        client.sendRequest("You are a benchmark.", f"hello {index}", verbose=False)
+        client.sendRequest(SYSTEM, PROMPT, verbose=False)
     except RuntimeError:
         return False
     return True
@@ -185,6 +196,9 @@ CONTENDERS: dict[str, Callable[[str, int], Sender]] = {
     "tenacity wait_incrementing": tenacity_incrementing,
 }
 GOAL_CONTENDERS = ("aicoder (one session)", "aicoder (session per thread)", "aicoder (openai SDK via bridge)")
+#: Run for every dialect, rate and thread count; the others at the rate ``--full-rate`` only.
+EVERYWHERE = ("aicoder (one session)", "openai SDK max_retries=5")
+SDK = "openai SDK max_retries=5"
 
 
 # --- running a batch ---
@@ -193,8 +207,10 @@ GOAL_CONTENDERS = ("aicoder (one session)", "aicoder (session per thread)", "aic
 @dataclass
 class Run:
     contender: str
+    dialect: str
     rate: float
     threads: int
+    foreign: float
     requests: int
     failures: int
     wall: float
@@ -203,7 +219,7 @@ class Run:
 
     @property
     def ideal(self) -> float:
-        return max(0, self.requests - BURST) / self.rate
+        return max(0, self.requests - BURST) / (self.rate * (1 - self.foreign))
 
     @property
     def wall_ratio(self) -> float:
@@ -218,7 +234,8 @@ class Run:
         return ordered[max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered)) - 1))]
 
     def meets_goal(self) -> bool:
-        return self.failures == 0 and self.wall_ratio <= GOAL_WALL and self.per_success <= GOAL_429_PER_SUCCESS
+        wall, per_success = GOALS[self.dialect]
+        return self.failures == 0 and self.wall_ratio <= wall and self.per_success <= per_success
 
 
 def warm_up(factory: Callable[[str, int], Sender]) -> None:
@@ -229,11 +246,11 @@ def warm_up(factory: Callable[[str, int], Sender]) -> None:
         close()
 
 
-def run_batch(name: str, rate: float, threads: int, count: int) -> Run:
+def run_batch(name: str, dialect: str, rate: float, threads: int, count: int, foreign: float = 0.0) -> Run:
     factory = CONTENDERS[name]
     warm_up(factory)
     shared_cooldowns().clear()
-    with endpoint_process(rate, BURST) as (base_url, served):
+    with endpoint_process(rate, BURST, dialect, foreign) as (base_url, served):
         send, close = factory(base_url, threads)
         latencies: list[float] = []
         failures = 0
@@ -265,7 +282,27 @@ def run_batch(name: str, rate: float, threads: int, count: int) -> Run:
             worker.join()
         wall = time.monotonic() - started
         close()
-    return Run(name, rate, threads, count, failures, wall, served, latencies)
+    return Run(name, dialect, rate, threads, foreign, count, failures, wall, served, latencies)
+
+
+def goal_column(run: Run, runs: list[Run]) -> str:
+    """``met`` or ``**missed**`` for aicoder's runs; also whether slower than the SDK where the SDK lost nothing."""
+    if run.contender not in GOAL_CONTENDERS:
+        return ""
+    verdict = "met" if run.meets_goal() else "**missed**"
+    sdk = next(
+        (
+            other
+            for other in runs
+            if other.contender == SDK
+            and (other.dialect, other.rate, other.threads, other.foreign)
+            == (run.dialect, run.rate, run.threads, run.foreign)
+        ),
+        None,
+    )
+    if sdk is not None and sdk.failures == 0 and run.wall > sdk.wall:
+        verdict += " (slower than the SDK)"
+    return verdict
 
 
 # --- overhead with no 429 at all ---
@@ -398,7 +435,7 @@ def plot(runs: list[Run], path: Path) -> None:
             selected = [t for t, (_, status) in zip(times, run.served.events, strict=True) if wanted in (None, status)]
             axis.step(selected, range(1, len(selected) + 1), style, where="post", label=label)
         axis.plot([0, run.ideal], [BURST, run.requests], color="grey", linewidth=0.8, label="ideal 200s")
-        axis.set_title(f"{run.contender}\n{run.rate:g} req/s, {run.threads} threads")
+        axis.set_title(f"{run.contender}\n{run.dialect}: {run.rate:g} req/s, {run.threads} threads")
         axis.set_xlabel("seconds")
         axis.legend()
     axes[0].set_ylabel("requests (cumulative)")
@@ -412,11 +449,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[2, 10, 50])
     parser.add_argument("--threads", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--dialects", nargs="+", default=list(DIALECTS), choices=list(DIALECTS), metavar="DIALECT")
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS), metavar="NAME")
+    parser.add_argument(
+        "--full-rate",
+        type=float,
+        default=10.0,
+        help="the rate at which every contender runs; at the other rates, aicoder and the openai SDK only",
+    )
+    parser.add_argument(
+        "--foreign",
+        type=float,
+        default=0.3,
+        help="also run aicoder and the SDK at --full-rate with another client taking this share (0: skip)",
+    )
     parser.add_argument("--quick", action="store_true", help="rates 10 and 50 only")
     parser.add_argument("--plot", type=Path, default=Path("docs/perf/requests-over-time.png"))
     parser.add_argument("--json", type=Path, help="also write every number to this file")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scenarios", "overhead", "reliability"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["dialects", "overhead", "reliability"])
     args = parser.parse_args(argv)
     logging.getLogger("aicoder").setLevel(logging.ERROR)  # one warning per retry would drown the tables
     rates = [10.0, 50.0] if args.quick else args.rates
@@ -424,28 +474,49 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# aicoder benchmark ({report['machine']}, {args.requests} requests, burst {BURST})\n")
 
     runs: list[Run] = []
-    if "scenarios" not in args.skip:
-        print(
-            "| rate/s | threads | contender | failures | wall ÷ ideal | 429s per success | p50 latency (s) | "
-            "p99 latency (s) | goal |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for rate in rates:
-            for threads in args.threads:
-                for name in args.contenders:
-                    run = run_batch(name, rate, threads, args.requests)
-                    runs.append(run)
-                    goal = ("met" if run.meets_goal() else "**missed**") if name in GOAL_CONTENDERS else ""
-                    print(
-                        f"| {rate:g} | {threads} | {name} | {run.failures} | {run.wall_ratio:.3f} | "
-                        f"{run.per_success:.2f} | {run.percentile(50):.2f} | {run.percentile(99):.2f} | {goal} |",
-                        flush=True,
-                    )
-        report["scenarios"] = [
+    if "dialects" not in args.skip:
+        for dialect in args.dialects:
+            wall_goal, per_success_goal = GOALS[dialect]
+            print(f"\n## {dialect}: {DIALECTS[dialect]}\n")
+            print(f"goal: 0 failures, wall ÷ ideal ≤ {wall_goal}, 429s per success ≤ {per_success_goal}\n")
+            print(
+                "| rate/s | threads | foreign | contender | failures | wall ÷ ideal | 429s per success | "
+                "p50 latency (s) | p99 latency (s) | goal |"
+            )
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            batches = [
+                (rate, threads, 0.0, name)
+                for rate in rates
+                for threads in args.threads
+                for name in args.contenders
+                if rate == args.full_rate or name in EVERYWHERE
+            ]
+            if args.foreign:
+                batches += [
+                    (args.full_rate, threads, args.foreign, name)
+                    for threads in args.threads
+                    for name in args.contenders
+                    if name in EVERYWHERE
+                ]
+            dialect_runs: list[Run] = []
+            for rate, threads, foreign, name in batches:
+                dialect_runs.append(run_batch(name, dialect, rate, threads, args.requests, foreign))
+                print(f"  {dialect} {rate:g}/s {threads} threads foreign {foreign:g}: {name} done", file=sys.stderr)
+            for run in dialect_runs:
+                print(
+                    f"| {run.rate:g} | {run.threads} | {run.foreign:g} | {run.contender} | {run.failures} | "
+                    f"{run.wall_ratio:.3f} | {run.per_success:.2f} | {run.percentile(50):.2f} | "
+                    f"{run.percentile(99):.2f} | {goal_column(run, dialect_runs)} |",
+                    flush=True,
+                )
+            runs += dialect_runs
+        report["dialects"] = [
             {
+                "dialect": r.dialect,
                 "contender": r.contender,
                 "rate": r.rate,
                 "threads": r.threads,
+                "foreign": r.foreign,
                 "requests": r.requests,
                 "failures": r.failures,
                 "wall_seconds": round(r.wall, 3),
@@ -456,15 +527,18 @@ def main(argv: list[str] | None = None) -> int:
                 "rate_limited_per_success": round(r.per_success, 4),
                 "p50_seconds": round(r.percentile(50), 4),
                 "p99_seconds": round(r.percentile(99), 4),
+                "goal": goal_column(r, runs),
             }
             for r in runs
         ]
         plotted = [
             r
             for r in runs
-            if r.rate == 10
+            if r.dialect == "openai-tokens"
+            and r.rate == args.full_rate
             and r.threads == max(args.threads)
-            and r.contender in ("aicoder (one session)", "openai SDK max_retries=5")
+            and r.foreign == 0
+            and r.contender in ("aicoder (one session)", SDK)
         ]
         if len(plotted) == 2:
             plot(plotted, args.plot)
