@@ -23,6 +23,7 @@ so Ctrl-C ends them and :func:`~aicoder.llm.waiting.instant_waits` skips them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -47,6 +48,8 @@ __all__ = ["Cooldowns", "DestinationKey", "Turn", "current_turn", "destination_k
 
 log = logging.getLogger(__name__)
 
+#: The quotas of answers other than 429s are read at most this often per destination, in seconds.
+LEARN_INTERVAL = 0.05
 #: Request headers that carry credentials; their values are hashed into the key, never kept.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 _SALT = os.urandom(16)
@@ -66,22 +69,30 @@ def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
     tell two API keys apart but not reveal either.
     """
     parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
     if not isinstance(headers, CaseInsensitiveDict):
         headers = CaseInsensitiveDict(headers)
-    credentials = "\n".join([headers.get(name) or "" for name in CREDENTIAL_HEADERS])
-    fingerprint = hashlib.blake2b(credentials.encode(), key=_SALT, digest_size=12).hexdigest()
+    return _key(parts.scheme, parts.netloc, tuple([headers.get(name) or "" for name in CREDENTIAL_HEADERS]))
+
+
+@functools.lru_cache(maxsize=256)
+def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationKey:
+    # Cached: every request to an API carries the same origin and key. (The cache holds the credentials
+    # themselves, in memory only, as requests' own session and the caller already do.)
+    origin = f"{scheme}://{netloc.rpartition('@')[2].lower()}"
+    fingerprint = hashlib.blake2b("\n".join(credentials).encode(), key=_SALT, digest_size=12).hexdigest()
     return DestinationKey(origin, fingerprint)
 
 
 class _Destination:
     """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
 
-    __slots__ = ("first_answer", "key", "pace", "pending")
+    __slots__ = ("first_answer", "key", "learned_at", "pace", "pending")
 
     def __init__(self, key: DestinationKey, pace: Pace) -> None:
         self.key = key
         self.pace = pace
+        #: When the quotas of an answer were last read (monotonic seconds).
+        self.learned_at = -math.inf
         #: Turns handed out whose time has not come yet: a hold or a cut moves them.
         self.pending: set[Turn] = set()
         #: Set once the first request's answer (or failure) is in; ``None`` after that.
@@ -179,10 +190,11 @@ class Cooldowns:
         turn = Turn(self, destination, body)
         cost = turn.cost if destination.pace.counts_tokens else None
         with self._lock:
-            # The common case, decided under one lock: no probe in flight, so take the turn now.
+            # The common case, decided under one lock: no probe in flight, and the turn is now.
             waiting_for_probe = destination.first_answer is not None
-            if not waiting_for_probe:
-                self._reserve(turn, cost, max_wait)
+            if not waiting_for_probe and self._reserve(turn, cost, max_wait) <= 0:
+                destination.pace.feedback.sent(turn.sent_at)
+                return turn
         if waiting_for_probe:
             self.wait_turn(turn, max_wait=max_wait)
         else:
@@ -238,14 +250,21 @@ class Cooldowns:
         return turn.sent_at - now
 
     def observe(self, turn: Turn, status: int, headers: Mapping[str, str], hint: ServerHint | None = None) -> None:
-        """Learn from the answer to ``turn``'s latest attempt: its quotas, and for a 429 its hint."""
-        quotas = read_quotas(headers)
+        """Learn from the answer to ``turn``'s latest attempt: its quotas, and for a 429 its hint.
+
+        The quotas of answers that are not 429s are read at most every ``LEARN_INTERVAL``
+        seconds per destination: they change little between two answers, and reading
+        them is most of the cost of coordination when requests come fast.
+        """
         destination = turn.destination
+        now = self._clock()
+        quotas = read_quotas(headers) if status == 429 or now - destination.learned_at >= LEARN_INTERVAL else None
         with self._lock:
-            now = self._clock()
             pace = destination.pace
-            # Slow start is for a destination whose limits are unknown, not one that has already refused.
-            pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
+            if quotas is not None:
+                destination.learned_at = now
+                # Slow start is for a destination whose limits are unknown, not one that has already refused.
+                pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
             if status == 429:
                 hold = 0.0
                 if hint is not None:

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, NamedTuple
 
+from requests.structures import CaseInsensitiveDict
+
 __all__ = ["Quota", "parse_duration", "parse_number", "read_quotas"]
 
 Refill = Literal["bucket", "window"]
@@ -126,28 +128,50 @@ def read_quotas(headers: Mapping[str, str], now: Callable[[], float] = time.time
 
     ``now`` is the wall clock, for resets given as a Unix time or an RFC 3339 date.
     """
-    fields = {name.lower(): value for name, value in headers.items() if name.lower().startswith(_PREFIXES)}
+    fields: dict[str, str] = {}
+    families: set[str] = set()
+    # requests' CaseInsensitiveDict has its names lower-cased already, and walks them faster so.
+    items = headers.lower_items() if isinstance(headers, CaseInsensitiveDict) else headers.items()
+    for name, value in items:
+        family = _family(name)
+        if family is not None:
+            fields[name.lower()] = value
+            families.add(family)
     if not fields:
         return ()
-    return (
-        *_openai(fields),
-        *_x_ratelimit(fields, now),
-        *_anthropic(fields, now),
-        *_ietf(fields),
-        *_ratelimitbysize(fields),
-    )
+    quotas: list[Quota] = []
+    for family in families:
+        quotas.extend(_READERS[family](fields, now))
+    return tuple(quotas)
+
+
+@functools.lru_cache(maxsize=512)
+def _family(name: str) -> str | None:
+    """Which dialect reads a header ``name``, if any. Cached: every answer carries the same few names."""
+    lowered = name.lower()
+    if not lowered.startswith(_PREFIXES):
+        return None
+    if _OPENAI_NAME.fullmatch(lowered):
+        return "openai"
+    if lowered.startswith(("x-ratelimit-", "x-rate-limit-")):
+        return "x-ratelimit"
+    if lowered.startswith("anthropic-ratelimit-"):
+        return "anthropic"
+    if lowered.startswith("ratelimitbysize-"):
+        return "ratelimitbysize"
+    return "ietf"
 
 
 # --- the dialects ---
 
 
-def _openai(fields: Mapping[str, str]) -> Iterable[Quota]:
+def _openai(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota]:
     """``x-ratelimit-{limit,remaining,reset}-{dimension}[-{period}]``."""
     groups: dict[tuple[str, str | None], dict[str, str]] = {}
     for name in fields:
-        match = _OPENAI_NAME.fullmatch(name)
-        if match:
-            kind, dimension, period = match.groups()
+        match = _openai_name(name)
+        if match is not None:
+            kind, dimension, period = match
             groups.setdefault((_DIMENSIONS[dimension], period), {})[kind] = name
     for (dimension, period), names in groups.items():
         source = names.get("reset") or names.get("remaining") or names["limit"]
@@ -164,6 +188,12 @@ def _openai(fields: Mapping[str, str]) -> Iterable[Quota]:
         )
         if quota is not None:
             yield quota
+
+
+@functools.lru_cache(maxsize=512)
+def _openai_name(name: str) -> tuple[str, str, str | None] | None:
+    match = _OPENAI_NAME.fullmatch(name)
+    return None if match is None else (match[1], match[2], match[3])
 
 
 def _x_ratelimit(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota]:
@@ -221,7 +251,7 @@ def _anthropic(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[
             yield quota
 
 
-def _ietf(fields: Mapping[str, str]) -> Iterable[Quota]:
+def _ietf(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota]:
     """The IETF ``RateLimit`` header fields, as structured fields (draft 8+) or as numbers (draft 6)."""
     policies = _structured_items(fields.get("ratelimit-policy"))
     states = _structured_items(fields.get("ratelimit"))
@@ -278,10 +308,8 @@ def _ietf(fields: Mapping[str, str]) -> Iterable[Quota]:
             yield quota
 
 
-def _ratelimitbysize(fields: Mapping[str, str]) -> Iterable[Quota]:
+def _ratelimitbysize(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota]:
     """Mistral's ``ratelimitbysize-limit/remaining/reset``: tokens per minute."""
-    if not any(name.startswith("ratelimitbysize-") for name in fields):
-        return
     quota = _quota(
         "tokens",
         limit=parse_number(fields.get("ratelimitbysize-limit")),
@@ -321,6 +349,15 @@ def _quota(
     if coarse is None:
         coarse = reset is not None and reset.is_integer()
     return Quota(dimension, limit, remaining, reset, window or None, refill, dialect, source, coarse)
+
+
+_READERS: dict[str, Callable[[Mapping[str, str], Callable[[], float]], Iterable[Quota]]] = {
+    "openai": _openai,
+    "x-ratelimit": _x_ratelimit,
+    "anthropic": _anthropic,
+    "ietf": _ietf,
+    "ratelimitbysize": _ratelimitbysize,
+}
 
 
 # --- values ---

@@ -336,7 +336,7 @@ class LinearBackoffAdapter(HTTPAdapter):
 
 def _with_read_body(response: requests.Response) -> requests.Response:
     """Hand on a 429 body that :func:`read_small_body` already read, as the response's content."""
-    body = _read_bodies.pop(response.raw, None)
+    body = _read_bodies.pop(response.raw, None) if _read_bodies else None
     if body is not None:
         response._content = body
         response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag, missing from its stubs
