@@ -220,3 +220,19 @@ def test_close_leaves_a_borrowed_session_open() -> None:
     assert closed == []
     RequestsTransport(Session(), close_session=True).close()
     assert closed == [True]
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_redirects_are_followed_as_the_sdk_follows_them(status: int) -> None:
+    """Through OpenAIProvider, a 307/308 keeps method and body, and drops Authorization for another origin."""
+    from aicoder.llm.api_client import LLMClient
+
+    with scripted_server(completion("moved")) as target:
+        location = f"{target.url}/v1/chat/completions"
+        with scripted_server(Reply(status, b"", {"Location": location})) as origin:
+            config = Config(openai_api_key="sk-SENTINEL-0123456789", openai_base_url=f"{origin.url}/v1")
+            assert LLMClient("openai/m", config=config).sendRequest("s", "u") == "moved"
+        first, moved = origin.received[0], target.received[0]
+    assert (moved.method, moved.body) == ("POST", first.body)
+    assert "authorization" in first.headers
+    assert "authorization" not in moved.headers

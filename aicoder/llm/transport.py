@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx2
 import requests
 import urllib3.exceptions
+from requests.cookies import RequestsCookieJar
 from requests.hooks import default_hooks
 from requests.structures import CaseInsensitiveDict
 from requests.utils import resolve_proxies
@@ -181,6 +182,9 @@ def _prepare(request: httpx2.Request, body: bytes) -> requests.PreparedRequest:
         prepared.headers["Content-Length"] = str(len(body))
     prepared.body = body or None
     prepared.hooks = default_hooks()
+    # Session.send looks ahead at a redirect (without following it: the httpx2 client does), and
+    # stores its cookies in the request's jar on the way; without one, it crashes.
+    prepared._cookies = RequestsCookieJar()  # type: ignore[attr-defined]  # requests' own field, not in its stubs
     return prepared
 
 

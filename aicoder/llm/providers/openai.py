@@ -49,7 +49,9 @@ class OpenAIProvider(LLMProvider):
             api_key=key,
             base_url=base_url or config.openai_base_url,
             max_retries=0,
-            http_client=httpx2.Client(transport=RequestsTransport(self.session)),
+            # Redirects are followed as the SDK's own client follows them: 307/308 keep method and body,
+            # and Authorization is dropped when the origin changes.
+            http_client=httpx2.Client(transport=RequestsTransport(self.session), follow_redirects=True),
         )
 
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
