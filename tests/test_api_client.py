@@ -66,6 +66,17 @@ def test_malformed_body_is_a_clear_error(provider: str, body: object) -> None:
     assert call.call_count == 1
 
 
+@pytest.mark.parametrize("provider", ["openrouter", "openai"])
+@pytest.mark.parametrize("body", ["<html>hello</html>", "", "[" * 100_000, '{"choices": ' * 50_000])
+def test_unreadable_200_bodies_are_a_clear_error(provider: str, body: str) -> None:
+    """HTML, an empty body, or JSON nested past Python's recursion limit is "not a chat completion"."""
+    with responses.RequestsMock() as mock:
+        mock.post(f"{BASE}/chat/completions", body=body, content_type="application/json")
+        with pytest.raises(RuntimeError, match="not with a chat completion") as caught:
+            LLMClient(f"{provider}/m", config=CONFIG).sendRequest("s", "u")
+    assert caught.value.__cause__ is not None
+
+
 def test_non_json_body_is_a_clear_error() -> None:
     """An HTML page from a wrong base URL is reported as not a chat completion."""
     with responses.RequestsMock() as mock:

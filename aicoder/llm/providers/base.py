@@ -27,6 +27,12 @@ class MissingAPIKeyError(ConfigError):
 class MalformedResponseError(ValueError):
     """The server answered with success but not with a chat completion."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "the server answered with success but not with a chat completion "
+            "(expected choices[0].message.content as text); is the base URL an OpenAI-compatible API?"
+        )
+
 
 def require_key(key: str | None, variable: str, provider: str) -> str:
     """Return ``key``, or raise :class:`MissingAPIKeyError` saying which variable to set."""
@@ -44,10 +50,7 @@ def completion_text(content: object) -> str:
     Anything else (missing, ``None``, not a string) raises :class:`MalformedResponseError`.
     """
     if not isinstance(content, str):
-        raise MalformedResponseError(
-            "the server answered with success but not with a chat completion "
-            "(expected choices[0].message.content as text); is the base URL an OpenAI-compatible API?"
-        )
+        raise MalformedResponseError
     return content
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import openai
 import requests
 
 from aicoder.config import Config
-from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
+from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text, require_key
 from aicoder.llm.retry import retrying_session
 from aicoder.llm.transport import RequestsTransport
 
@@ -56,7 +57,10 @@ class OpenAIProvider(LLMProvider):
 
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
         started = time.monotonic()
-        completion: Any = self.client.chat.completions.create(model=model, messages=list(messages))  # type: ignore[arg-type]
+        try:
+            completion: Any = self.client.chat.completions.create(model=model, messages=list(messages))  # type: ignore[arg-type]
+        except (json.JSONDecodeError, RecursionError) as exc:  # a 200 whose body is no JSON, or nested past reason
+            raise MalformedResponseError from exc
         log.log(
             logging.INFO if verbose else logging.DEBUG,
             "openai chat completion model=%s in %.2f s",

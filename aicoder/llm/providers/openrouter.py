@@ -79,6 +79,6 @@ def _completion_text(response: requests.Response) -> str:
     try:
         body: Any = response.json()
         content = body["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         content = None
     return completion_text(content)
