@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import tracemalloc
 
 import pytest
 import responses
@@ -10,6 +12,7 @@ import responses
 from aicoder.config import Config, ConfigError
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.providers import MissingAPIKeyError, OpenAIProvider, OpenRouterProvider
+from tests.servers import Reply, scripted_server
 
 BASE = "https://llm.test/v1"
 CONFIG = Config(openrouter_api_key="or-key", openrouter_base_url=BASE, openai_api_key="oa-key", openai_base_url=BASE)
@@ -123,3 +126,22 @@ def test_verbose_logs_to_logging_not_stdout(
     assert len(infos) == 1
     assert infos[0].name == "aicoder.llm.providers.openrouter"
     assert "POST https://llm.test/v1/chat/completions model=m: HTTP 200" in infos[0].getMessage()
+
+
+@pytest.mark.parametrize("provider", ["openrouter", "openai"])
+def test_a_huge_error_body_is_read_only_at_its_start(provider: str) -> None:
+    """A 20 MB error body costs at most a few MB of memory: only its first 64 KiB are read and quoted."""
+    body = b"word " * 4_000_000
+    with scripted_server(Reply(500, body, {"Content-Type": "text/plain"})) as server:
+        config = Config(openrouter_api_key="k" * 20, openrouter_base_url=f"{server.url}/v1", openai_api_key="k" * 20)
+        config = dataclasses.replace(config, openai_base_url=f"{server.url}/v1")
+        client = LLMClient(f"{provider}/m", config=config)
+        tracemalloc.start()
+        try:
+            with pytest.raises(RuntimeError, match="HTTP 500") as caught:
+                client.sendRequest("s", "u")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 5_000_000
+    assert '"word word' in str(caught.value)

@@ -240,3 +240,14 @@ def test_timeout_is_not_retried() -> None:
             llm.sendRequest("s", "u")
         assert server.count == 1
     assert isinstance(caught.value.__cause__, requests.Timeout)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("header", [("retry-after-ms", "5\x1f"), ("Retry-After", "1\x1c")])
+def test_control_characters_in_a_hint_are_no_hint(provider: str, header: tuple[str, str]) -> None:
+    """A hint with a control character is ignored: the schedule applies, nothing crashes."""
+    with scripted_server(rate_limited(dict([header])), completion("fine")) as server:
+        llm = client(provider, f"{server.url}/v1", count=1, min_delay=0.01, max_delay=0.01)
+        with instant_waits() as waits:
+            assert llm.sendRequest("s", "u") == "fine"
+    assert waits[0] == 0.01

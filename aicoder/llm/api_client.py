@@ -17,7 +17,7 @@ import openai
 import requests
 
 from aicoder.config import MAX_HINT_CAP, Config, ConfigError
-from aicoder.llm.hints import server_hint
+from aicoder.llm.hints import body_prefix, server_hint
 from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
 from aicoder.llm.redaction import redact, safe_url
 from aicoder.llm.retry import TOO_MANY_REQUESTS, LinearRetry, retry_state
@@ -191,11 +191,15 @@ def _http_failure(exc: Exception) -> _Failure | None:
 
 
 def _server_message(body: str) -> str:
-    """Return the error message an OpenAI-style body carries, else the start of the body, quoted."""
+    """Return the error message an OpenAI-style body carries, else the start of the body, quoted.
+
+    Only the body's first :data:`~aicoder.llm.hints.MAX_BODY` characters are read, whatever its size.
+    """
+    body = body_prefix(body)
     try:
         data = json.loads(body)
         message = data["error"]["message"] if isinstance(data.get("error"), dict) else data["error"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         message = body
     text = " ".join(str(message).split()) or "(empty body)"
     if len(text) > _MESSAGE_LIMIT:

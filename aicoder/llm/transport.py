@@ -22,6 +22,7 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import resolve_proxies
 from urllib3 import HTTPHeaderDict
 
+from aicoder.llm.hints import MAX_BODY
 from aicoder.llm.retry import retry_state
 
 __all__ = ["RETRY_EXTENSION", "RequestsTransport"]
@@ -94,9 +95,15 @@ class _ResponseStream(httpx2.SyncByteStream):
                 yield self._response.content
             return
         raw = self._response.raw
+        # An error body is only ever quoted: the SDK gets its first MAX_BODY bytes, however large it is.
+        left = MAX_BODY if self._response.status_code >= 400 else None
         with map_exceptions(self._request):
-            while chunk := raw.read1(_CHUNK_SIZE, decode_content=False):
+            while chunk := raw.read1(_CHUNK_SIZE if left is None else min(_CHUNK_SIZE, left), decode_content=False):
                 yield chunk
+                if left is not None:
+                    left -= len(chunk)
+                    if left <= 0:
+                        break
                 if raw.closed:  # the body is complete: skip the read that would only say so
                     break
 

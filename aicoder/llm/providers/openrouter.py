@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from aicoder.config import Config
+from aicoder.llm.hints import MAX_BODY
 from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
 from aicoder.llm.redaction import safe_url
 from aicoder.llm.retry import retrying_session
@@ -51,28 +52,38 @@ class OpenRouterProvider(LLMProvider):
 
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
         started = time.monotonic()
-        response = self.session.post(
+        with self.session.post(
             self.url,
             json={"model": model, "messages": list(messages)},
             headers={"Authorization": f"Bearer {self._api_key}"},
             timeout=self.timeout,
-        )
-        log.log(
-            logging.INFO if verbose else logging.DEBUG,
-            "POST %s model=%s: HTTP %d in %.2f s",
-            safe_url(self.url),
-            model,
-            response.status_code,
-            time.monotonic() - started,
-        )
-        response.raise_for_status()
-        return _completion_text(response)
+            stream=True,
+        ) as response:
+            log.log(
+                logging.INFO if verbose else logging.DEBUG,
+                "POST %s model=%s: HTTP %d in %.2f s",
+                safe_url(self.url),
+                model,
+                response.status_code,
+                time.monotonic() - started,
+            )
+            if response.status_code >= 400:
+                _keep_only_the_start(response)
+            response.raise_for_status()
+            return _completion_text(response)
 
 
 def _endpoint(base_url: str) -> str:
     """Append ``/chat/completions`` to the base URL's path, keeping any query (``?api-version=``)."""
     parts = urlsplit(base_url)
     return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/chat/completions"))
+
+
+def _keep_only_the_start(response: requests.Response) -> None:
+    """Read at most :data:`~aicoder.llm.hints.MAX_BODY` of an error body: it is only ever quoted."""
+    if not response._content_consumed:  # type: ignore[attr-defined]  # requests' own flag, not in its stubs
+        response._content = response.raw.read(MAX_BODY, decode_content=True)
+        response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _completion_text(response: requests.Response) -> str:
