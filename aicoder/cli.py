@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from aicoder.config import Config, ConfigError
+from aicoder.config import COUNT, DELAY, HINT_CAP, Bounds, Config, ConfigError, parse
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.schedule import linear_delays
 from aicoder.simulate import SimulationResult, simulate
@@ -90,7 +90,10 @@ def _build_parser() -> _ArgumentParser:
     )
     simulate.add_argument("--requests", type=_count, default=40, help="completions to send (default: %(default)s)")
     simulate.add_argument(
-        "--concurrency", type=_at_least_one, default=4, help="threads sending them (default: %(default)s)"
+        "--concurrency",
+        type=_threads,
+        default=4,
+        help=f"threads sending them, 1 to {MAX_CONCURRENCY} (default: %(default)s)",
     )
     simulate.add_argument(
         "--dialect",
@@ -123,71 +126,71 @@ def _build_parser() -> _ArgumentParser:
     return parser
 
 
+#: The retry flags, with the variable each one sets, and what it allows.
+_RETRY_FLAGS = {
+    "--count": ("count", "LLM_RETRY_COUNT", COUNT, "retries after the first attempt"),
+    "--min": ("min_delay", "LLM_RETRY_MIN_DELAY", DELAY, "first wait, seconds"),
+    "--max": ("max_delay", "LLM_RETRY_MAX_DELAY", DELAY, "last and largest wait of the schedule, seconds"),
+    "--max-hint": ("max_hint", "LLM_RETRY_MAX_HINT", HINT_CAP, "longest server hint waited for, seconds"),
+}
+#: The most threads ``simulate`` starts: more would measure the machine, not the retries.
+MAX_CONCURRENCY = 1000
+
+
 def _add_retry_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=_count, help="retries after the first attempt (LLM_RETRY_COUNT)")
-    parser.add_argument("--min", type=_seconds, dest="min_delay", help="first wait, seconds (LLM_RETRY_MIN_DELAY)")
-    parser.add_argument("--max", type=_seconds, dest="max_delay", help="last and largest wait (LLM_RETRY_MAX_DELAY)")
-    parser.add_argument(
-        "--max-hint", type=_seconds, dest="max_hint", help="longest server hint waited for (LLM_RETRY_MAX_HINT)"
-    )
+    for flag, (dest, variable, bounds, help_text) in _RETRY_FLAGS.items():
+        parser.add_argument(flag, type=_setting(flag, bounds), dest=dest, help=f"{help_text} ({variable})")
+
+
+def _setting(flag: str, bounds: Bounds) -> Callable[[str], str]:
+    """An argparse type that checks a flag with the same rules as its setting, and keeps the text."""
+
+    def check_flag(text: str) -> str:
+        _number(text, bounds)
+        return text
+
+    return check_flag
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
+    return int(_number(text, Bounds(0, 10**9, True, "a whole number >= 0")))
 
 
 def _at_least_one(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
+    return int(_number(text, Bounds(1, 10**9, True, "a whole number >= 1")))
+
+
+def _threads(text: str) -> int:
+    return int(_number(text, Bounds(1, MAX_CONCURRENCY, True, f"a number of threads from 1 to {MAX_CONCURRENCY}")))
 
 
 def _positive(text: str) -> float:
-    value = _seconds(text)
+    value = _number(text, Bounds(0, 10**9, False, "a number > 0"))
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a number > 0")
     return value
 
 
 def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 0.9:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share of the capacity from 0 to 0.9")
-    return value
+    return _number(text, Bounds(0, 0.9, False, "a share of the capacity from 0 to 0.9"))
 
 
-def _seconds(text: str) -> float:
+def _number(text: str, bounds: Bounds) -> float:
+    """A flag's number, in ASCII digits and within ``bounds``, as the settings are read."""
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds >= 0")
-    return value
+        return parse("flag", text, bounds)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected {bounds.allowed}") from exc
 
 
 def _retry_config(args: argparse.Namespace) -> Config:
-    """The loaded settings, with the command line's ``--count``/``--min``/``--max``/``--max-hint`` over them."""
+    """The loaded settings, with the command line's retry flags over them: a flag given replaces its variable."""
     overrides = {
-        "retry_count": args.count,
-        "retry_min_delay": args.min_delay,
-        "retry_max_delay": args.max_delay,
-        "retry_max_hint": args.max_hint,
+        variable: (getattr(args, dest), f"from {flag}")
+        for flag, (dest, variable, _, _) in _RETRY_FLAGS.items()
+        if getattr(args, dest) is not None
     }
-    try:
-        return dataclasses.replace(Config.load(), **{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (the flags --count, --min, --max and --max-hint set these)") from None
+    return Config.load(overrides=overrides)
 
 
 def _ask(args: argparse.Namespace) -> int:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dotenv import dotenv_values
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["COUNT", "DELAY", "HINT_CAP", "Bounds", "Config", "ConfigError", "check", "parse"]
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
@@ -30,26 +31,74 @@ class ConfigError(ValueError):
     """A setting or argument has a value aicoder cannot use."""
 
 
+class Bounds(NamedTuple):
+    """What a numeric setting allows: from ``low`` to ``high``, ``whole`` numbers only or not."""
+
+    low: float
+    high: float
+    whole: bool
+    allowed: str
+
+
+#: The retries after the first attempt: 0 means one attempt and no retry.
+COUNT = Bounds(0, 100, True, "a whole number from 0 to 100 (0 means one attempt, no retry)")
+#: The schedule's waits.
+DELAY = Bounds(0, 3600, False, "seconds from 0 to 3600")
+#: The longest server hint waited for.
+HINT_CAP = Bounds(0, MAX_HINT_CAP, False, f"seconds from 0 to {MAX_HINT_CAP:g} (a day)")
+
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+
+
+def check(name: str, value: object, bounds: Bounds) -> float:
+    """Return ``value`` if it is a number within ``bounds``, else raise :class:`ConfigError` naming ``name``.
+
+    A bool is not a number here, and a whole-number setting takes no fraction.
+    """
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if (
+        number is None
+        or (bounds.whole and not isinstance(number, int))
+        or (isinstance(number, float) and not math.isfinite(number))
+        or not bounds.low <= number <= bounds.high
+    ):
+        raise ConfigError(f"{name}={_shown(value)} is not allowed: expected {bounds.allowed}")
+    return number
+
+
+def parse(name: str, text: str, bounds: Bounds, origin: str = "") -> float:
+    """Read ``text`` as a setting within ``bounds``: ASCII digits only (no Arabic-Indic, full-width or ``1_000``)."""
+    where = f" ({origin})" if origin else ""
+    text = text.strip()
+    if not (_WHOLE if bounds.whole else _DECIMAL).fullmatch(text):
+        raise ConfigError(f"{name}={_shown(text)}{where} is not allowed: expected {bounds.allowed}")
+    number = int(text) if bounds.whole else float(text)
+    if not bounds.low <= number <= bounds.high:
+        raise ConfigError(f"{name}={_shown(text)}{where} is not allowed: expected {bounds.allowed}")
+    return number
+
+
 def check_count(name: str, value: object) -> int:
-    """Return ``value`` if it is a whole number >= 0, else raise :class:`ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name}={value!r} is not allowed: expected a whole number >= 0 (0 means no retry)")
-    return value
+    """Return ``value`` if it is a whole number of retries from 0 to 100, else raise :class:`ConfigError`."""
+    return int(check(name, value, COUNT))
 
 
 def check_delay(name: str, value: object) -> float:
-    """Return ``value`` as seconds if it is a finite number >= 0, else raise :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name}={value!r} is not allowed: expected a finite number of seconds >= 0")
-    return float(value)
+    """Return ``value`` as seconds if it is a number from 0 to 3600, else raise :class:`ConfigError`."""
+    return float(check(name, value, DELAY))
 
 
 def check_hint_cap(name: str, value: object) -> float:
     """Return ``value`` as seconds if it is a number from 0 to 86,400 (a day); else raise :class:`ConfigError`."""
-    seconds = check_delay(name, value)
-    if seconds > MAX_HINT_CAP:
-        raise ConfigError(f"{name}={value!r} is not allowed: expected seconds from 0 to {MAX_HINT_CAP:g} (a day)")
-    return seconds
+    return float(check(name, value, HINT_CAP))
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``: a string such as ``"false"`` would read as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={_shown(value)} is not allowed: expected True or False")
+    return value
 
 
 def check_delay_range(min_name: str, min_delay: float, max_name: str, max_delay: float) -> None:
@@ -58,6 +107,12 @@ def check_delay_range(min_name: str, min_delay: float, max_name: str, max_delay:
         raise ConfigError(
             f"{max_name}={max_delay!r} is below {min_name}={min_delay!r}: the maximum wait must be >= the minimum"
         )
+
+
+def _shown(value: object) -> str:
+    """``value`` as a message shows it: its repr, cut short if long (a 400-digit number says nothing more)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 @dataclass(frozen=True)
@@ -91,22 +146,37 @@ class Config:
         object.__setattr__(self, "retry_max_delay", check_delay("LLM_RETRY_MAX_DELAY", self.retry_max_delay))
         check_delay_range("LLM_RETRY_MIN_DELAY", self.retry_min_delay, "LLM_RETRY_MAX_DELAY", self.retry_max_delay)
         object.__setattr__(self, "retry_max_hint", check_hint_cap("LLM_RETRY_MAX_HINT", self.retry_max_hint))
+        check_bool("LLM_RETRY_RESPECT_RETRY_AFTER", self.retry_respect_retry_after)
+        check_bool("LLM_RETRY_COORDINATE", self.retry_coordinate)
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Config:
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | Path | None = ".env",
+        *,
+        overrides: Mapping[str, tuple[str, str]] | None = None,
+    ) -> Config:
         """Read settings from ``environ`` (default ``os.environ``) over those in ``env_file``.
 
         A variable that is unset or empty keeps its default. A missing
-        ``env_file`` is fine; ``env_file=None`` skips it. Raises
+        ``env_file`` is fine; ``env_file=None`` skips it. ``overrides`` maps a
+        variable to ``(value, origin)``, such as ``("3", "from --count")``, and wins
+        over both: a variable it sets is not read from elsewhere. Raises
         :class:`ConfigError` naming the variable, its value and what is allowed.
         """
         sources: dict[str, tuple[str, str]] = {}
         if env_file is not None and Path(env_file).is_file():
-            for name, value in dotenv_values(env_file).items():
+            try:
+                from_file = dotenv_values(env_file)
+            except UnicodeDecodeError:
+                raise ConfigError(f"{env_file} is not UTF-8 text: save it as UTF-8, or remove it") from None
+            for name, value in from_file.items():
                 if value is not None:
                     sources[name] = (value, f"from {env_file}")
         for name, value in (os.environ if environ is None else environ).items():
             sources[name] = (value, "from the environment")
+        sources |= overrides or {}
 
         def get(name: str, parse: Callable[[str, str, str], Any]) -> dict[str, Any]:
             raw, origin = sources.get(name, ("", ""))
@@ -115,10 +185,10 @@ class Config:
             return {_FIELDS[name]: parse(name, raw.strip(), origin)}
 
         values: dict[str, Any] = {}
-        values |= get("LLM_RETRY_COUNT", _parse_count)
-        values |= get("LLM_RETRY_MIN_DELAY", _parse_delay)
-        values |= get("LLM_RETRY_MAX_DELAY", _parse_delay)
-        values |= get("LLM_RETRY_MAX_HINT", _parse_hint_cap)
+        values |= get("LLM_RETRY_COUNT", lambda name, raw, origin: int(parse(name, raw, COUNT, origin)))
+        values |= get("LLM_RETRY_MIN_DELAY", lambda name, raw, origin: parse(name, raw, DELAY, origin))
+        values |= get("LLM_RETRY_MAX_DELAY", lambda name, raw, origin: parse(name, raw, DELAY, origin))
+        values |= get("LLM_RETRY_MAX_HINT", lambda name, raw, origin: parse(name, raw, HINT_CAP, origin))
         values |= get("LLM_RETRY_RESPECT_RETRY_AFTER", _parse_bool)
         values |= get("LLM_RETRY_COORDINATE", _parse_bool)
         for name in ("OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
@@ -138,33 +208,6 @@ _FIELDS = {
     "OPENAI_API_KEY": "openai_api_key",
     "OPENAI_BASE_URL": "openai_base_url",
 }
-
-
-def _parse_count(name: str, raw: str, origin: str) -> int:
-    try:
-        return check_count(name, int(raw))
-    except (ValueError, ConfigError):
-        raise ConfigError(
-            f"{name}={raw!r} ({origin}) is not allowed: expected a whole number >= 0 (0 means no retry)"
-        ) from None
-
-
-def _parse_delay(name: str, raw: str, origin: str) -> float:
-    try:
-        return check_delay(name, float(raw))
-    except (ValueError, ConfigError):
-        raise ConfigError(
-            f"{name}={raw!r} ({origin}) is not allowed: expected a finite number of seconds >= 0"
-        ) from None
-
-
-def _parse_hint_cap(name: str, raw: str, origin: str) -> float:
-    try:
-        return check_hint_cap(name, float(raw))
-    except (ValueError, ConfigError):
-        raise ConfigError(
-            f"{name}={raw!r} ({origin}) is not allowed: expected seconds from 0 to {MAX_HINT_CAP:g} (a day)"
-        ) from None
 
 
 def _parse_bool(name: str, raw: str, origin: str) -> bool:

@@ -145,3 +145,19 @@ def test_a_huge_error_body_is_read_only_at_its_start(provider: str) -> None:
             tracemalloc.stop()
     assert peak < 5_000_000
     assert '"word word' in str(caught.value)
+
+
+def test_a_model_that_is_no_string_is_a_config_error() -> None:
+    """``LLMClient(None)`` says what a model name is, instead of an AttributeError."""
+    with pytest.raises(ConfigError, match="model None is not allowed"):
+        LLMClient(None, config=CONFIG)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("provider", ["openrouter", "openai"])
+def test_a_status_outside_2xx_is_no_success(provider: str) -> None:
+    """HTTP 999 is reported as an HTTP failure with its status, not as a success without a completion."""
+    with responses.RequestsMock() as mock:
+        mock.post(f"{BASE}/chat/completions", status=999, json={"error": {"message": "odd"}})
+        with pytest.raises(RuntimeError, match="HTTP 999") as caught:
+            LLMClient(f"{provider}/m", config=CONFIG).sendRequest("s", "u")
+    assert "success" not in str(caught.value)

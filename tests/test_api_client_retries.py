@@ -251,3 +251,13 @@ def test_control_characters_in_a_hint_are_no_hint(provider: str, header: tuple[s
         with instant_waits() as waits:
             assert llm.sendRequest("s", "u") == "fine"
     assert waits[0] == 0.01
+
+
+def test_no_retry_says_no_wait() -> None:
+    """With LLM_RETRY_COUNT=0 the message says there was no wait, not "waited nothing s"."""
+    with responses.RequestsMock() as mock:
+        mock.post(ENDPOINT, status=429, json=error_json("slow down"))
+        with pytest.raises(RuntimeError) as caught:
+            client("openrouter", count=0).sendRequest("system", PROMPT)
+    assert "no wait" in str(caught.value)
+    assert "nothing s" not in str(caught.value)

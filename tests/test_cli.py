@@ -44,7 +44,19 @@ def test_schedule_zero_count(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no retries" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["schedule", "--count", "-1"], ["schedule", "--min", "x"], ["bogus"], []])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["schedule", "--count", "-1"],
+        ["schedule", "--count", "100000000"],  # once ran on with growing memory
+        ["schedule", "--count", "\u0663"],  # int() reads an Arabic-Indic 3 as 3
+        ["schedule", "--max", "1e10"],
+        ["schedule", "--max-hint", "86401"],
+        ["schedule", "--min", "x"],
+        ["bogus"],
+        [],
+    ],
+)
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Bad flags exit 2 with a usage line and no traceback."""
     assert main(argv) == 2
@@ -58,6 +70,13 @@ def test_min_above_max_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schedule", "--min", "40", "--max", "5"]) == 2
     err = capsys.readouterr().err
     assert "LLM_RETRY_MAX_DELAY=5.0 is below LLM_RETRY_MIN_DELAY=40.0" in err
+
+
+def test_a_flag_replaces_a_bad_variable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--count`` given, a bad LLM_RETRY_COUNT in the environment is not read at all."""
+    monkeypatch.setenv("LLM_RETRY_COUNT", "lots")
+    assert main(["schedule", "--count", "2"]) == 0
+    assert "LLM_RETRY_COUNT=2" in capsys.readouterr().out
 
 
 def test_bad_environment_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +192,9 @@ def test_simulate_exhausted_budget_exits_1(capsys: pytest.CaptureFixture[str], m
         ["simulate", "--rate", "0"],
         ["simulate", "--burst", "0"],
         ["simulate", "--concurrency", "-2"],
+        ["simulate", "--concurrency", "1000000000"],  # once started threads until memory ran out
+        ["simulate", "--foreign", "0.95"],
+        ["simulate", "--dialect", "klingon"],
         ["simulate", "--provider", "anthropic"],
         ["simulate", "--max", "nan"],
     ],

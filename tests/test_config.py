@@ -26,7 +26,7 @@ def test_environment_overrides() -> None:
         environ={
             "LLM_RETRY_COUNT": "0",
             "LLM_RETRY_MIN_DELAY": "0.5",
-            "LLM_RETRY_MAX_DELAY": " 1e1 ",
+            "LLM_RETRY_MAX_DELAY": " 10 ",
             "LLM_RETRY_RESPECT_RETRY_AFTER": "False",
         }
     )
@@ -57,13 +57,20 @@ def test_empty_value_keeps_default() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "allowed"),
     [
-        ("LLM_RETRY_COUNT", "-1", "whole number >= 0"),
-        ("LLM_RETRY_COUNT", "2.5", "whole number >= 0"),
-        ("LLM_RETRY_COUNT", "many", "whole number >= 0"),
-        ("LLM_RETRY_MIN_DELAY", "-0.1", "finite number of seconds >= 0"),
-        ("LLM_RETRY_MIN_DELAY", "nan", "finite number of seconds >= 0"),
-        ("LLM_RETRY_MAX_DELAY", "inf", "finite number of seconds >= 0"),
-        ("LLM_RETRY_MAX_DELAY", "soon", "finite number of seconds >= 0"),
+        ("LLM_RETRY_COUNT", "-1", "whole number from 0 to 100"),
+        ("LLM_RETRY_COUNT", "2.5", "whole number from 0 to 100"),
+        ("LLM_RETRY_COUNT", "many", "whole number from 0 to 100"),
+        ("LLM_RETRY_COUNT", "101", "whole number from 0 to 100"),
+        ("LLM_RETRY_COUNT", "\u0663", "whole number from 0 to 100"),  # an Arabic-Indic 3: int() reads it as 3
+        ("LLM_RETRY_COUNT", "\uff15", "whole number from 0 to 100"),  # a full-width 5
+        ("LLM_RETRY_COUNT", "1_000", "whole number from 0 to 100"),
+        ("LLM_RETRY_MIN_DELAY", "-0.1", "seconds from 0 to 3600"),
+        ("LLM_RETRY_MIN_DELAY", "nan", "seconds from 0 to 3600"),
+        ("LLM_RETRY_MAX_DELAY", "inf", "seconds from 0 to 3600"),
+        ("LLM_RETRY_MAX_DELAY", "1e10", "seconds from 0 to 3600"),  # passed once, then overflowed at the first retry
+        ("LLM_RETRY_MAX_DELAY", "3601", "seconds from 0 to 3600"),
+        ("LLM_RETRY_MAX_DELAY", "soon", "seconds from 0 to 3600"),
+        ("LLM_RETRY_MAX_HINT", "86401", "seconds from 0 to 86400 (a day)"),
         ("LLM_RETRY_RESPECT_RETRY_AFTER", "maybe", "true or false"),
     ],
 )
@@ -91,11 +98,35 @@ def test_max_below_min_is_rejected() -> None:
 
 
 def test_direct_construction_is_validated() -> None:
-    """Building a Config in code runs the same checks."""
+    """Building a Config in code runs the same checks, and a string is no bool."""
     with pytest.raises(ConfigError, match="LLM_RETRY_COUNT=True"):
         Config(retry_count=True)
     with pytest.raises(ConfigError, match="LLM_RETRY_MIN_DELAY='2'"):
         Config(retry_min_delay="2")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="LLM_RETRY_COUNT=1000000000"):
+        Config(retry_count=10**9)
+    with pytest.raises(ConfigError, match=r"LLM_RETRY_RESPECT_RETRY_AFTER='false'.*True or False"):
+        Config(retry_respect_retry_after="false")  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError, match=re.escape("LLM_RETRY_COUNT=1000000000000000000000000000000000000...")
+    ) as caught:
+        Config(retry_count=10**400)
+    assert len(str(caught.value)) < 200
+
+
+def test_env_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """A .env with invalid UTF-8 is a ConfigError naming the file, not a UnicodeDecodeError."""
+    (tmp_path / ".env").write_bytes(b"LLM_RETRY_COUNT=\xff\xfe3\n")
+    with pytest.raises(ConfigError, match=r"\.env is not UTF-8"):
+        Config.load(environ={})
+
+
+def test_overrides_win_and_hide_a_bad_environment_value() -> None:
+    """A value from the command line replaces the variable: a bad one in the environment no longer matters."""
+    config = Config.load(environ={"LLM_RETRY_COUNT": "lots"}, overrides={"LLM_RETRY_COUNT": ("3", "from --count")})
+    assert config.retry_count == 3
+    with pytest.raises(ConfigError, match=r"LLM_RETRY_COUNT='300' \(from --count\)"):
+        Config.load(environ={}, overrides={"LLM_RETRY_COUNT": ("300", "from --count")})
 
 
 def test_frozen_and_keys_hidden_from_repr() -> None:

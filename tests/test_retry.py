@@ -230,3 +230,10 @@ def test_retrying_session_mounts_both_schemes() -> None:
     http_adapter = session.get_adapter("http://example.test/")
     assert isinstance(http_adapter, LinearBackoffAdapter)
     assert session.get_adapter("https://example.test/") is http_adapter
+
+
+@pytest.mark.parametrize("option", ["coordinate", "respect_retry_after"])
+def test_adapter_refuses_a_string_for_a_bool(option: str) -> None:
+    """``coordinate="false"`` once meant True; now it is refused, naming the argument."""
+    with pytest.raises(ConfigError, match=f"{option}='false' is not allowed: expected True or False"):
+        LinearBackoffAdapter(Config(), **{option: "false"})  # type: ignore[arg-type]

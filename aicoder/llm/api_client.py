@@ -49,6 +49,10 @@ class LLMClient:
         config: Config | None = None,
         session: requests.Session | None = None,
     ) -> None:
+        if not isinstance(modelWithPrefix, str):
+            raise ConfigError(
+                f"model {modelWithPrefix!r} is not allowed: expected a model name such as 'openai/gpt-4o'"
+            )
         prefix, slash, name = modelWithPrefix.partition("/")
         provider_class = _PROVIDERS.get(prefix) if slash else None
         self.model = name if provider_class is not None else modelWithPrefix
@@ -122,10 +126,10 @@ def _describe_rate_limit(provider: str, where: str, failure: _Failure, said: str
             f"LLM_RETRY_MAX_HINT={retry.max_hint:g} s, so aicoder stopped after {retries} "
             f"{_plural(retries, 'retry', 'retries')}; server said: {said}. {_advice_for_hint(hint.seconds)}"
         )
-    waited = ", ".join(f"{wait.seconds:g}" for wait in retry.waits) or "nothing"
+    waited = f"waited {', '.join(f'{wait.seconds:g}' for wait in retry.waits)} s" if retry.waits else "no wait"
     return (
         f"{provider} rate limit (HTTP 429) on {where} persisted after {retries} "
-        f"{_plural(retries, 'retry', 'retries')} (LLM_RETRY_COUNT={retry.count}; waited {waited} s); "
+        f"{_plural(retries, 'retry', 'retries')} (LLM_RETRY_COUNT={retry.count}; {waited}); "
         f"server said: {said}; it asked for {asked}. "
         "Raise LLM_RETRY_COUNT or LLM_RETRY_MAX_DELAY, or send fewer requests."
     )
@@ -143,7 +147,10 @@ def _span(seconds: float) -> str:
 def _until(retry_at: float | None) -> str:
     if retry_at is None:
         return ""
-    moment = datetime.datetime.fromtimestamp(retry_at, datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(retry_at, datetime.UTC)
+    except (OverflowError, ValueError, OSError):  # past the year 9999
+        return ""
     return f", until {moment:%Y-%m-%d %H:%M:%S} UTC"
 
 

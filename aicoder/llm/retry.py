@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from aicoder.config import Config, check_count, check_delay, check_delay_range, check_hint_cap
+from aicoder.config import Config, check_bool, check_count, check_delay, check_delay_range, check_hint_cap
 from aicoder.llm import waiting
 from aicoder.llm.cooldown import Cooldowns, current_turn, destination_key, shared_cooldowns
 from aicoder.llm.hints import MAX_BODY, ServerHint, server_hint
@@ -286,10 +286,12 @@ class LinearBackoffAdapter(HTTPAdapter):
             config.retry_max_delay if max_delay is None else max_delay,
             max_hint=config.retry_max_hint if max_hint is None else max_hint,
             respect_retry_after_header=(
-                config.retry_respect_retry_after if respect_retry_after is None else respect_retry_after
+                config.retry_respect_retry_after
+                if respect_retry_after is None
+                else check_bool("respect_retry_after", respect_retry_after)
             ),
         )
-        self.coordinate = config.retry_coordinate if coordinate is None else coordinate
+        self.coordinate = config.retry_coordinate if coordinate is None else check_bool("coordinate", coordinate)
         self.cooldowns = (cooldowns or shared_cooldowns()) if self.coordinate else None
         super().__init__(pool_connections, pool_maxsize, max_retries=retry, pool_block=pool_block)
 

@@ -96,7 +96,7 @@ class _ResponseStream(httpx2.SyncByteStream):
             return
         raw = self._response.raw
         # An error body is only ever quoted: the SDK gets its first MAX_BODY bytes, however large it is.
-        left = MAX_BODY if self._response.status_code >= 400 else None
+        left = MAX_BODY if not 200 <= self._response.status_code < 300 else None
         with map_exceptions(self._request):
             while chunk := raw.read1(_CHUNK_SIZE if left is None else min(_CHUNK_SIZE, left), decode_content=False):
                 yield chunk

@@ -67,9 +67,10 @@ class OpenRouterProvider(LLMProvider):
                 response.status_code,
                 time.monotonic() - started,
             )
-            if response.status_code >= 400:
+            if not 200 <= response.status_code < 300:
+                # requests raises for 4xx and 5xx only; a 1xx, 3xx or 999 is no completion either.
                 _keep_only_the_start(response)
-            response.raise_for_status()
+                raise requests.HTTPError(f"HTTP {response.status_code}", response=response)
             return _completion_text(response)
 
 
