@@ -13,8 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+
+from aicoder.llm.redaction import safe_url
 
 __all__ = ["COUNT", "DELAY", "HINT_CAP", "Bounds", "Config", "ConfigError", "check", "parse"]
 
@@ -109,6 +112,60 @@ def check_delay_range(min_name: str, min_delay: float, max_name: str, max_delay:
         )
 
 
+def check_api_key(name: str, value: object) -> str | None:
+    """Return an API key if it can go in a header as it is, else raise :class:`ConfigError` naming ``name``.
+
+    The message never shows the key, only what is wrong with it: a stray space or line
+    break where it was copied, or a character a header cannot carry.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} is not allowed: expected the key as text, got {type(value).__name__}")
+    problem = None
+    if value != value.strip():
+        problem = "it begins or ends with whitespace"
+    elif "\n" in value or "\r" in value:
+        problem = "it contains a line break"
+    else:
+        outside = next((index for index, character in enumerate(value) if not "!" <= character <= "~"), None)
+        if outside is not None:
+            problem = f"character {outside + 1} is a space, a control character or not ASCII (an invisible one?)"
+    if problem is not None:
+        raise ConfigError(
+            f"{name} is not allowed: {problem}; an API key is printable ASCII without spaces. "
+            "Check where it was copied from (the key itself is not shown)"
+        )
+    return value
+
+
+def check_base_url(name: str, value: object) -> str | None:
+    """Return a base URL if it is an ``http://`` or ``https://`` URL with a host, else raise :class:`ConfigError`."""
+    if value is None:
+        return None
+    expected = "expected an http:// or https:// URL such as https://api.openai.com/v1"
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} is not allowed: {expected}, got {type(value).__name__}")
+    try:
+        parts = urlsplit(value)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:
+        valid = False
+    if not valid or any(not "!" <= character <= "~" for character in value):
+        raise ConfigError(f"{name}={_shown_url(value)} is not allowed: {expected}")
+    return value
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as a message may show it: without user info or query, which may hold secrets."""
+    if "@" not in url and "?" not in url:
+        return _shown(url)
+    try:
+        return _shown(safe_url(url))
+    except ValueError:
+        return "(a URL with credentials, not shown)"
+
+
 def _shown(value: object) -> str:
     """``value`` as a message shows it: its repr, cut short if long (a 400-digit number says nothing more)."""
     text = repr(value)
@@ -126,7 +183,9 @@ class Config:
     ``retry_respect_retry_after=False`` ignores the server's wait hints.
     ``retry_coordinate=False`` turns off the shared per-destination cooldown
     (:mod:`aicoder.llm.cooldown`).
-    API keys are kept out of ``repr()``.
+    API keys are kept out of ``repr()``, and so are the user info and query
+    string of base URLs. Keys must be printable ASCII without spaces, base URLs
+    ``http://`` or ``https://`` URLs with a host.
     """
 
     retry_count: int = 5
@@ -148,6 +207,19 @@ class Config:
         object.__setattr__(self, "retry_max_hint", check_hint_cap("LLM_RETRY_MAX_HINT", self.retry_max_hint))
         check_bool("LLM_RETRY_RESPECT_RETRY_AFTER", self.retry_respect_retry_after)
         check_bool("LLM_RETRY_COORDINATE", self.retry_coordinate)
+        check_api_key("OPENROUTER_API_KEY", self.openrouter_api_key)
+        check_api_key("OPENAI_API_KEY", self.openai_api_key)
+        check_base_url("OPENROUTER_BASE_URL", self.openrouter_base_url)
+        check_base_url("OPENAI_BASE_URL", self.openai_base_url)
+
+    def __repr__(self) -> str:
+        """The settings, with no API key, and base URLs without user info or query string."""
+        shown = {
+            name: safe_url(value) if name.endswith("_base_url") and isinstance(value, str) else value
+            for name, value in vars(self).items()
+            if not name.endswith("_api_key")
+        }
+        return f"Config({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @classmethod
     def load(

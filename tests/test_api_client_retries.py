@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import time
+import traceback
 
 import openai
 import pytest
@@ -261,3 +262,27 @@ def test_no_retry_says_no_wait() -> None:
             client("openrouter", count=0).sendRequest("system", PROMPT)
     assert "no wait" in str(caught.value)
     assert "nothing s" not in str(caught.value)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_no_secret_in_the_chained_traceback(provider: str) -> None:
+    """A failure's whole traceback, causes included, holds no query string, password or key."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://user:SENTINEL-PW@127.0.0.1:{port}/v1?api-key=SENTINEL-QUERY"
+    with pytest.raises(RuntimeError) as caught:
+        client(provider, base).sendRequest("s", "u")
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "SENTINEL" not in printed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_query_secret_echoed_by_the_server_is_redacted(provider: str) -> None:
+    """The server quoting the base URL's query string back does not put it in the message."""
+    body = {"error": {"message": "bad api-key SENTINEL-QUERY-VALUE for this deployment"}}
+    reply = Reply(401, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with scripted_server(reply) as server, pytest.raises(RuntimeError) as caught:
+        client(provider, f"{server.url}/v1?api-key=SENTINEL-QUERY-VALUE").sendRequest("s", "u")
+    assert "SENTINEL" not in str(caught.value)
+    assert "bad api-key ***" in str(caught.value)

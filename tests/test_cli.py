@@ -221,3 +221,25 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert result.returncode == 0
     assert "worst case: 3 attempts, 32 s of waiting" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OPENROUTER_API_KEY", "sk-SENTINEL\nX"),
+        ("OPENROUTER_API_KEY", "sk-\u200bSENTINEL"),
+        ("OPENROUTER_BASE_URL", "http://[::1"),
+        ("OPENROUTER_BASE_URL", "not a url"),
+    ],
+)
+def test_unusable_settings_exit_2_without_a_traceback_or_the_key(
+    variable: str, value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad key or base URL is a configuration error (exit 2) naming the variable, never showing a key."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-fine")
+    monkeypatch.setenv(variable, value)
+    assert main(["ask", "hello"]) == 2
+    err = capsys.readouterr().err
+    assert f"{variable}" in err
+    assert "SENTINEL" not in err
+    assert "Traceback" not in err

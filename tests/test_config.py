@@ -135,3 +135,37 @@ def test_frozen_and_keys_hidden_from_repr() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.retry_count = 1  # type: ignore[misc]
     assert "SENTINEL" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["sk-SENTINEL\n", "sk-SENTINEL\r\nX-Evil: 1", " sk-SENTINEL", "sk-\u200bSENTINEL", "sk-SENTINEL é", "sk SENTINEL"],
+)
+def test_unusable_keys_are_refused_without_showing_them(key: str) -> None:
+    """A key with a line break, whitespace or an invisible character is a ConfigError naming the variable only."""
+    with pytest.raises(ConfigError) as caught:
+        Config(openai_api_key=key)
+    assert "OPENAI_API_KEY is not allowed" in str(caught.value)
+    assert "SENTINEL" not in str(caught.value)
+
+
+def test_a_key_with_an_inner_line_break_from_the_environment_is_refused() -> None:
+    """Surrounding whitespace from a .env or the environment is trimmed; an inner line break is not a key."""
+    assert Config.load(environ={"OPENROUTER_API_KEY": "  sk-ok \n"}).openrouter_api_key == "sk-ok"
+    with pytest.raises(ConfigError, match="OPENROUTER_API_KEY is not allowed: it contains a line break") as caught:
+        Config.load(environ={"OPENROUTER_API_KEY": "sk-SENTINEL\nmore"})
+    assert "SENTINEL" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "not a url", "ftp://files.test/", "https://", "http://host:99999/"])
+def test_base_urls_are_checked_on_load(url: str) -> None:
+    """A base URL that is no http(s) URL with a host is a ConfigError naming the variable."""
+    with pytest.raises(ConfigError, match=r"OPENROUTER_BASE_URL=.* is not allowed: expected an http"):
+        Config.load(environ={"OPENROUTER_BASE_URL": url})
+
+
+def test_repr_hides_url_credentials_and_query() -> None:
+    """``repr(Config)`` shows no user info and no query string of a base URL."""
+    config = Config(openrouter_base_url="https://user:SENTINEL-PW@llm.test/v1?key=SENTINEL-Q")
+    assert "SENTINEL" not in repr(config)
+    assert "https://llm.test/v1" in repr(config)

@@ -19,7 +19,7 @@ import requests
 from aicoder.config import MAX_HINT_CAP, Config, ConfigError
 from aicoder.llm.hints import body_prefix, server_hint
 from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
-from aicoder.llm.redaction import redact, safe_url
+from aicoder.llm.redaction import redact, redact_chain, safe_url
 from aicoder.llm.retry import TOO_MANY_REQUESTS, LinearRetry, retry_state
 from aicoder.llm.transport import RETRY_EXTENSION
 
@@ -78,6 +78,7 @@ class LLMClient:
             return self.provider.create_completion(self.model, messages, verbose=verbose)
         except (requests.RequestException, openai.OpenAIError, MalformedResponseError) as exc:
             message = redact(_describe(self.provider.name, exc), self.provider.secrets)
+            redact_chain(exc, self.provider.secrets)  # a traceback printed later shows no secret either
             raise RuntimeError(message) from exc
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar, TypedDict
 
 import requests
 
-from aicoder.config import ConfigError
+from aicoder.config import ConfigError, check_api_key
 
 __all__ = ["LLMProvider", "MalformedResponseError", "Message", "MissingAPIKeyError", "completion_text", "require_key"]
 
@@ -35,13 +35,15 @@ class MalformedResponseError(ValueError):
 
 
 def require_key(key: str | None, variable: str, provider: str) -> str:
-    """Return ``key``, or raise :class:`MissingAPIKeyError` saying which variable to set."""
+    """Return ``key`` if it is a usable key, or raise :class:`MissingAPIKeyError` saying which variable to set."""
     if not key:
         raise MissingAPIKeyError(
             f"{variable} is not set: the {provider} provider needs an API key; "
             f"set {variable} in the environment or in a .env file in the working directory"
         )
-    return key
+    checked = check_api_key(variable, key)
+    assert checked is not None
+    return checked
 
 
 def completion_text(content: object) -> str:

@@ -12,8 +12,9 @@ import httpx2
 import openai
 import requests
 
-from aicoder.config import Config
+from aicoder.config import Config, check_base_url
 from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text, require_key
+from aicoder.llm.redaction import url_secrets
 from aicoder.llm.retry import retrying_session
 from aicoder.llm.transport import RequestsTransport
 
@@ -44,11 +45,12 @@ class OpenAIProvider(LLMProvider):
     ) -> None:
         config = config if config is not None else Config.load()
         key = require_key(api_key or config.openai_api_key, "OPENAI_API_KEY", self.name)
-        self.secrets = (key,)
+        base_url = check_base_url("OPENAI_BASE_URL", base_url or config.openai_base_url)
+        self.secrets = (key, *url_secrets(base_url))
         self.session = session if session is not None else retrying_session(config)
         self.client = openai.OpenAI(
             api_key=key,
-            base_url=base_url or config.openai_base_url,
+            base_url=base_url,
             max_retries=0,
             # Redirects are followed as the SDK's own client follows them: 307/308 keep method and body,
             # and Authorization is dropped when the origin changes.

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from aicoder.config import Config
+from aicoder.config import Config, check_base_url
 from aicoder.llm.hints import MAX_BODY
 from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
-from aicoder.llm.redaction import safe_url
+from aicoder.llm.redaction import safe_url, url_secrets
 from aicoder.llm.retry import retrying_session
 
 __all__ = ["OpenRouterProvider"]
@@ -45,8 +45,10 @@ class OpenRouterProvider(LLMProvider):
     ) -> None:
         config = config if config is not None else Config.load()
         self._api_key = require_key(api_key or config.openrouter_api_key, "OPENROUTER_API_KEY", self.name)
-        self.secrets = (self._api_key,)
-        self.url = _endpoint(base_url or config.openrouter_base_url)
+        base = check_base_url("OPENROUTER_BASE_URL", base_url or config.openrouter_base_url)
+        assert base is not None
+        self.secrets = (self._api_key, *url_secrets(base))
+        self.url = _endpoint(base)
         self.session = session if session is not None else retrying_session(config)
         self.timeout = timeout
 
