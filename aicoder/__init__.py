@@ -3,6 +3,7 @@
 from aicoder.config import Config, ConfigError
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.cooldown import Cooldowns, shared_cooldowns
+from aicoder.llm.errors import LLMError, RateLimitError
 from aicoder.llm.hints import ServerHint, server_hint
 from aicoder.llm.retry import LinearBackoffAdapter, LinearRetry, Wait, retrying_session
 from aicoder.llm.schedule import linear_delay, linear_delays
@@ -14,8 +15,10 @@ __all__ = [
     "ConfigError",
     "Cooldowns",
     "LLMClient",
+    "LLMError",
     "LinearBackoffAdapter",
     "LinearRetry",
+    "RateLimitError",
     "RequestsTransport",
     "ServerHint",
     "Wait",

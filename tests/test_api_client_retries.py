@@ -17,6 +17,7 @@ from responses import registries
 
 from aicoder.config import Config
 from aicoder.llm.api_client import LLMClient
+from aicoder.llm.errors import LLMError, RateLimitError
 from aicoder.llm.waiting import instant_waits
 from tests.servers import Reply, completion, rate_limited, scripted_server
 
@@ -286,3 +287,40 @@ def test_a_query_secret_echoed_by_the_server_is_redacted(provider: str) -> None:
         client(provider, f"{server.url}/v1?api-key=SENTINEL-QUERY-VALUE").sendRequest("s", "u")
     assert "SENTINEL" not in str(caught.value)
     assert "bad api-key ***" in str(caught.value)
+
+
+# --- typed errors ---
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_out_of_retries_is_a_rate_limit_error_with_its_numbers(provider: str) -> None:
+    """A 429 that persists raises RateLimitError: status 429, the attempts, the waits taken, the last hint."""
+    with scripted_server(rate_limited({"retry-after-ms": "20"})) as server:
+        llm = client(provider, f"{server.url}/v1", count=2)
+        with pytest.raises(RateLimitError) as caught:
+            llm.sendRequest("s", "u")
+    error = caught.value
+    assert isinstance(error, LLMError) and isinstance(error, RuntimeError)
+    assert (error.status, error.provider, error.attempts) == (429, provider, 3)
+    assert error.url == f"{server.url}/v1/chat/completions"
+    assert len(error.waits) == 2 and all(wait >= 0.02 for wait in error.waits)
+    assert error.hint == pytest.approx(0.02)
+    assert error.retry_at is not None and abs(error.retry_at - time.time()) < 5
+    assert f"waited {error.waits[0]:.3g}" in str(error)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_other_failures_are_llm_errors_with_their_status(provider: str) -> None:
+    """A 401 is an LLMError with status 401, not a RateLimitError; no answer at all has status None."""
+    with responses.RequestsMock() as mock:
+        mock.post(ENDPOINT, status=401, json=error_json("bad key"))
+        with pytest.raises(LLMError) as caught:
+            client(provider).sendRequest("s", "u")
+    assert not isinstance(caught.value, RateLimitError)
+    assert (caught.value.status, caught.value.url) == (401, ENDPOINT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(LLMError) as refused:
+        client(provider, f"http://127.0.0.1:{port}/v1").sendRequest("s", "u")
+    assert refused.value.status is None

@@ -17,11 +17,12 @@ import openai
 import requests
 
 from aicoder.config import MAX_HINT_CAP, Config, ConfigError
-from aicoder.llm.hints import body_prefix, server_hint
+from aicoder.llm.errors import LLMError, RateLimitError
+from aicoder.llm.hints import ServerHint, body_prefix, server_hint
 from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
 from aicoder.llm.redaction import redact, redact_chain, safe_url
-from aicoder.llm.retry import TOO_MANY_REQUESTS, LinearRetry, retry_state
-from aicoder.llm.transport import RETRY_EXTENSION
+from aicoder.llm.retry import TOO_MANY_REQUESTS, LinearRetry, retry_state, waits_of
+from aicoder.llm.transport import RETRY_EXTENSION, WAITS_EXTENSION
 
 __all__ = ["LLMClient"]
 
@@ -67,8 +68,10 @@ class LLMClient:
         """Return the model's reply to ``userPrompt`` under ``systemPrompt``.
 
         One call to the provider, whose transport retries 429s. Any failure is
-        raised as :class:`RuntimeError` chained to the original error.
-        ``verbose`` logs the request at INFO (never on stdout).
+        raised as :class:`~aicoder.llm.errors.LLMError` (a :class:`RuntimeError`),
+        :class:`~aicoder.llm.errors.RateLimitError` for a 429 that retrying could not
+        get past, chained to the original error. ``verbose`` logs the request at
+        INFO (never on stdout).
         """
         messages: list[Message] = [
             {"role": "system", "content": systemPrompt},
@@ -77,9 +80,9 @@ class LLMClient:
         try:
             return self.provider.create_completion(self.model, messages, verbose=verbose)
         except (requests.RequestException, openai.OpenAIError, MalformedResponseError) as exc:
-            message = redact(_describe(self.provider.name, exc), self.provider.secrets)
+            error = _error(self.provider.name, exc, self.provider.secrets)
             redact_chain(exc, self.provider.secrets)  # a traceback printed later shows no secret either
-            raise RuntimeError(message) from exc
+            raise error from exc
 
 
 @dataclass(frozen=True)
@@ -93,26 +96,48 @@ class _Failure:
     headers: Mapping[str, str]
     body: str
     retry: LinearRetry | None
+    #: The seconds waited before each retry, queueing included; ``None`` if not recorded.
+    waits: tuple[float, ...] | None
 
 
-def _describe(provider: str, exc: Exception) -> str:
+def _error(provider: str, exc: Exception, secrets: tuple[str, ...]) -> LLMError:
+    """The error to raise for ``exc``, with a message that says what happened and what to change."""
     failure = _http_failure(exc)
     if failure is None:
-        return _describe_transport_error(provider, exc)
+        request = getattr(exc, "request", None)
+        url = safe_url(str(request.url)) if request is not None and getattr(request, "url", None) else ""
+        return LLMError(redact(_describe_transport_error(provider, exc), secrets), provider=provider, url=url)
     where = f"{failure.method} {failure.url}"
     said = _server_message(failure.body)
     if failure.status == TOO_MANY_REQUESTS:
-        return _describe_rate_limit(provider, where, failure, said)
+        hint = server_hint(failure.headers, failure.body)
+        retries = len(failure.retry.history) if failure.retry is not None else 0
+        waits = failure.waits if failure.waits is not None else _scheduled(failure.retry)
+        return RateLimitError(
+            redact(_describe_rate_limit(provider, where, failure, said, hint, waits), secrets),
+            provider=provider,
+            url=failure.url,
+            attempts=retries + 1,
+            waits=waits,
+            hint=hint.seconds if hint is not None else None,
+            retry_at=hint.retry_at if hint is not None else None,
+        )
     advice = " Check the API key you set for it." if failure.status in (401, 403) else ""
-    return (
+    message = (
         f"{provider} request failed: HTTP {failure.status} {failure.reason} on {where}; server said: {said}. "
         f"Not retried: aicoder retries only HTTP 429.{advice}"
     )
+    return LLMError(redact(message, secrets), provider=provider, status=failure.status, url=failure.url)
 
 
-def _describe_rate_limit(provider: str, where: str, failure: _Failure, said: str) -> str:
+def _scheduled(retry: LinearRetry | None) -> tuple[float, ...]:
+    return tuple(wait.seconds for wait in retry.waits) if retry is not None else ()
+
+
+def _describe_rate_limit(
+    provider: str, where: str, failure: _Failure, said: str, hint: ServerHint | None, waits: tuple[float, ...]
+) -> str:
     retry = failure.retry
-    hint = server_hint(failure.headers, failure.body)
     asked = f"{hint.seconds:.3g} s ({hint.source})" if hint is not None else "no wait"
     if retry is None:
         return (
@@ -127,7 +152,7 @@ def _describe_rate_limit(provider: str, where: str, failure: _Failure, said: str
             f"LLM_RETRY_MAX_HINT={retry.max_hint:g} s, so aicoder stopped after {retries} "
             f"{_plural(retries, 'retry', 'retries')}; server said: {said}. {_advice_for_hint(hint.seconds)}"
         )
-    waited = f"waited {', '.join(f'{wait.seconds:g}' for wait in retry.waits)} s" if retry.waits else "no wait"
+    waited = f"waited {', '.join(f'{seconds:.3g}' for seconds in waits)} s" if waits else "no wait"
     return (
         f"{provider} rate limit (HTTP 429) on {where} persisted after {retries} "
         f"{_plural(retries, 'retry', 'retries')} (LLM_RETRY_COUNT={retry.count}; {waited}); "
@@ -182,10 +207,12 @@ def _http_failure(exc: Exception) -> _Failure | None:
             headers=response.headers,
             body=response.text,
             retry=retry_state(response),
+            waits=waits_of(response),
         )
     if isinstance(exc, openai.APIStatusError):
         sdk_response = exc.response
         retry = sdk_response.extensions.get(RETRY_EXTENSION)
+        waits = sdk_response.extensions.get(WAITS_EXTENSION)
         return _Failure(
             method=sdk_response.request.method,
             url=safe_url(str(sdk_response.request.url)),
@@ -194,6 +221,7 @@ def _http_failure(exc: Exception) -> _Failure | None:
             headers=sdk_response.headers,
             body=sdk_response.text,
             retry=retry if isinstance(retry, LinearRetry) else None,
+            waits=waits if isinstance(waits, tuple) else None,
         )
     return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -198,10 +199,14 @@ class LinearRetry(Retry):
         if not self.waits:
             return
         turn = current_turn.get()
+        seconds = self.waits[-1].seconds
         if turn is None:
-            waiting.sleep(self.waits[-1].seconds)
+            waiting.sleep(seconds)
         else:
-            turn.cooldowns.wait_turn(turn, delay=self.waits[-1].seconds, max_wait=self.max_hint)
+            seconds = turn.cooldowns.wait_turn(turn, delay=seconds, max_wait=self.max_hint)
+        waited = _waited.get()
+        if waited is not None:
+            waited.append(seconds)
 
     def __repr__(self) -> str:
         return (
@@ -210,6 +215,11 @@ class LinearRetry(Retry):
             f"total={self.total})"
         )
 
+
+#: The seconds waited before each retry of the request in this thread, queueing included: set by the adapter.
+_waited: ContextVar[list[float] | None] = ContextVar("aicoder_waited", default=None)
+#: What :func:`waits_of` returns, by response.
+_waits: WeakKeyDictionary[requests.Response, tuple[float, ...]] = WeakKeyDictionary()
 
 #: 429 bodies read for their hints, by response, until the adapter hands them on (see :func:`read_small_body`).
 _read_bodies: WeakKeyDictionary[BaseHTTPResponse, bytes] = WeakKeyDictionary()
@@ -310,8 +320,27 @@ class LinearBackoffAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """Wait for this request's turn at its destination, send it, and learn from the answer."""
+        waited: list[float] = []
+        waited_token = _waited.set(waited)
+        try:
+            response = self._send(request, stream, timeout, verify, cert, proxies)
+        finally:
+            _waited.reset(waited_token)
+        if waited:
+            _waits[response] = tuple(waited)
+        return _with_read_body(response)
+
+    def _send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool,
+        timeout: Any,
+        verify: bool | str,
+        cert: Any,
+        proxies: Mapping[str, str] | None,
+    ) -> requests.Response:
         if self.cooldowns is None:
-            return _with_read_body(super().send(request, stream, timeout, verify, cert, proxies))
+            return super().send(request, stream, timeout, verify, cert, proxies)
         cooldowns = self.cooldowns
         key = destination_key(request.url or "", request.headers)
         turn = cooldowns.take_turn(key, body=request.body, max_wait=self.retry.max_hint)
@@ -327,7 +356,7 @@ class LinearBackoffAdapter(HTTPAdapter):
         # runs for every 429, the last one included.
         if response.status_code not in LinearRetry.RETRY_STATUSES:
             cooldowns.observe(turn, response.status_code, response.headers)
-        return _with_read_body(response)
+        return response
 
     @property
     def retry(self) -> LinearRetry:
@@ -355,6 +384,11 @@ def retrying_session(config: Config | None = None, **adapter_options: Any) -> re
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def waits_of(response: requests.Response) -> tuple[float, ...]:
+    """The seconds waited before each retry of the request ``response`` answers, queueing included."""
+    return _waits.get(response, ())
 
 
 def retry_state(response: requests.Response) -> LinearRetry | None:

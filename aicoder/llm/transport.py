@@ -23,13 +23,15 @@ from requests.utils import resolve_proxies
 from urllib3 import HTTPHeaderDict
 
 from aicoder.llm.hints import MAX_BODY
-from aicoder.llm.retry import retry_state
+from aicoder.llm.retry import retry_state, waits_of
 
-__all__ = ["RETRY_EXTENSION", "RequestsTransport"]
+__all__ = ["RETRY_EXTENSION", "WAITS_EXTENSION", "RequestsTransport"]
 
 #: The key under which a response's :class:`~aicoder.llm.retry.LinearRetry` state
 #: rides along in ``httpx2.Response.extensions``.
 RETRY_EXTENSION = "aicoder.retry"
+#: The key under which the seconds waited before each retry ride along (:func:`~aicoder.llm.retry.waits_of`).
+WAITS_EXTENSION = "aicoder.waits"
 
 _CHUNK_SIZE = 64 * 1024
 _MAX_ORIGINS = 256
@@ -145,6 +147,7 @@ class RequestsTransport(httpx2.BaseTransport):
             "http_version": b"HTTP/1.1",
             "reason_phrase": (response.reason or "").encode("ascii", "replace"),
             RETRY_EXTENSION: retry_state(response),
+            WAITS_EXTENSION: waits_of(response),
         }
         return httpx2.Response(
             response.status_code,
