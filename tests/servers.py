@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -65,14 +66,20 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 class ScriptedServer:
-    """Answers the n-th request with ``script[n]``, repeating the last reply once the script runs out."""
+    """Answers the n-th request with ``script[n]``, repeating the last reply once the script runs out.
 
-    def __init__(self, script: Sequence[Reply]) -> None:
+    With ``tls``, a server-side SSL context, it speaks HTTPS.
+    """
+
+    def __init__(self, script: Sequence[Reply], tls: ssl.SSLContext | None = None) -> None:
         self.script = list(script)
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", 0), self._handler_class())
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def _next_reply(self, received: Received) -> Reply:
         with self._lock:
@@ -139,9 +146,9 @@ class ScriptedServer:
 
 
 @contextmanager
-def scripted_server(*script: Reply) -> Iterator[ScriptedServer]:
+def scripted_server(*script: Reply, tls: ssl.SSLContext | None = None) -> Iterator[ScriptedServer]:
     """Run a :class:`ScriptedServer` for the ``with`` block."""
-    server = ScriptedServer(script).start()
+    server = ScriptedServer(script, tls).start()
     try:
         yield server
     finally:

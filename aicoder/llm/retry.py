@@ -9,6 +9,7 @@ over any ``max_retries``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -377,12 +378,19 @@ def _with_read_body(response: requests.Response) -> requests.Response:
 def retrying_session(config: Config | None = None, **adapter_options: Any) -> requests.Session:
     """Return a new :class:`requests.Session` with a :class:`LinearBackoffAdapter` on ``http://`` and ``https://``.
 
-    ``adapter_options`` are passed to :class:`LinearBackoffAdapter`.
+    ``adapter_options`` are passed to :class:`LinearBackoffAdapter`. Certificates are
+    verified against ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` if set, else
+    ``SSL_CERT_FILE`` if set, else certifi's bundle.
     """
     adapter = LinearBackoffAdapter(config, **adapter_options)
     session = requests.Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    # requests trusts REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE, but not SSL_CERT_FILE, which the openai
+    # SDK's own client honours: take it as the session's bundle (those two still win over it).
+    ca_file = os.environ.get("SSL_CERT_FILE")
+    if ca_file:
+        session.verify = ca_file
     return session
 
 

@@ -19,7 +19,6 @@ import urllib3.exceptions
 from requests.cookies import RequestsCookieJar
 from requests.hooks import default_hooks
 from requests.structures import CaseInsensitiveDict
-from requests.utils import resolve_proxies
 from urllib3 import HTTPHeaderDict
 
 from aicoder.llm.hints import MAX_BODY
@@ -120,15 +119,17 @@ class RequestsTransport(httpx2.BaseTransport):
     so that retrying happens in the session's adapter only. Redirects, content
     decoding (bodies pass through raw), headers and cookies are left to the
     httpx2 client: the session's default headers, cookies and auth are not merged
-    in. Header bytes pass through unchanged both ways. Its adapters, proxies
-    (environment ones read once per origin), ``verify`` and ``cert`` apply.
+    in. Header bytes pass through unchanged both ways. Its adapters, proxies,
+    ``verify`` and ``cert`` apply, with the environment's (``HTTPS_PROXY``,
+    ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) merged in once per origin, as
+    ``requests`` itself merges them for ``Session.request``.
     ``close()`` closes ``session`` only if ``close_session`` is true.
     """
 
     def __init__(self, session: requests.Session, *, close_session: bool = False) -> None:
         self.session = session
         self._close_session = close_session
-        self._proxies: dict[str, dict[str, str]] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` with ``Session.send`` and return the response, its body still unread."""
@@ -136,12 +137,15 @@ class RequestsTransport(httpx2.BaseTransport):
         body = request.read()
         with map_exceptions(request):
             prepared = _prepare(request, body)
+            settings = self._settings_for(prepared)
             response = self.session.send(
                 prepared,
                 stream=True,
                 allow_redirects=False,
                 timeout=_timeout(request.extensions.get("timeout")),
-                proxies=self._proxies_for(prepared),
+                proxies=settings["proxies"],
+                verify=settings["verify"],
+                cert=settings["cert"],
             )
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/1.1",
@@ -156,20 +160,22 @@ class RequestsTransport(httpx2.BaseTransport):
             extensions=extensions,
         )
 
-    def _proxies_for(self, prepared: requests.PreparedRequest) -> dict[str, str]:
-        """The session's proxies for this origin, environment included, read once per origin as httpx does.
+    def _settings_for(self, prepared: requests.PreparedRequest) -> dict[str, Any]:
+        """The session's proxies, ``verify`` and ``cert`` for this origin, the environment's included, as
+        ``Session.request`` would merge them (``Session.send`` does not): read once per origin, as httpx does.
 
+        ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` come in here, as for any ``requests`` call;
         ``requests`` would scan the environment on every send, a large share of a fast request.
         """
         parts = urlsplit(prepared.url or "")
         origin = f"{parts.scheme}://{parts.netloc}"
-        proxies = self._proxies.get(origin)
-        if proxies is None:
-            if len(self._proxies) >= _MAX_ORIGINS:
-                self._proxies.clear()
-            proxies = resolve_proxies(prepared, dict(self.session.proxies), self.session.trust_env)
-            self._proxies[origin] = proxies
-        return proxies
+        settings = self._settings.get(origin)
+        if settings is None:
+            if len(self._settings) >= _MAX_ORIGINS:
+                self._settings.clear()
+            settings = dict(self.session.merge_environment_settings(prepared.url, {}, True, None, None))
+            self._settings[origin] = settings
+        return settings
 
     def close(self) -> None:
         if self._close_session:
