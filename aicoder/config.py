@@ -19,7 +19,7 @@ from dotenv import dotenv_values
 
 from aicoder.llm.redaction import safe_url
 
-__all__ = ["COUNT", "DELAY", "HINT_CAP", "Bounds", "Config", "ConfigError", "check", "parse"]
+__all__ = ["COUNT", "DELAY", "HINT_CAP", "REQUEST_TIMEOUT", "Bounds", "Config", "ConfigError", "check", "parse"]
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
@@ -49,6 +49,8 @@ COUNT = Bounds(0, 100, True, "a whole number from 0 to 100 (0 means one attempt,
 DELAY = Bounds(0, 3600, False, "seconds from 0 to 3600")
 #: The longest server hint waited for.
 HINT_CAP = Bounds(0, MAX_HINT_CAP, False, f"seconds from 0 to {MAX_HINT_CAP:g} (a day)")
+#: The most one attempt may take.
+REQUEST_TIMEOUT = Bounds(0.001, MAX_HINT_CAP, False, f"seconds from 0.001 to {MAX_HINT_CAP:g}")
 
 _WHOLE = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
@@ -182,7 +184,8 @@ class Config:
     longer hint (a daily quota) ends retrying at once.
     ``retry_respect_retry_after=False`` ignores the server's wait hints.
     ``retry_coordinate=False`` turns off the shared per-destination cooldown
-    (:mod:`aicoder.llm.cooldown`).
+    (:mod:`aicoder.llm.cooldown`). ``request_timeout`` is the most one attempt
+    may take, from connect to last byte (:mod:`aicoder.llm.deadline`).
     API keys are kept out of ``repr()``, and so are the user info and query
     string of base URLs. Keys must be printable ASCII without spaces, base URLs
     ``http://`` or ``https://`` URLs with a host.
@@ -194,6 +197,7 @@ class Config:
     retry_max_hint: float = 120.0
     retry_respect_retry_after: bool = True
     retry_coordinate: bool = True
+    request_timeout: float = 600.0
     openrouter_api_key: str | None = field(default=None, repr=False)
     openrouter_base_url: str = DEFAULT_OPENROUTER_BASE_URL
     openai_api_key: str | None = field(default=None, repr=False)
@@ -207,6 +211,9 @@ class Config:
         object.__setattr__(self, "retry_max_hint", check_hint_cap("LLM_RETRY_MAX_HINT", self.retry_max_hint))
         check_bool("LLM_RETRY_RESPECT_RETRY_AFTER", self.retry_respect_retry_after)
         check_bool("LLM_RETRY_COORDINATE", self.retry_coordinate)
+        object.__setattr__(
+            self, "request_timeout", float(check("LLM_REQUEST_TIMEOUT", self.request_timeout, REQUEST_TIMEOUT))
+        )
         check_api_key("OPENROUTER_API_KEY", self.openrouter_api_key)
         check_api_key("OPENAI_API_KEY", self.openai_api_key)
         check_base_url("OPENROUTER_BASE_URL", self.openrouter_base_url)
@@ -263,6 +270,7 @@ class Config:
         values |= get("LLM_RETRY_MAX_HINT", lambda name, raw, origin: parse(name, raw, HINT_CAP, origin))
         values |= get("LLM_RETRY_RESPECT_RETRY_AFTER", _parse_bool)
         values |= get("LLM_RETRY_COORDINATE", _parse_bool)
+        values |= get("LLM_REQUEST_TIMEOUT", lambda name, raw, origin: parse(name, raw, REQUEST_TIMEOUT, origin))
         for name in ("OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
             values |= get(name, lambda _name, raw, _origin: raw)
         return cls(**values)
@@ -275,6 +283,7 @@ _FIELDS = {
     "LLM_RETRY_MAX_HINT": "retry_max_hint",
     "LLM_RETRY_RESPECT_RETRY_AFTER": "retry_respect_retry_after",
     "LLM_RETRY_COORDINATE": "retry_coordinate",
+    "LLM_REQUEST_TIMEOUT": "request_timeout",
     "OPENROUTER_API_KEY": "openrouter_api_key",
     "OPENROUTER_BASE_URL": "openrouter_base_url",
     "OPENAI_API_KEY": "openai_api_key",

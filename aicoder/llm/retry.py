@@ -23,9 +23,19 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from aicoder.config import Config, check_bool, check_count, check_delay, check_delay_range, check_hint_cap
+from aicoder.config import (
+    REQUEST_TIMEOUT,
+    Config,
+    check,
+    check_bool,
+    check_count,
+    check_delay,
+    check_delay_range,
+    check_hint_cap,
+)
 from aicoder.llm import waiting
 from aicoder.llm.cooldown import Cooldowns, current_turn, destination_key, shared_cooldowns
+from aicoder.llm.deadline import AttemptLimit, DeadlineHTTPConnectionPool, DeadlineHTTPSConnectionPool, current_limit
 from aicoder.llm.hints import MAX_BODY, ServerHint, server_hint
 from aicoder.llm.redaction import safe_url
 from aicoder.llm.schedule import linear_delay
@@ -221,6 +231,8 @@ class LinearRetry(Retry):
 _waited: ContextVar[list[float] | None] = ContextVar("aicoder_waited", default=None)
 #: What :func:`waits_of` returns, by response.
 _waits: WeakKeyDictionary[requests.Response, tuple[float, ...]] = WeakKeyDictionary()
+#: What :func:`limit_of` returns, by response.
+_limits: WeakKeyDictionary[requests.Response, AttemptLimit] = WeakKeyDictionary()
 
 #: 429 bodies read for their hints, by response, until the adapter hands them on (see :func:`read_small_body`).
 _read_bodies: WeakKeyDictionary[BaseHTTPResponse, bytes] = WeakKeyDictionary()
@@ -271,7 +283,7 @@ class LinearBackoffAdapter(HTTPAdapter):
     sessions calling the same API with the same key back off together.
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "coordinate"]  # noqa: RUF012 - requests' pickling list
+    __attrs__ = [*HTTPAdapter.__attrs__, "coordinate", "request_timeout"]  # noqa: RUF012 - requests' pickling list
 
     def __init__(
         self,
@@ -284,12 +296,14 @@ class LinearBackoffAdapter(HTTPAdapter):
         respect_retry_after: bool | None = None,
         coordinate: bool | None = None,
         cooldowns: Cooldowns | None = None,
+        request_timeout: float | None = None,
         pool_connections: int = 10,
         pool_maxsize: int = 10,
         pool_block: bool = False,
     ) -> None:
         if config is None:
-            explicit = None not in (count, min_delay, max_delay, max_hint, respect_retry_after, coordinate)
+            overrides = (count, min_delay, max_delay, max_hint, respect_retry_after, coordinate, request_timeout)
+            explicit = None not in overrides
             config = Config() if explicit else Config.load()
         retry = LinearRetry(
             config.retry_count if count is None else count,
@@ -304,7 +318,23 @@ class LinearBackoffAdapter(HTTPAdapter):
         )
         self.coordinate = config.retry_coordinate if coordinate is None else check_bool("coordinate", coordinate)
         self.cooldowns = (cooldowns or shared_cooldowns()) if self.coordinate else None
+        self.request_timeout = float(
+            config.request_timeout
+            if request_timeout is None
+            else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
+        )
         super().__init__(pool_connections, pool_maxsize, max_retries=retry, pool_block=pool_block)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        """As requests' own, with pools whose attempts end at ``request_timeout`` (:mod:`aicoder.llm.deadline`)."""
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        _use_deadline_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """As requests' own, with the same deadline pools behind an HTTP proxy."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _use_deadline_pools(manager)
+        return manager
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled adapters coordinate through this process's :func:`shared_cooldowns`."""
@@ -320,15 +350,28 @@ class LinearBackoffAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        """Wait for this request's turn at its destination, send it, and learn from the answer."""
+        """Wait for this request's turn at its destination, send it, and learn from the answer.
+
+        Each attempt ends within ``request_timeout``, from connect to last byte: past
+        it, the attempt is cut short and :class:`requests.ReadTimeout` is raised.
+        """
         waited: list[float] = []
-        waited_token = _waited.set(waited)
+        limit = AttemptLimit(self.request_timeout)
+        waited_token, limit_token = _waited.set(waited), current_limit.set(limit)
         try:
             response = self._send(request, stream, timeout, verify, cert, proxies)
+        except requests.RequestException as exc:
+            if limit.expired:
+                message = f"an attempt took longer than LLM_REQUEST_TIMEOUT={limit.seconds:g} s"
+                raise requests.ReadTimeout(message, request=request) from exc
+            raise
         finally:
             _waited.reset(waited_token)
+            current_limit.reset(limit_token)
         if waited:
             _waits[response] = tuple(waited)
+        _limits[response] = limit  # a body still to be streamed stays under it
+        check_deadline(response)  # a connection cut short can look like headers that simply ended
         return _with_read_body(response)
 
     def _send(
@@ -392,6 +435,35 @@ def retrying_session(config: Config | None = None, **adapter_options: Any) -> re
     if ca_file:
         session.verify = ca_file
     return session
+
+
+def _use_deadline_pools(manager: Any) -> None:
+    pools = getattr(manager, "pool_classes_by_scheme", None)
+    if isinstance(pools, dict):
+        manager.pool_classes_by_scheme = {
+            **pools,
+            "http": DeadlineHTTPConnectionPool,
+            "https": DeadlineHTTPSConnectionPool,
+        }
+
+
+def limit_of(response: requests.Response) -> AttemptLimit | None:
+    """The deadline ``response``'s attempt ran under, if it came through a :class:`LinearBackoffAdapter`."""
+    return _limits.get(response)
+
+
+def check_deadline(response: requests.Response) -> None:
+    """Raise :class:`requests.ReadTimeout` if ``response``'s attempt was cut short at its deadline.
+
+    Call it after reading a body: a connection cut short ends the body early, and
+    what was read so far can look complete. The response is closed first.
+    """
+    limit = _limits.get(response)
+    if limit is not None and limit.expired:
+        response.close()  # its connection was cut: nothing more will come of it
+        raise requests.ReadTimeout(
+            f"an attempt took longer than LLM_REQUEST_TIMEOUT={limit.seconds:g} s", request=response.request
+        )
 
 
 def waits_of(response: requests.Response) -> tuple[float, ...]:

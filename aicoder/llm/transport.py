@@ -22,7 +22,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3 import HTTPHeaderDict
 
 from aicoder.llm.hints import MAX_BODY
-from aicoder.llm.retry import retry_state, waits_of
+from aicoder.llm.retry import check_deadline, retry_state, waits_of
 
 __all__ = ["RETRY_EXTENSION", "WAITS_EXTENSION", "RequestsTransport"]
 
@@ -99,14 +99,24 @@ class _ResponseStream(httpx2.SyncByteStream):
         # An error body is only ever quoted: the SDK gets its first MAX_BODY bytes, however large it is.
         left = MAX_BODY if not 200 <= self._response.status_code < 300 else None
         with map_exceptions(self._request):
-            while chunk := raw.read1(_CHUNK_SIZE if left is None else min(_CHUNK_SIZE, left), decode_content=False):
-                yield chunk
-                if left is not None:
-                    left -= len(chunk)
-                    if left <= 0:
+            # A connection cut short at its deadline ends the body early, as an error or as an end:
+            # either way it is a timeout.
+            try:
+                while chunk := raw.read1(_CHUNK_SIZE if left is None else min(_CHUNK_SIZE, left), decode_content=False):
+                    yield chunk
+                    if left is not None:
+                        left -= len(chunk)
+                        if left <= 0:
+                            break
+                    if raw.closed:  # the body is complete: skip the read that would only say so
                         break
-                if raw.closed:  # the body is complete: skip the read that would only say so
-                    break
+            except Exception as exc:
+                try:
+                    check_deadline(self._response)
+                except requests.ReadTimeout as timeout:
+                    raise timeout from exc
+                raise
+            check_deadline(self._response)
 
     def close(self) -> None:
         self._response.close()

@@ -14,7 +14,7 @@ from aicoder.config import Config, check_base_url
 from aicoder.llm.hints import MAX_BODY
 from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
 from aicoder.llm.redaction import safe_url, url_secrets
-from aicoder.llm.retry import retrying_session
+from aicoder.llm.retry import check_deadline, retrying_session
 
 __all__ = ["OpenRouterProvider"]
 
@@ -72,7 +72,10 @@ class OpenRouterProvider(LLMProvider):
             if not 200 <= response.status_code < 300:
                 # requests raises for 4xx and 5xx only; a 1xx, 3xx or 999 is no completion either.
                 _keep_only_the_start(response)
+                check_deadline(response)
                 raise requests.HTTPError(f"HTTP {response.status_code}", response=response)
+            response.content  # noqa: B018 - read the body whole, under the attempt's deadline
+            check_deadline(response)
             return _completion_text(response)
 
 

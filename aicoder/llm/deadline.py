@@ -1,0 +1,168 @@
+"""A deadline for each attempt, from connect to last byte, that no slow server can stretch.
+
+Socket timeouts apply to each read: a server that trickles its headers one byte
+every half second never trips one, and holds the request forever. So every
+attempt through a :class:`~aicoder.llm.retry.LinearBackoffAdapter` is also
+registered with one :class:`Watchdog` thread, which shuts the attempt's socket
+down when its deadline passes. The read blocked on it then fails at once, and
+the adapter (or the bridge, for a body being streamed) reports a timeout.
+
+An attempt begins when its request is written on a connection (a fresh one, or
+one kept alive) and ends when that connection goes back to its pool, once the
+body is read to its end, streamed or not, or when the connection is dropped.
+Waits between retries are not part of any attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+__all__ = ["AttemptLimit", "DeadlineHTTPConnectionPool", "DeadlineHTTPSConnectionPool", "Watchdog", "current_limit"]
+
+
+class AttemptLimit:
+    """How long each attempt of one request may take, and whether one was cut short for it."""
+
+    __slots__ = ("expired", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+
+
+#: The limit for the request the adapter is sending in this thread, if it has one.
+current_limit: ContextVar[AttemptLimit | None] = ContextVar("aicoder_attempt_limit", default=None)
+
+
+class _Watch:
+    __slots__ = ("connection", "deadline", "limit")
+
+    def __init__(self, connection: weakref.ref[HTTPConnection], deadline: float, limit: AttemptLimit) -> None:
+        self.connection = connection
+        self.deadline = deadline
+        self.limit = limit
+
+
+class Watchdog:
+    """One daemon thread that cuts attempts short at their deadlines. Thread-safe.
+
+    It holds only attempts in flight (a connection dropped mid-attempt leaves with
+    the connection), and sleeps until the earliest deadline, or ``IDLE`` seconds
+    when there is none. It is woken only for a deadline earlier than that: with
+    one timeout for all, a new attempt costs it no wake-up.
+    """
+
+    IDLE = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._condition = threading.Condition()
+        self._watches: dict[int, _Watch] = {}
+        self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0
+
+    def watch(self, connection: HTTPConnection, limit: AttemptLimit) -> None:
+        """Begin an attempt on ``connection`` that must end within ``limit.seconds``."""
+        key = id(connection)
+        entry = _Watch(weakref.ref(connection, lambda _: self._forget(key)), self._clock() + limit.seconds, limit)
+        with self._condition:
+            self._watches[key] = entry
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aicoder-deadlines", daemon=True)
+                self._thread.start()
+            elif entry.deadline < self._wakes_at:
+                self._condition.notify()
+
+    def done(self, connection: HTTPConnection) -> None:
+        """The attempt on ``connection``, if any, is over."""
+        self._forget(id(connection))
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._watches)
+
+    def _forget(self, key: int) -> None:
+        with self._condition:
+            self._watches.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                now = self._clock()
+                expired = [(key, entry) for key, entry in self._watches.items() if entry.deadline <= now]
+                for key, entry in expired:
+                    del self._watches[key]
+                    entry.limit.expired = True
+                if not expired:
+                    self._wakes_at = min((entry.deadline for entry in self._watches.values()), default=now + self.IDLE)
+                    self._condition.wait(self._wakes_at - now)
+            for _, entry in expired:
+                _cut(entry.connection())
+
+
+def _cut(connection: HTTPConnection | None) -> None:
+    """Shut the connection's socket down: a read blocked on it in another thread fails at once."""
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: the attempt ended on its own
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_watchdog = Watchdog()
+
+
+def watchdog() -> Watchdog:
+    """The process-wide :class:`Watchdog`."""
+    return _watchdog
+
+
+class _DeadlineConnectionMixin:
+    """Begins an attempt each time a request is written, under this thread's :data:`current_limit`."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        limit = current_limit.get()
+        if limit is not None:
+            _watchdog.watch(self, limit)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _DeadlinePoolMixin:
+    """Ends a connection's attempt when it comes back to the pool: its answer has been read to the end."""
+
+    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
+        if conn is not None:
+            _watchdog.done(conn)  # type: ignore[arg-type]
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class DeadlineHTTPConnectionPool(_DeadlinePoolMixin, HTTPConnectionPool):
+    """An ``http://`` pool whose attempts the :class:`Watchdog` cuts short at their deadlines."""
+
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class DeadlineHTTPSConnectionPool(_DeadlinePoolMixin, HTTPSConnectionPool):
+    """An ``https://`` pool whose attempts the :class:`Watchdog` cuts short at their deadlines."""
+
+    ConnectionCls = _DeadlineHTTPSConnection
