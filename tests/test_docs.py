@@ -34,3 +34,12 @@ def test_every_setting_is_documented_with_its_default() -> None:
         elif isinstance(default, float | int):
             assert f"| `{variable}` | `{default:g}` |" in CONFIGURATION
             assert f"# {variable}={default:g}" in example
+
+
+def test_every_test_named_in_reliability_md_exists() -> None:
+    """docs/reliability.md names, for each promise, tests that really exist."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"(?:::|`)(test_[a-z0-9_]+)(?![a-z0-9_.])", text))
+    sources = "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py"))
+    assert named
+    assert sorted(name for name in named if f"def {name}(" not in sources) == []
