@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from tqdm import tqdm
@@ -54,6 +55,23 @@ def _build_parser() -> _ArgumentParser:
         prog="aicoder",
         description="LLM API calls that survive HTTP 429, with linear-backoff retries.",
         epilog="Settings come from LLM_RETRY_* and the API key variables, in the environment or .env.",
+    )
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument(
+        "-v",
+        "--verbose",
+        dest="loudness",
+        action="store_const",
+        const=logging.INFO,
+        help="also log every retry, hold and give-up on stderr",
+    )
+    chatter.add_argument(
+        "-q",
+        "--quiet",
+        dest="loudness",
+        action="store_const",
+        const=logging.ERROR,
+        help="log nothing but errors on stderr",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -117,7 +135,12 @@ def _build_parser() -> _ArgumentParser:
     )
     _add_retry_flags(simulate)
     simulate.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
-    simulate.add_argument("--verbose", action="store_true", help="also log every retry and hold on stderr")
+    simulate.add_argument(
+        "--verbose",
+        dest="simulate_verbose",
+        action="store_true",
+        help="also log every retry and hold on stderr (as aicoder -v; without it, simulate logs only errors)",
+    )
     simulate.add_argument(
         "--no-compare",
         action="store_true",
@@ -221,22 +244,14 @@ def _schedule(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     config = _retry_config(args)
-    llm_logger = logging.getLogger("aicoder.llm")  # the retry and cooldown lines
-    quiet = not args.verbose
-    if quiet:
-        llm_logger.setLevel(logging.ERROR)
     # Shown side by side, a batch without coordination makes the retries, and what coordination
     # saves, visible at a glance.
     compare = config.retry_coordinate and not args.json and not args.no_compare
     runs = [("coordination off", dataclasses.replace(config, retry_coordinate=False))] if compare else []
     runs.append(("as configured" if compare else "result", config))
     results: list[tuple[str, SimulationResult]] = []
-    try:
-        for label, settings in runs:
-            results.append((label, _run_batch(args, settings, label)))
-    finally:
-        if quiet:
-            llm_logger.setLevel(logging.NOTSET)
+    for label, settings in runs:
+        results.append((label, _run_batch(args, settings, label)))
 
     result = results[-1][1]
     if args.json:
@@ -342,12 +357,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except _Exit as done:
         return done.status
+    with _stderr_logging(_loudness(args)):
+        return _run_command(args)
+
+
+def _loudness(args: argparse.Namespace) -> int:
+    """What the command's own handler shows: -v or -q if given, else warnings (simulate: errors only,
+    as its retries would drown its summary, unless its --verbose asks for them)."""
+    if args.loudness is not None:
+        return int(args.loudness)
+    if args.command == "simulate":
+        return logging.INFO if args.simulate_verbose else logging.ERROR
+    return logging.WARNING
+
+
+@contextlib.contextmanager
+def _stderr_logging(level: int) -> Iterator[None]:
+    """Show aicoder's log lines of ``level`` and above on stderr, through a handler of the command's own.
+
+    The ``aicoder`` logger's level is lowered only if ``level`` needs it, and put back as it was after.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("aicoder: %(levelname)s: %(message)s"))
+    handler.setLevel(level)
     logger = logging.getLogger("aicoder")
-    logger.addHandler(handler)
     previous_level = logger.level
-    logger.setLevel(logging.INFO)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -359,9 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aicoder: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
 
 
 def run() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import responses
 
 from aicoder.cli import main
+from tests.servers import completion, rate_limited, scripted_server
 
 ENDPOINT = "https://llm.test/v1/chat/completions"
 
@@ -243,3 +245,35 @@ def test_unusable_settings_exit_2_without_a_traceback_or_the_key(
     assert f"{variable}" in err
     assert "SENTINEL" not in err
     assert "Traceback" not in err
+
+
+def test_logger_levels_are_put_back_as_they_were(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI lowers the aicoder logger only for -v, and restores the level it found, not NOTSET."""
+    logger = logging.getLogger("aicoder")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        assert main(["-v", "schedule"]) == 0
+        assert logger.level == logging.CRITICAL
+        assert main(["-q", "schedule"]) == 0
+        assert logger.level == logging.CRITICAL
+    finally:
+        logger.setLevel(previous)
+
+
+def test_verbose_and_quiet_choose_what_reaches_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-v shows every retry line on stderr; -q shows none."""
+    with scripted_server(rate_limited(), completion("hi"), rate_limited(), completion("hi")) as server:
+        monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test-key")
+        monkeypatch.setenv("OPENROUTER_BASE_URL", f"{server.url}/v1")
+        monkeypatch.setenv("LLM_RETRY_MIN_DELAY", "0.01")
+        monkeypatch.setenv("LLM_RETRY_MAX_DELAY", "0.01")
+        assert main(["-v", "ask", "x"]) == 0
+        loud = capsys.readouterr().err
+        assert main(["-q", "ask", "x"]) == 0
+        quiet = capsys.readouterr().err
+        assert server.count == 4
+    assert "Rate limited (429)" in loud
+    assert quiet == ""

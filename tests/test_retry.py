@@ -158,15 +158,19 @@ def test_one_warning_per_retry_without_secrets(caplog: pytest.LogCaptureFixture)
     records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("aicoder")]
     assert records == [
         (
-            "aicoder.llm.retry",
+            "aicoder.retry",
             logging.WARNING,
             "Rate limited (429) on POST /v1/chat/completions; retry 1/2 in 1.5 s (retry-after-ms)",
         ),
         (
-            "aicoder.llm.retry",
+            "aicoder.retry",
             logging.WARNING,
             "Rate limited (429) on POST /v1/chat/completions; retry 2/2 in 30 s (schedule)",
         ),
+    ]
+    assert [(r.attempt, r.wait, r.source) for r in caplog.records] == [
+        (1, 1.5, "retry-after-ms"),
+        (2, 30.0, "schedule"),
     ]
     assert "SENTINEL" not in caplog.text
 

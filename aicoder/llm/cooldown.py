@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
+from aicoder.instrumentation import HoldDetails, holding
 from aicoder.llm import waiting
 from aicoder.llm.hints import ServerHint
 from aicoder.llm.pace import Pace
@@ -102,7 +103,7 @@ class _Destination:
 class Turn:
     """One request's place at its destination: when its current attempt went, and what it costs."""
 
-    __slots__ = ("_body", "_cost", "cooldowns", "destination", "granted_at", "held_back", "sent_at")
+    __slots__ = ("_body", "_cost", "cooldowns", "destination", "granted_at", "held_back", "queued", "sent_at")
 
     def __init__(self, cooldowns: Cooldowns, destination: _Destination, body: object = None) -> None:
         self.cooldowns = cooldowns
@@ -111,6 +112,8 @@ class Turn:
         self.granted_at = self.sent_at = 0.0
         #: Whether the destination's feedback rate, not its other limits, set the current attempt's turn.
         self.held_back = False
+        #: Seconds spent so far waiting for turns behind other requests (not the retries' own backoffs).
+        self.queued = 0.0
         self._body = body
         self._cost: RequestCost | bool | None = False
 
@@ -237,6 +240,7 @@ class Cooldowns:
                 if moved <= target:
                     turn.destination.pending.discard(turn)
                     turn.destination.pace.feedback.sent(moved)
+                    turn.queued += max(waited, 0.0)
                     return max(waited, 0.0)
             self._sleep(moved - target)
             waited, target = waited + moved - target, moved
@@ -258,6 +262,7 @@ class Cooldowns:
         """
         destination = turn.destination
         now = self._clock()
+        holds: HoldDetails | None = None
         quotas = read_quotas(headers) if status == 429 or now - destination.learned_at >= LEARN_INTERVAL else None
         with self._lock:
             pace = destination.pace
@@ -271,7 +276,7 @@ class Cooldowns:
                     # A whole-second hint may be rounded up: hold the others only for the part that is certain.
                     hold = max(hint.seconds - 1, 0.0) if hint.coarse else hint.seconds
                     if hold > 0 and now + hold > pace.held_until:
-                        log.info("Holding requests to %s for %.3g s (%s)", destination.key.origin, hold, hint.source)
+                        holds = HoldDetails(destination.key.origin, hold, hint.source)
                 precise = hint.seconds if hint is not None and not hint.coarse else None
                 held = hold > 0 and pace.hold(now + hold) if hint is not None else False
                 cut = pace.feedback.refused(now, turn.sent_at, turn.granted_at, precise)
@@ -286,6 +291,8 @@ class Cooldowns:
             elif status < 400:
                 pace.feedback.accepted(now, turn.held_back)
             self._answered(destination)
+        if holds is not None:
+            holding(holds)  # outside the lock: hooks are the user's code
 
     @staticmethod
     def _reschedule(destination: _Destination, now: float) -> None:

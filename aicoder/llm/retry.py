@@ -8,13 +8,13 @@ over any ``max_retries``.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 from weakref import WeakKeyDictionary
 
 import requests
@@ -33,6 +33,7 @@ from aicoder.config import (
     check_delay_range,
     check_hint_cap,
 )
+from aicoder.instrumentation import GiveUpDetails, RetryDetails, giving_up, retrying
 from aicoder.llm import waiting
 from aicoder.llm.cooldown import Cooldowns, current_turn, destination_key, shared_cooldowns
 from aicoder.llm.deadline import AttemptLimit, DeadlineHTTPConnectionPool, DeadlineHTTPSConnectionPool, current_limit
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
 
 __all__ = ["LinearBackoffAdapter", "LinearRetry", "Wait", "retrying_session"]
-
-log = logging.getLogger(__name__)
 
 TOO_MANY_REQUESTS = 429
 
@@ -175,29 +174,23 @@ class LinearRetry(Retry):
         too_long = hint is not None and hint.seconds > self.max_hint
         if turn is not None:  # tell every request bound for this destination, not only this one
             turn.cooldowns.observe(turn, response.status, response.headers, None if too_long else hint)
+        where = _display_url(url, _pool)
         if hint is not None and too_long:
-            log.warning(
-                "Rate limited (429) on %s %s; not retrying: the server asked for %.3g s (%s), "
-                "more than the %.3g s LLM_RETRY_MAX_HINT",
-                method,
-                _display_url(url, _pool),
-                hint.seconds,
-                hint.source,
-                self.max_hint,
-            )
+            attempts = len(self.history) + 1
+            giving_up(GiveUpDetails(method or "", where, _origin(where), attempts, _TOO_LONG, hint.seconds))
             raise MaxRetryError(_pool, url, ResponseError(f"server asked to wait {hint.seconds:.3g} s"))  # type: ignore[arg-type]
 
-        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        try:
+            retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        except MaxRetryError:
+            seconds = hint.seconds if hint is not None else None
+            giving_up(GiveUpDetails(method or "", where, _origin(where), len(self.history) + 1, _EXHAUSTED, seconds))
+            raise
         number = len(retry.history)
         wait = self.next_wait(hint, number, turn is not None and turn.paced)
-        log.warning(
-            "Rate limited (429) on %s %s; retry %d/%d in %.3g s (%s)",
-            method,
-            _display_url(url, _pool),
-            number,
-            self.count,
-            wait.seconds,
-            wait.source,
+        queued = turn.queued if turn is not None else 0.0
+        retrying(
+            RetryDetails(method or "", where, _origin(where), number, wait.seconds, wait.source, queued, self.count)
         )
         return retry.new(waits=(*self.waits, wait))
 
@@ -258,6 +251,15 @@ def read_small_body(response: BaseHTTPResponse) -> bytes | None:
         return None
     _read_bodies[response] = body
     return body
+
+
+_TOO_LONG = "hint past LLM_RETRY_MAX_HINT"
+_EXHAUSTED = "retries exhausted"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme else ""
 
 
 def _display_url(url: str | None, pool: ConnectionPool | None) -> str:
