@@ -26,7 +26,7 @@ from aicoder.llm.transport import RETRY_EXTENSION, WAITS_EXTENSION
 
 __all__ = ["LLMClient"]
 
-_PROVIDERS: dict[str, type[OpenAIProvider] | type[OpenRouterProvider]] = {
+_PROVIDERS: dict[str, type[LLMProvider]] = {
     "openai": OpenAIProvider,
     "openrouter": OpenRouterProvider,
 }

@@ -222,7 +222,7 @@ class Cooldowns:
         with self._lock:
             first_answer = destination.first_answer
         if first_answer is not None and not first_answer.is_set():
-            first_answer.wait(min(self.probe_timeout, max_wait))
+            waiting.wait_for(first_answer, min(self.probe_timeout, max_wait))
         cost = turn.cost if destination.pace.counts_tokens else None
         with self._lock:
             self._reserve(turn, cost, max_wait)

@@ -9,11 +9,11 @@ over any ``max_retries``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
 from urllib.parse import urlsplit
 from weakref import WeakKeyDictionary
 
@@ -21,7 +21,7 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
-from urllib3.util.retry import Retry
+from urllib3.util.retry import RequestHistory, Retry
 
 from aicoder.config import (
     REQUEST_TIMEOUT,
@@ -59,6 +59,31 @@ class Wait:
     source: str
 
 
+class RetryOptions(TypedDict, total=False):
+    """urllib3 ``Retry`` arguments that :class:`LinearRetry` passes through (``new()`` passes them all).
+
+    Most have no use with aicoder's policy; ``respect_retry_after_header`` does.
+    """
+
+    total: bool | int | None
+    connect: int | None
+    read: int | None
+    redirect: bool | int | None
+    status: int | None
+    other: int | None
+    allowed_methods: Collection[str] | None
+    status_forcelist: Collection[int] | None
+    backoff_factor: float
+    backoff_max: float
+    raise_on_redirect: bool
+    raise_on_status: bool
+    history: tuple[RequestHistory, ...] | None
+    respect_retry_after_header: bool
+    remove_headers_on_redirect: Collection[str]
+    backoff_jitter: float
+    retry_after_max: int
+
+
 class LinearRetry(Retry):
     """Retry HTTP 429 up to ``count`` times, waiting linearly longer each time.
 
@@ -82,13 +107,13 @@ class LinearRetry(Retry):
 
     def __init__(
         self,
-        count: int = 5,
-        min_delay: float = 2.0,
-        max_delay: float = 30.0,
+        count: int = Config.retry_count,
+        min_delay: float = Config.retry_min_delay,
+        max_delay: float = Config.retry_max_delay,
         *,
-        max_hint: float = 120.0,
+        max_hint: float = Config.retry_max_hint,
         waits: tuple[Wait, ...] = (),
-        **retry_options: Any,
+        **retry_options: Unpack[RetryOptions],
     ) -> None:
         self.count = check_count("count", count)
         self.min_delay = check_delay("min_delay", min_delay)
@@ -96,7 +121,7 @@ class LinearRetry(Retry):
         check_delay_range("min_delay", self.min_delay, "max_delay", self.max_delay)
         self.max_hint = check_hint_cap("max_hint", max_hint)
         self.waits = waits
-        options: dict[str, Any] = {
+        options: RetryOptions = {
             "total": count,
             "connect": 0,
             "read": False,
@@ -273,7 +298,8 @@ class LinearBackoffAdapter(HTTPAdapter):
     """A :class:`requests.adapters.HTTPAdapter` that retries 429s with :class:`LinearRetry`.
 
     Mount it on any session: ``session.mount("https://", LinearBackoffAdapter())``.
-    The policy comes from ``config`` (default: :meth:`Config.load`); ``count``,
+    The policy comes from ``config`` (default: :meth:`Config.load`, the one step
+    that reads the environment and ``.env``); ``count``,
     ``min_delay``, ``max_delay``, ``max_hint``, ``respect_retry_after`` and
     ``coordinate`` override it one by one. The pool arguments are
     :class:`~requests.adapters.HTTPAdapter`'s; make ``pool_maxsize`` at least the
@@ -304,9 +330,7 @@ class LinearBackoffAdapter(HTTPAdapter):
         pool_block: bool = False,
     ) -> None:
         if config is None:
-            overrides = (count, min_delay, max_delay, max_hint, respect_retry_after, coordinate, request_timeout)
-            explicit = None not in overrides
-            config = Config() if explicit else Config.load()
+            config = Config.load()
         retry = LinearRetry(
             config.retry_count if count is None else count,
             config.retry_min_delay if min_delay is None else min_delay,
@@ -420,7 +444,23 @@ def _with_read_body(response: requests.Response) -> requests.Response:
     return response
 
 
-def retrying_session(config: Config | None = None, **adapter_options: Any) -> requests.Session:
+class AdapterOptions(TypedDict, total=False):
+    """:class:`LinearBackoffAdapter` arguments that :func:`retrying_session` passes on."""
+
+    count: int
+    min_delay: float
+    max_delay: float
+    max_hint: float
+    respect_retry_after: bool
+    coordinate: bool
+    cooldowns: Cooldowns
+    request_timeout: float
+    pool_connections: int
+    pool_maxsize: int
+    pool_block: bool
+
+
+def retrying_session(config: Config | None = None, **adapter_options: Unpack[AdapterOptions]) -> requests.Session:
     """Return a new :class:`requests.Session` with a :class:`LinearBackoffAdapter` on ``http://`` and ``https://``.
 
     ``adapter_options`` are passed to :class:`LinearBackoffAdapter`. Certificates are

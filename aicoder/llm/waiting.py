@@ -1,9 +1,10 @@
-"""The one place aicoder sleeps, and the switch that lets test suites skip the sleeping.
+"""The one place aicoder waits, and the switch that lets test suites skip the waiting.
 
-Every wait between retries goes through :func:`sleep`. Inside
-:func:`instant_waits` nothing sleeps: each wait is recorded instead, so a test
-can run the real retry logic at full speed and still assert on the waits it
-would have taken.
+Every wait goes through :func:`sleep` (backoffs, holds, turns) or
+:func:`wait_for` (a first request's answer that others wait for). Inside
+:func:`instant_waits` nothing waits: each sleep is recorded instead, and a wait
+for an answer returns at once, so a test can run the real retry logic at full
+speed and still assert on the waits it would have taken.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["instant_waits", "sleep"]
+__all__ = ["instant_waits", "sleep", "wait_for"]
 
 _lock = threading.Lock()
 _recorded: list[float] | None = None
@@ -28,6 +29,12 @@ def sleep(seconds: float) -> None:
             return
     if seconds > 0:
         time.sleep(seconds)
+
+
+def wait_for(event: threading.Event, timeout: float) -> None:
+    """Wait until ``event`` is set, at most ``timeout`` seconds; not at all inside :func:`instant_waits`."""
+    if _recorded is None:
+        event.wait(timeout)
 
 
 @contextmanager

@@ -8,7 +8,9 @@ from typing import ClassVar, TypedDict
 
 import requests
 
-from aicoder.config import ConfigError, check_api_key
+from aicoder.config import Config, ConfigError, check_api_key, check_base_url
+from aicoder.llm.redaction import url_secrets
+from aicoder.llm.retry import retrying_session
 
 __all__ = ["LLMProvider", "MalformedResponseError", "Message", "MissingAPIKeyError", "completion_text", "require_key"]
 
@@ -57,13 +59,39 @@ def completion_text(content: object) -> str:
 
 
 class LLMProvider(ABC):
-    """A chat-completion API reached through :attr:`session`, whose adapter does all retrying."""
+    """A chat-completion API reached through :attr:`session`, whose adapter does all retrying.
+
+    ``config`` defaults to :meth:`Config.load`: reading the environment is this explicit
+    step. ``api_key`` and ``base_url`` default to the provider's two settings in it;
+    both are checked (:func:`~aicoder.config.check_api_key`,
+    :func:`~aicoder.config.check_base_url`). ``session`` defaults to
+    :func:`~aicoder.llm.retry.retrying_session` for ``config``.
+    """
 
     #: A short name for messages and logs.
     name: ClassVar[str]
+    #: The settings that give the key and the base URL: ``(variable, Config field)``.
+    key_setting: ClassVar[tuple[str, str]]
+    base_url_setting: ClassVar[tuple[str, str]]
     session: requests.Session
     #: Secrets that must never appear in a message: :class:`~aicoder.llm.api_client.LLMClient` redacts them.
     secrets: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        session: requests.Session | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> None:
+        config = config if config is not None else Config.load()
+        key_variable, key_field = self.key_setting
+        url_variable, url_field = self.base_url_setting
+        self.api_key = require_key(api_key or getattr(config, key_field), key_variable, self.name)
+        self.base_url = check_base_url(url_variable, base_url or getattr(config, url_field))
+        self.secrets = (self.api_key, *url_secrets(self.base_url))
+        self.session = session if session is not None else retrying_session(config)
 
     @abstractmethod
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:

@@ -12,10 +12,8 @@ import httpx2
 import openai
 import requests
 
-from aicoder.config import Config, check_base_url
-from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text, require_key
-from aicoder.llm.redaction import url_secrets
-from aicoder.llm.retry import retrying_session
+from aicoder.config import Config
+from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text
 from aicoder.llm.transport import RequestsTransport
 
 __all__ = ["OpenAIProvider"]
@@ -34,6 +32,8 @@ class OpenAIProvider(LLMProvider):
     """
 
     name = "openai"
+    key_setting = ("OPENAI_API_KEY", "openai_api_key")
+    base_url_setting = ("OPENAI_BASE_URL", "openai_base_url")
 
     def __init__(
         self,
@@ -43,14 +43,10 @@ class OpenAIProvider(LLMProvider):
         api_key: str | None = None,
         base_url: str | None = None,
     ) -> None:
-        config = config if config is not None else Config.load()
-        key = require_key(api_key or config.openai_api_key, "OPENAI_API_KEY", self.name)
-        base_url = check_base_url("OPENAI_BASE_URL", base_url or config.openai_base_url)
-        self.secrets = (key, *url_secrets(base_url))
-        self.session = session if session is not None else retrying_session(config)
+        super().__init__(config, session=session, api_key=api_key, base_url=base_url)
         self.client = openai.OpenAI(
-            api_key=key,
-            base_url=base_url,
+            api_key=self.api_key,
+            base_url=self.base_url,
             max_retries=0,
             # Redirects are followed as the SDK's own client follows them: 307/308 keep method and body,
             # and Authorization is dropped when the origin changes.

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from aicoder.config import Config, check_base_url
+from aicoder.config import Config
 from aicoder.llm.hints import MAX_BODY
-from aicoder.llm.providers.base import LLMProvider, Message, completion_text, require_key
-from aicoder.llm.redaction import safe_url, url_secrets
-from aicoder.llm.retry import check_deadline, retrying_session
+from aicoder.llm.providers.base import LLMProvider, Message, completion_text
+from aicoder.llm.redaction import safe_url
+from aicoder.llm.retry import check_deadline
 
 __all__ = ["OpenRouterProvider"]
 
@@ -33,6 +33,8 @@ class OpenRouterProvider(LLMProvider):
     """
 
     name = "openrouter"
+    key_setting = ("OPENROUTER_API_KEY", "openrouter_api_key")
+    base_url_setting = ("OPENROUTER_BASE_URL", "openrouter_base_url")
 
     def __init__(
         self,
@@ -43,13 +45,9 @@ class OpenRouterProvider(LLMProvider):
         base_url: str | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
-        config = config if config is not None else Config.load()
-        self._api_key = require_key(api_key or config.openrouter_api_key, "OPENROUTER_API_KEY", self.name)
-        base = check_base_url("OPENROUTER_BASE_URL", base_url or config.openrouter_base_url)
-        assert base is not None
-        self.secrets = (self._api_key, *url_secrets(base))
-        self.url = _endpoint(base)
-        self.session = session if session is not None else retrying_session(config)
+        super().__init__(config, session=session, api_key=api_key, base_url=base_url)
+        assert self.base_url is not None  # the setting has a default
+        self.url = _endpoint(self.base_url)
         self.timeout = timeout
 
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
@@ -57,7 +55,7 @@ class OpenRouterProvider(LLMProvider):
         with self.session.post(
             self.url,
             json={"model": model, "messages": list(messages)},
-            headers={"Authorization": f"Bearer {self._api_key}"},
+            headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=self.timeout,
             stream=True,
         ) as response:
