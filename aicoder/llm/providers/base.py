@@ -92,6 +92,10 @@ class LLMProvider(ABC):
         self.base_url = check_base_url(url_variable, base_url or getattr(config, url_field))
         self.secrets = (self.api_key, *url_secrets(self.base_url))
         self.session = session if session is not None else retrying_session(config)
+        self._start()
+
+    def _start(self) -> None:  # noqa: B027 - an optional step, empty unless a provider needs it
+        """Build what the provider sends with, once its key, base URL and session are set. For subclasses."""
 
     @abstractmethod
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:

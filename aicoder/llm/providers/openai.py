@@ -10,9 +10,7 @@ from typing import Any
 
 import httpx2
 import openai
-import requests
 
-from aicoder.config import Config
 from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text
 from aicoder.llm.transport import RequestsTransport
 
@@ -35,15 +33,7 @@ class OpenAIProvider(LLMProvider):
     key_setting = ("OPENAI_API_KEY", "openai_api_key")
     base_url_setting = ("OPENAI_BASE_URL", "openai_base_url")
 
-    def __init__(
-        self,
-        config: Config | None = None,
-        *,
-        session: requests.Session | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-    ) -> None:
-        super().__init__(config, session=session, api_key=api_key, base_url=base_url)
+    def _start(self) -> None:
         self.client = openai.OpenAI(
             api_key=self.api_key,
             base_url=self.base_url,
