@@ -9,11 +9,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tqdm import tqdm
 
 from aicoder.config import COUNT, DELAY, HINT_CAP, Bounds, Config, ConfigError, parse
+from aicoder.instrumentation import PrometheusHook, get_hooks, set_hooks
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.schedule import linear_delays
 from aicoder.simulate import SimulationResult, simulate
@@ -142,6 +143,12 @@ def _build_parser() -> _ArgumentParser:
         help="also log every retry and hold on stderr (as aicoder -v; without it, simulate logs only errors)",
     )
     simulate.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count the configured batch's retries with PrometheusHook and print the scrape after the summary "
+        "(needs aicoder[prometheus])",
+    )
+    simulate.add_argument(
         "--no-compare",
         action="store_true",
         help="skip the first batch with coordination off, shown beside yours for comparison",
@@ -250,15 +257,45 @@ def _simulate(args: argparse.Namespace) -> int:
     runs = [("coordination off", dataclasses.replace(config, retry_coordinate=False))] if compare else []
     runs.append(("as configured" if compare else "result", config))
     results: list[tuple[str, SimulationResult]] = []
+    metrics = _metrics_registry() if args.metrics else None
     for label, settings in runs:
-        results.append((label, _run_batch(args, settings, label)))
+        if metrics is not None and settings is config:
+            with _counted_by(metrics):
+                results.append((label, _run_batch(args, settings, label)))
+        else:
+            results.append((label, _run_batch(args, settings, label)))
 
     result = results[-1][1]
     if args.json:
         print(json.dumps({**result.as_dict(), **_settings(args, config)}))
     else:
         _print_summary(args, config, results)
+    if metrics is not None:
+        import prometheus_client
+
+        print()
+        print(prometheus_client.generate_latest(metrics).decode(), end="")
     return EXIT_OK if result.failed == 0 else EXIT_FAILED
+
+
+def _metrics_registry() -> Any:
+    """A Prometheus registry of its own, or a configuration error saying what to install."""
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ConfigError("--metrics needs prometheus-client: pip install 'aicoder[prometheus]'") from None
+    return prometheus_client.CollectorRegistry()
+
+
+@contextlib.contextmanager
+def _counted_by(registry: Any) -> Iterator[None]:
+    """Add a PrometheusHook on ``registry`` to the hooks for the ``with`` block."""
+    previous = get_hooks()
+    set_hooks([*previous, PrometheusHook(registry)])
+    try:
+        yield
+    finally:
+        set_hooks(previous)
 
 
 def _run_batch(args: argparse.Namespace, config: Config, label: str) -> SimulationResult:

@@ -277,3 +277,13 @@ def test_verbose_and_quiet_choose_what_reaches_stderr(
         assert server.count == 4
     assert "Rate limited (429)" in loud
     assert quiet == ""
+
+
+@pytest.mark.usefixtures("openrouter_env")
+def test_simulate_metrics_prints_a_prometheus_scrape(capsys: pytest.CaptureFixture[str]) -> None:
+    """--metrics counts the configured batch with PrometheusHook and prints the scrape after the summary."""
+    argv = ["simulate", "--requests", "8", "--rate", "50", "--concurrency", "2", "--no-compare", "--metrics"]
+    assert main([*argv, "--dialect", "bare", "--min", "0.01", "--max", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "# TYPE aicoder_retries_total counter" in out
+    assert "aicoder_wait_seconds_count" in out
