@@ -6,6 +6,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+import pytest
+
 from aicoder.config import _FIELDS, Config
 from aicoder.llm.schedule import linear_delays
 
@@ -43,3 +45,12 @@ def test_every_test_named_in_reliability_md_exists() -> None:
     sources = "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py"))
     assert named
     assert sorted(name for name in named if f"def {name}(" not in sources) == []
+
+
+API_EXAMPLES = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("example", API_EXAMPLES, ids=[f"example-{n}" for n in range(len(API_EXAMPLES))])
+def test_every_api_example_runs(example: str) -> None:
+    """Each example in docs/api.md runs as it is, against the built-in endpoint."""
+    exec(compile(example, "docs/api.md", "exec"), {})
