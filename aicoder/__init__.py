@@ -1,15 +1,45 @@
-"""aicoder: LLM API calls that survive HTTP 429, retried with linear backoff in the transport."""
+"""aicoder: LLM API calls that survive HTTP 429, retried with linear backoff in the transport.
 
-from aicoder.config import Config, ConfigError
-from aicoder.llm.api_client import LLMClient
-from aicoder.llm.cooldown import Cooldowns, shared_cooldowns
-from aicoder.llm.errors import LLMError, RateLimitError
-from aicoder.llm.hints import ServerHint, server_hint
-from aicoder.llm.retry import LinearBackoffAdapter, LinearRetry, Wait, retrying_session
-from aicoder.llm.schedule import linear_delay, linear_delays
-from aicoder.llm.transport import RequestsTransport
-from aicoder.llm.waiting import instant_waits
+Every name is imported when first used: ``import aicoder`` costs nothing, and the
+HTTP names never import openai (they live in :mod:`aicoder.http`).
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aicoder.config import Config, ConfigError
+    from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
+    from aicoder.http.cooldown import Cooldowns, shared_cooldowns
+    from aicoder.http.hints import ServerHint, server_hint
+    from aicoder.http.policy import LinearRetry, Wait
+    from aicoder.http.schedule import linear_delay, linear_delays
+    from aicoder.http.transport import RequestsTransport
+    from aicoder.http.waiting import instant_waits
+    from aicoder.llm.api_client import LLMClient
+    from aicoder.llm.errors import LLMError, RateLimitError
+
+_WHERE = {
+    "Config": "aicoder.config",
+    "ConfigError": "aicoder.config",
+    "Cooldowns": "aicoder.http.cooldown",
+    "LLMClient": "aicoder.llm.api_client",
+    "LLMError": "aicoder.llm.errors",
+    "LinearBackoffAdapter": "aicoder.http.adapter",
+    "LinearRetry": "aicoder.http.policy",
+    "RateLimitError": "aicoder.llm.errors",
+    "RequestsTransport": "aicoder.http.transport",
+    "ServerHint": "aicoder.http.hints",
+    "Wait": "aicoder.http.policy",
+    "instant_waits": "aicoder.http.waiting",
+    "linear_delay": "aicoder.http.schedule",
+    "linear_delays": "aicoder.http.schedule",
+    "retrying_session": "aicoder.http.adapter",
+    "server_hint": "aicoder.http.hints",
+    "shared_cooldowns": "aicoder.http.cooldown",
+}
 __all__ = [
     "Config",
     "ConfigError",
@@ -29,3 +59,13 @@ __all__ = [
     "server_hint",
     "shared_cooldowns",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'aicoder' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

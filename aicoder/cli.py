@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 from tqdm import tqdm
 
 from aicoder.config import COUNT, DELAY, HINT_CAP, Bounds, Config, ConfigError, parse
+from aicoder.http.schedule import linear_delays
 from aicoder.instrumentation import PrometheusHook, get_hooks, set_hooks
 from aicoder.llm.api_client import LLMClient
-from aicoder.llm.schedule import linear_delays
 from aicoder.simulate import SimulationResult, simulate
 from aicoder.testing.endpoint import DIALECTS
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from aicoder.llm.redaction import safe_url
+from aicoder.http.redaction import safe_url
 
 __all__ = ["COUNT", "DELAY", "HINT_CAP", "REQUEST_TIMEOUT", "Bounds", "Config", "ConfigError", "check", "parse"]
 
@@ -184,8 +184,8 @@ class Config:
     longer hint (a daily quota) ends retrying at once.
     ``retry_respect_retry_after=False`` ignores the server's wait hints.
     ``retry_coordinate=False`` turns off the shared per-destination cooldown
-    (:mod:`aicoder.llm.cooldown`). ``request_timeout`` is the most one attempt
-    may take, from connect to last byte (:mod:`aicoder.llm.deadline`).
+    (:mod:`aicoder.http.cooldown`). ``request_timeout`` is the most one attempt
+    may take, from connect to last byte (:mod:`aicoder.http.deadline`).
     API keys are kept out of ``repr()``, and so are the user info and query
     string of base URLs. Keys must be printable ASCII without spaces, base URLs
     ``http://`` or ``https://`` URLs with a host.

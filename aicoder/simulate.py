@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from aicoder.config import Config
+from aicoder.http.adapter import retrying_session
+from aicoder.http.tokens import estimate_cost
 from aicoder.llm.api_client import LLMClient
-from aicoder.llm.retry import retrying_session
-from aicoder.llm.tokens import estimate_cost
 from aicoder.testing.endpoint import RateLimitedEndpoint
 
 __all__ = ["SimulationResult", "ideal_seconds", "simulate"]
@@ -82,7 +82,7 @@ def prompt(index: int) -> str:
 
 
 def request_tokens() -> int:
-    """The tokens each simulated request is charged (:func:`~aicoder.llm.tokens.estimate_cost`)."""
+    """The tokens each simulated request is charged (:func:`~aicoder.http.tokens.estimate_cost`)."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt(0)}]
     cost = estimate_cost(json.dumps({"messages": messages}))
     assert cost is not None

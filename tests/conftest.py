@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aicoder.llm.cooldown import shared_cooldowns
+from aicoder.http.cooldown import shared_cooldowns
 
 _PREFIXES = ("LLM_", "OPENAI_", "OPENROUTER_")
 

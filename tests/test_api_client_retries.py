@@ -16,9 +16,9 @@ import responses
 from responses import registries
 
 from aicoder.config import Config
+from aicoder.http.waiting import instant_waits
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.errors import LLMError, RateLimitError
-from aicoder.llm.waiting import instant_waits
 from tests.servers import Reply, completion, rate_limited, scripted_server
 
 KEY = "sk-SENTINEL-KEY-0123456789"

@@ -12,7 +12,7 @@ import pytest
 import responses
 
 from aicoder.cli import main
-from aicoder.llm.waiting import instant_waits
+from aicoder.http.waiting import instant_waits
 from tests.servers import completion, rate_limited, scripted_server
 
 ENDPOINT = "https://llm.test/v1/chat/completions"

@@ -13,10 +13,10 @@ import pytest
 import requests
 
 from aicoder.config import Config
-from aicoder.llm.cooldown import Cooldowns, DestinationKey, destination_key, shared_cooldowns
-from aicoder.llm.hints import ServerHint
-from aicoder.llm.pace import SAFETY_MARGIN
-from aicoder.llm.retry import LinearBackoffAdapter, retrying_session
+from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
+from aicoder.http.cooldown import Cooldowns, DestinationKey, destination_key, shared_cooldowns
+from aicoder.http.hints import ServerHint
+from aicoder.http.pace import SAFETY_MARGIN
 from aicoder.testing import RateLimitedEndpoint
 
 KEY = DestinationKey("http://api.test", "sk")

@@ -14,11 +14,11 @@ import openai
 import pytest
 
 from aicoder.config import Config
+from aicoder.http.adapter import retrying_session
+from aicoder.http.deadline import watchdog
+from aicoder.http.transport import RequestsTransport
 from aicoder.llm.api_client import LLMClient
-from aicoder.llm.deadline import watchdog
 from aicoder.llm.errors import LLMError
-from aicoder.llm.retry import retrying_session
-from aicoder.llm.transport import RequestsTransport
 from tests.servers import completion, scripted_server
 
 PROVIDERS = ["openrouter", "openai"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aicoder.config import _FIELDS, Config
-from aicoder.llm.schedule import linear_delays
+from aicoder.http.schedule import linear_delays
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()

@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from aicoder.llm.hints import server_hint
+from aicoder.http.hints import server_hint
 from aicoder.testing import RateLimitedEndpoint, TokenBucket
 
 BODY = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello there"}]}

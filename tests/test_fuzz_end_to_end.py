@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aicoder.config import Config
+from aicoder.http.waiting import instant_waits
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.errors import LLMError
-from aicoder.llm.waiting import instant_waits
 from tests.servers import Reply, completion, scripted_server
 
 REQUEST_TIMEOUT = 0.5

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 
-from aicoder.llm.hints import MAX_BODY, ServerHint, server_hint
-from aicoder.llm.tokens import RequestCost
+from aicoder.http.hints import MAX_BODY, ServerHint, server_hint
+from aicoder.http.tokens import RequestCost
 
 NOW = 1_800_000_000.0
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from aicoder.config import Config
+from aicoder.http.waiting import instant_waits
 from aicoder.instrumentation import (
     GiveUpDetails,
     HoldDetails,
@@ -21,7 +22,6 @@ from aicoder.instrumentation import (
 )
 from aicoder.llm.api_client import LLMClient
 from aicoder.llm.errors import RateLimitError
-from aicoder.llm.waiting import instant_waits
 from tests.servers import completion, rate_limited, scripted_server
 
 

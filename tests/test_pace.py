@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from aicoder.llm.pace import MAX_PACED_WINDOW, SAFETY_MARGIN, Feedback, Lane, Pace
-from aicoder.llm.quotas import Quota
-from aicoder.llm.tokens import RequestCost
+from aicoder.http.pace import MAX_PACED_WINDOW, SAFETY_MARGIN, Feedback, Lane, Pace
+from aicoder.http.quotas import Quota
+from aicoder.http.tokens import RequestCost
 
 
 def per_minute(dimension: str, limit: float, remaining: float, reset: float) -> Quota:

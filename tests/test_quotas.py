@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from requests.structures import CaseInsensitiveDict
 
-from aicoder.llm.quotas import Quota, parse_duration, parse_number, read_quotas
+from aicoder.http.quotas import Quota, parse_duration, parse_number, read_quotas
 
 NOW = 1_800_000_000.0
 

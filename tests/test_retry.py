@@ -12,7 +12,8 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 from urllib3.response import HTTPResponse
 
 from aicoder.config import Config, ConfigError
-from aicoder.llm.retry import LinearBackoffAdapter, LinearRetry, Wait, retrying_session
+from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
+from aicoder.http.policy import LinearRetry, Wait
 
 URL = "/v1/chat/completions?api_key=SENTINEL-QUERY"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from aicoder.llm.schedule import linear_delay, linear_delays
+from aicoder.http.schedule import linear_delay, linear_delays
 
 
 def test_defaults_climb_from_min_to_max() -> None:

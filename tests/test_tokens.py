@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from aicoder.llm.tokens import MAX_PARSED_BODY, RequestCost, estimate_cost
+from aicoder.http.tokens import MAX_PARSED_BODY, RequestCost, estimate_cost
 
 
 def cost(**request: object) -> RequestCost | None:

@@ -14,8 +14,8 @@ import requests
 import urllib3.exceptions
 
 from aicoder.config import Config
-from aicoder.llm.retry import retrying_session
-from aicoder.llm.transport import RETRY_EXTENSION, RequestsTransport, map_exceptions
+from aicoder.http.adapter import retrying_session
+from aicoder.http.transport import RETRY_EXTENSION, RequestsTransport, map_exceptions
 from tests.servers import Reply, completion, rate_limited, scripted_server
 
 

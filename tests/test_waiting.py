@@ -8,8 +8,8 @@ import time
 import pytest
 
 from aicoder.config import Config
+from aicoder.http.waiting import instant_waits, sleep
 from aicoder.llm.api_client import LLMClient
-from aicoder.llm.waiting import instant_waits, sleep
 from tests.servers import completion, rate_limited, scripted_server
 
 

@@ -17,12 +17,13 @@ import openai
 import requests
 
 from aicoder.config import MAX_HINT_CAP, Config, ConfigError
+from aicoder.http.adapter import retry_state, waits_of
+from aicoder.http.hints import ServerHint, body_prefix, server_hint
+from aicoder.http.policy import TOO_MANY_REQUESTS, LinearRetry
+from aicoder.http.redaction import redact, redact_chain, safe_url
+from aicoder.http.transport import RETRY_EXTENSION, WAITS_EXTENSION
 from aicoder.llm.errors import LLMError, RateLimitError
-from aicoder.llm.hints import ServerHint, body_prefix, server_hint
 from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
-from aicoder.llm.redaction import redact, redact_chain, safe_url
-from aicoder.llm.retry import TOO_MANY_REQUESTS, LinearRetry, retry_state, waits_of
-from aicoder.llm.transport import RETRY_EXTENSION, WAITS_EXTENSION
 
 __all__ = ["LLMClient"]
 
@@ -40,7 +41,7 @@ class LLMClient:
     The prefix is stripped; any other name (``anthropic/claude-sonnet-4``) is
     sent as it is. ``config`` defaults to :meth:`Config.load`; ``session``
     replaces the provider's retrying session (mount a
-    :class:`~aicoder.llm.retry.LinearBackoffAdapter` on it to keep retrying).
+    :class:`~aicoder.http.adapter.LinearBackoffAdapter` on it to keep retrying).
     """
 
     def __init__(
@@ -229,7 +230,7 @@ def _http_failure(exc: Exception) -> _Failure | None:
 def _server_message(body: str) -> str:
     """Return the error message an OpenAI-style body carries, else the start of the body, quoted.
 
-    Only the body's first :data:`~aicoder.llm.hints.MAX_BODY` characters are read, whatever its size.
+    Only the body's first :data:`~aicoder.http.hints.MAX_BODY` characters are read, whatever its size.
     """
     body = body_prefix(body)
     try:

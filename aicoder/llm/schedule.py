@@ -1,24 +1,11 @@
-"""The linear backoff schedule: the one formula every other part of aicoder uses."""
+"""Moved to aicoder.http.schedule: this module re-exports it for old imports, and says so once."""
 
-from __future__ import annotations
+import warnings
 
-__all__ = ["linear_delay", "linear_delays"]
+from aicoder.http.schedule import *  # noqa: F403
 
-
-def linear_delay(retry: int, count: int, min_delay: float, max_delay: float) -> float:
-    """Return the wait in seconds before retry number ``retry`` (1-based) of ``count``.
-
-    Retry *k* of *N* waits ``min(MIN + (k - 1) * step, MAX)`` with
-    ``step = (MAX - MIN) / (N - 1)`` when *N* > 1, else 0: the waits climb
-    evenly from ``min_delay`` to ``max_delay``, and ``min_delay == max_delay``
-    gives a constant wait. The arguments are assumed valid (``1 <= retry``,
-    ``0 <= min_delay <= max_delay``); :class:`aicoder.config.Config` and
-    :class:`aicoder.llm.retry.LinearRetry` check them once, up front.
-    """
-    step = (max_delay - min_delay) / (count - 1) if count > 1 else 0.0
-    return min(min_delay + (retry - 1) * step, max_delay)
-
-
-def linear_delays(count: int, min_delay: float, max_delay: float) -> tuple[float, ...]:
-    """Return the waits before each of ``count`` retries; ``count=0`` (no retry) gives ``()``."""
-    return tuple(linear_delay(k, count, min_delay, max_delay) for k in range(1, count + 1))
+warnings.warn(
+    "aicoder.llm.schedule moved to aicoder.http.schedule; import from there (or from aicoder)",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -4,7 +4,7 @@ Installing aicoder also registers a pytest plugin (:mod:`aicoder.testing.pytest_
 with the fixtures ``aicoder_endpoint``, ``aicoder_endpoint_factory`` and ``aicoder_instant_waits``.
 """
 
-from aicoder.llm.waiting import instant_waits
+from aicoder.http.waiting import instant_waits
 from aicoder.testing.endpoint import EndpointStats, RateLimitedEndpoint, TokenBucket
 
 __all__ = ["EndpointStats", "RateLimitedEndpoint", "TokenBucket", "instant_waits"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from aicoder.llm.tokens import estimate_cost
+from aicoder.http.tokens import estimate_cost
 
 __all__ = ["DIALECTS", "EndpointStats", "RateLimitedEndpoint", "TokenBucket"]
 
@@ -165,7 +165,7 @@ class RateLimitedEndpoint:
 
     ``dialect`` (:data:`DIALECTS`) is how it describes its limits. With
     ``openai-tokens``, ``token_cost`` is the tokens a request is expected to cost
-    (:func:`~aicoder.llm.tokens.estimate_cost`): the token limit then allows ``rate``
+    (:func:`~aicoder.http.tokens.estimate_cost`): the token limit then allows ``rate``
     such requests a second and ``burst`` at once, and binds before the request
     limit, which is ten times as generous. ``foreign`` (0 to 0.9) is the share of
     the capacity another client on the same key takes: the headers still show the

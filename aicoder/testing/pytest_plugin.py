@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from aicoder.llm.waiting import instant_waits
+from aicoder.http.waiting import instant_waits
 from aicoder.testing.endpoint import RateLimitedEndpoint
 
 

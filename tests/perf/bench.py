@@ -42,8 +42,8 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_increme
 from urllib3.util.retry import Retry
 
 from aicoder import Config, LLMClient, retrying_session
-from aicoder.llm.cooldown import shared_cooldowns
-from aicoder.llm.tokens import estimate_cost
+from aicoder.http.cooldown import shared_cooldowns
+from aicoder.http.tokens import estimate_cost
 from aicoder.testing import RateLimitedEndpoint
 from aicoder.testing.endpoint import DIALECTS
 

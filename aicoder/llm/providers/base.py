@@ -9,8 +9,8 @@ from typing import ClassVar, TypedDict
 import requests
 
 from aicoder.config import Config, ConfigError, check_api_key, check_base_url
-from aicoder.llm.redaction import url_secrets
-from aicoder.llm.retry import retrying_session
+from aicoder.http.adapter import retrying_session
+from aicoder.http.redaction import url_secrets
 
 __all__ = ["LLMProvider", "MalformedResponseError", "Message", "MissingAPIKeyError", "completion_text", "require_key"]
 
@@ -65,7 +65,7 @@ class LLMProvider(ABC):
     step. ``api_key`` and ``base_url`` default to the provider's two settings in it;
     both are checked (:func:`~aicoder.config.check_api_key`,
     :func:`~aicoder.config.check_base_url`). ``session`` defaults to
-    :func:`~aicoder.llm.retry.retrying_session` for ``config``.
+    :func:`~aicoder.http.adapter.retrying_session` for ``config``.
     """
 
     #: A short name for messages and logs.

@@ -11,8 +11,8 @@ from typing import Any
 import httpx2
 import openai
 
+from aicoder.http.transport import RequestsTransport
 from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text
-from aicoder.llm.transport import RequestsTransport
 
 __all__ = ["OpenAIProvider"]
 
@@ -23,8 +23,8 @@ class OpenAIProvider(LLMProvider):
     """Chat completions through :class:`openai.OpenAI`, which never retries on its own.
 
     The SDK gets ``max_retries=0`` and an ``http_client`` whose transport is
-    :class:`~aicoder.llm.transport.RequestsTransport` over ``session``
-    (default: :func:`~aicoder.llm.retry.retrying_session`), so the session's
+    :class:`~aicoder.http.transport.RequestsTransport` over ``session``
+    (default: :func:`~aicoder.http.adapter.retrying_session`), so the session's
     adapter is the only layer that retries. ``api_key`` and ``base_url``
     default to ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` from ``config``.
     """

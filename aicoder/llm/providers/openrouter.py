@@ -11,10 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from aicoder.config import Config
-from aicoder.llm.hints import MAX_BODY
+from aicoder.http.adapter import check_deadline
+from aicoder.http.hints import MAX_BODY
+from aicoder.http.redaction import safe_url
 from aicoder.llm.providers.base import LLMProvider, Message, completion_text
-from aicoder.llm.redaction import safe_url
-from aicoder.llm.retry import check_deadline
 
 __all__ = ["OpenRouterProvider"]
 
@@ -29,7 +29,7 @@ class OpenRouterProvider(LLMProvider):
 
     ``base_url`` defaults to ``OPENROUTER_BASE_URL`` and ``api_key`` to
     ``OPENROUTER_API_KEY`` from ``config`` (default: :meth:`Config.load`).
-    ``session`` defaults to :func:`~aicoder.llm.retry.retrying_session`.
+    ``session`` defaults to :func:`~aicoder.http.adapter.retrying_session`.
     """
 
     name = "openrouter"
@@ -84,7 +84,7 @@ def _endpoint(base_url: str) -> str:
 
 
 def _keep_only_the_start(response: requests.Response) -> None:
-    """Read at most :data:`~aicoder.llm.hints.MAX_BODY` of an error body: it is only ever quoted."""
+    """Read at most :data:`~aicoder.http.hints.MAX_BODY` of an error body: it is only ever quoted."""
     if not response._content_consumed:  # type: ignore[attr-defined]  # requests' own flag, not in its stubs
         response._content = response.raw.read(MAX_BODY, decode_content=True)
         response._content_consumed = True  # type: ignore[attr-defined]

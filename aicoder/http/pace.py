@@ -15,7 +15,7 @@ A :class:`Pace` combines four constraints; a turn comes when all of them allow i
   with other clients still converges to what it really allows.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
-is not thread-safe: :class:`~aicoder.llm.cooldown.Cooldowns` guards it.
+is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import math
 from collections import deque
 from collections.abc import Iterable
 
-from aicoder.llm.quotas import Quota
-from aicoder.llm.tokens import RequestCost
+from aicoder.http.quotas import Quota
+from aicoder.http.tokens import RequestCost
 
 __all__ = ["Feedback", "Lane", "Pace"]
 

@@ -2,7 +2,7 @@
 
 Socket timeouts apply to each read: a server that trickles its headers one byte
 every half second never trips one, and holds the request forever. So every
-attempt through a :class:`~aicoder.llm.retry.LinearBackoffAdapter` is also
+attempt through a :class:`~aicoder.http.adapter.LinearBackoffAdapter` is also
 registered with one :class:`Watchdog` thread, which shuts the attempt's socket
 down when its deadline passes. The read blocked on it then fails at once, and
 the adapter (or the bridge, for a body being streamed) reports a timeout.

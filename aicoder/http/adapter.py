@@ -1,0 +1,261 @@
+"""The transport adapter: the retry policy, the shared pace and a deadline per attempt, on a ``requests`` session.
+
+:class:`LinearBackoffAdapter` hands :class:`~aicoder.http.policy.LinearRetry` to
+``requests`` the way :class:`requests.adapters.HTTPAdapter` hands over any
+``max_retries``, and around each send takes the request's turn at its destination.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypedDict, Unpack
+from weakref import WeakKeyDictionary
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from aicoder.config import REQUEST_TIMEOUT, Config, check, check_bool
+from aicoder.http.cooldown import Cooldowns, current_turn, destination_key, shared_cooldowns
+from aicoder.http.deadline import AttemptLimit, DeadlineHTTPConnectionPool, DeadlineHTTPSConnectionPool, current_limit
+from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
+
+__all__ = [
+    "AdapterOptions",
+    "LinearBackoffAdapter",
+    "check_deadline",
+    "limit_of",
+    "retry_state",
+    "retrying_session",
+    "waits_of",
+]
+
+#: What :func:`waits_of` returns, by response.
+_waits: WeakKeyDictionary[requests.Response, tuple[float, ...]] = WeakKeyDictionary()
+#: What :func:`limit_of` returns, by response.
+_limits: WeakKeyDictionary[requests.Response, AttemptLimit] = WeakKeyDictionary()
+
+
+class LinearBackoffAdapter(HTTPAdapter):
+    """A :class:`requests.adapters.HTTPAdapter` that retries 429s with :class:`LinearRetry`.
+
+    Mount it on any session: ``session.mount("https://", LinearBackoffAdapter())``.
+    The policy comes from ``config`` (default: :meth:`Config.load`, the one step
+    that reads the environment and ``.env``); ``count``,
+    ``min_delay``, ``max_delay``, ``max_hint``, ``respect_retry_after`` and
+    ``coordinate`` override it one by one. The pool arguments are
+    :class:`~requests.adapters.HTTPAdapter`'s; make ``pool_maxsize`` at least the
+    number of threads sharing the session.
+
+    With ``coordinate`` (the default), every request, first attempt or retry,
+    waits for its turn at its destination in ``cooldowns`` (default: the
+    process-wide :func:`~aicoder.http.cooldown.shared_cooldowns`), so threads and
+    sessions calling the same API with the same key back off together.
+    """
+
+    __attrs__ = [*HTTPAdapter.__attrs__, "coordinate", "request_timeout"]  # noqa: RUF012 - requests' pickling list
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        count: int | None = None,
+        min_delay: float | None = None,
+        max_delay: float | None = None,
+        max_hint: float | None = None,
+        respect_retry_after: bool | None = None,
+        coordinate: bool | None = None,
+        cooldowns: Cooldowns | None = None,
+        request_timeout: float | None = None,
+        pool_connections: int = 10,
+        pool_maxsize: int = 10,
+        pool_block: bool = False,
+    ) -> None:
+        if config is None:
+            config = Config.load()
+        retry = LinearRetry(
+            config.retry_count if count is None else count,
+            config.retry_min_delay if min_delay is None else min_delay,
+            config.retry_max_delay if max_delay is None else max_delay,
+            max_hint=config.retry_max_hint if max_hint is None else max_hint,
+            respect_retry_after_header=(
+                config.retry_respect_retry_after
+                if respect_retry_after is None
+                else check_bool("respect_retry_after", respect_retry_after)
+            ),
+        )
+        self.coordinate = config.retry_coordinate if coordinate is None else check_bool("coordinate", coordinate)
+        self.cooldowns = (cooldowns or shared_cooldowns()) if self.coordinate else None
+        self.request_timeout = float(
+            config.request_timeout
+            if request_timeout is None
+            else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
+        )
+        super().__init__(pool_connections, pool_maxsize, max_retries=retry, pool_block=pool_block)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        """As requests' own, with pools whose attempts end at ``request_timeout`` (:mod:`aicoder.http.deadline`)."""
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        _use_deadline_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """As requests' own, with the same deadline pools behind an HTTP proxy."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _use_deadline_pools(manager)
+        return manager
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled adapters coordinate through this process's :func:`shared_cooldowns`."""
+        super().__setstate__(state)  # type: ignore[misc]  # defined by requests, missing from its stubs
+        self.cooldowns = shared_cooldowns() if self.coordinate else None
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Wait for this request's turn at its destination, send it, and learn from the answer.
+
+        Each attempt ends within ``request_timeout``, from connect to last byte: past
+        it, the attempt is cut short and :class:`requests.ReadTimeout` is raised.
+        """
+        waited: list[float] = []
+        limit = AttemptLimit(self.request_timeout)
+        waited_token, limit_token = retry_waits.set(waited), current_limit.set(limit)
+        try:
+            response = self._send(request, stream, timeout, verify, cert, proxies)
+        except requests.RequestException as exc:
+            if limit.expired:
+                message = f"an attempt took longer than LLM_REQUEST_TIMEOUT={limit.seconds:g} s"
+                raise requests.ReadTimeout(message, request=request) from exc
+            raise
+        finally:
+            retry_waits.reset(waited_token)
+            current_limit.reset(limit_token)
+        if waited:
+            _waits[response] = tuple(waited)
+        _limits[response] = limit  # a body still to be streamed stays under it
+        check_deadline(response)  # a connection cut short can look like headers that simply ended
+        return _with_read_body(response)
+
+    def _send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool,
+        timeout: Any,
+        verify: bool | str,
+        cert: Any,
+        proxies: Mapping[str, str] | None,
+    ) -> requests.Response:
+        if self.cooldowns is None:
+            return super().send(request, stream, timeout, verify, cert, proxies)
+        cooldowns = self.cooldowns
+        key = destination_key(request.url or "", request.headers)
+        turn = cooldowns.take_turn(key, body=request.body, max_wait=self.retry.max_hint)
+        token = current_turn.set(turn)
+        try:
+            response = super().send(request, stream, timeout, verify, cert, proxies)
+        except BaseException:
+            cooldowns.failed(turn)
+            raise
+        finally:
+            current_turn.reset(token)
+        # A 429 has already been observed, hint and all, by LinearRetry.increment, which urllib3
+        # runs for every 429, the last one included.
+        if response.status_code not in LinearRetry.RETRY_STATUSES:
+            cooldowns.observe(turn, response.status_code, response.headers)
+        return response
+
+    @property
+    def retry(self) -> LinearRetry:
+        """The policy every request through this adapter starts from."""
+        assert isinstance(self.max_retries, LinearRetry)
+        return self.max_retries
+
+
+def _with_read_body(response: requests.Response) -> requests.Response:
+    """Hand on a 429 body that :func:`read_small_body` already read, as the response's content."""
+    body = take_read_body(response.raw)
+    if body is not None:
+        response._content = body
+        response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag, missing from its stubs
+    return response
+
+
+class AdapterOptions(TypedDict, total=False):
+    """:class:`LinearBackoffAdapter` arguments that :func:`retrying_session` passes on."""
+
+    count: int
+    min_delay: float
+    max_delay: float
+    max_hint: float
+    respect_retry_after: bool
+    coordinate: bool
+    cooldowns: Cooldowns
+    request_timeout: float
+    pool_connections: int
+    pool_maxsize: int
+    pool_block: bool
+
+
+def retrying_session(config: Config | None = None, **adapter_options: Unpack[AdapterOptions]) -> requests.Session:
+    """Return a new :class:`requests.Session` with a :class:`LinearBackoffAdapter` on ``http://`` and ``https://``.
+
+    ``adapter_options`` are passed to :class:`LinearBackoffAdapter`. Certificates are
+    verified against ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` if set, else
+    ``SSL_CERT_FILE`` if set, else certifi's bundle.
+    """
+    adapter = LinearBackoffAdapter(config, **adapter_options)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # requests trusts REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE, but not SSL_CERT_FILE, which the openai
+    # SDK's own client honours: take it as the session's bundle (those two still win over it).
+    ca_file = os.environ.get("SSL_CERT_FILE")
+    if ca_file:
+        session.verify = ca_file
+    return session
+
+
+def _use_deadline_pools(manager: Any) -> None:
+    pools = getattr(manager, "pool_classes_by_scheme", None)
+    if isinstance(pools, dict):
+        manager.pool_classes_by_scheme = {
+            **pools,
+            "http": DeadlineHTTPConnectionPool,
+            "https": DeadlineHTTPSConnectionPool,
+        }
+
+
+def limit_of(response: requests.Response) -> AttemptLimit | None:
+    """The deadline ``response``'s attempt ran under, if it came through a :class:`LinearBackoffAdapter`."""
+    return _limits.get(response)
+
+
+def check_deadline(response: requests.Response) -> None:
+    """Raise :class:`requests.ReadTimeout` if ``response``'s attempt was cut short at its deadline.
+
+    Call it after reading a body: a connection cut short ends the body early, and
+    what was read so far can look complete. The response is closed first.
+    """
+    limit = _limits.get(response)
+    if limit is not None and limit.expired:
+        response.close()  # its connection was cut: nothing more will come of it
+        raise requests.ReadTimeout(
+            f"an attempt took longer than LLM_REQUEST_TIMEOUT={limit.seconds:g} s", request=response.request
+        )
+
+
+def waits_of(response: requests.Response) -> tuple[float, ...]:
+    """The seconds waited before each retry of the request ``response`` answers, queueing included."""
+    return _waits.get(response, ())
+
+
+def retry_state(response: requests.Response) -> LinearRetry | None:
+    """Return the :class:`LinearRetry` in force when ``response`` arrived, if one was."""
+    retries = getattr(response.raw, "retries", None)
+    return retries if isinstance(retries, LinearRetry) else None

@@ -1,0 +1,336 @@
+"""Coordinated backoff: one shared view, per API and key, of when the server will take the next request.
+
+Per-request backoff fails many threads: every waiting thread wakes when the
+server's hint expires, one wins, the rest burn a retry. Instead, every request
+bound for the same destination (origin and credentials) asks :class:`Cooldowns`
+for a turn before it is sent, first attempts and retries alike. The turns follow
+the destination's :class:`~aicoder.http.pace.Pace`:
+
+- **Hold.** A 429 with a hint holds the destination until the hint expires (a
+  whole-second hint, one second less: the server may have rounded up).
+- **Pace.** Turns are handed out at the rate the server's quotas describe, in
+  whatever dialect (:mod:`aicoder.http.quotas`), for requests and for tokens.
+- **Feedback.** A 429 that arrives while paced means the model is wrong: the
+  rate is cut, then regrows (CUBIC), so servers that say nothing converge too.
+- **First contact.** While the first request to a new destination is in flight,
+  others wait for its answer (at most ``probe_timeout`` seconds) so the limits
+  are known before a crowd is sent.
+
+Waiting before a first attempt is not a retry: it never uses up ``LLM_RETRY_COUNT``.
+No lock is held while waiting, and waits go through :func:`aicoder.http.waiting.sleep`,
+so Ctrl-C ends them and :func:`~aicoder.http.waiting.instant_waits` skips them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from requests.structures import CaseInsensitiveDict
+
+from aicoder.http import waiting
+from aicoder.http.hints import ServerHint
+from aicoder.http.pace import Pace
+from aicoder.http.quotas import read_quotas
+from aicoder.http.tokens import RequestCost, estimate_cost
+from aicoder.instrumentation import HoldDetails, holding
+
+__all__ = ["Cooldowns", "DestinationKey", "Turn", "current_turn", "destination_key", "shared_cooldowns"]
+
+log = logging.getLogger(__name__)
+
+#: The quotas of answers other than 429s are read at most this often per destination, in seconds.
+LEARN_INTERVAL = 0.05
+#: Request headers that carry credentials; their values are hashed into the key, never kept.
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
+_SALT = os.urandom(16)
+
+
+class DestinationKey(NamedTuple):
+    """Where requests go and on whose account: the origin, and a salted hash of the credentials."""
+
+    origin: str
+    fingerprint: str
+
+
+def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
+    """Return the key for ``url``'s origin and the credentials in ``headers``.
+
+    The credentials are hashed with a per-process random salt: the key can
+    tell two API keys apart but not reveal either.
+    """
+    parts = urlsplit(url)
+    if not isinstance(headers, CaseInsensitiveDict):
+        headers = CaseInsensitiveDict(headers)
+    return _key(parts.scheme, parts.netloc, tuple([headers.get(name) or "" for name in CREDENTIAL_HEADERS]))
+
+
+@functools.lru_cache(maxsize=256)
+def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationKey:
+    # Cached: every request to an API carries the same origin and key. (The cache holds the credentials
+    # themselves, in memory only, as requests' own session and the caller already do.)
+    origin = f"{scheme}://{netloc.rpartition('@')[2].lower()}"
+    fingerprint = hashlib.blake2b("\n".join(credentials).encode(), key=_SALT, digest_size=12).hexdigest()
+    return DestinationKey(origin, fingerprint)
+
+
+class _Destination:
+    """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
+
+    __slots__ = ("first_answer", "key", "learned_at", "pace", "pending")
+
+    def __init__(self, key: DestinationKey, pace: Pace) -> None:
+        self.key = key
+        self.pace = pace
+        #: When the quotas of an answer were last read (monotonic seconds).
+        self.learned_at = -math.inf
+        #: Turns handed out whose time has not come yet: a hold or a cut moves them.
+        self.pending: set[Turn] = set()
+        #: Set once the first request's answer (or failure) is in; ``None`` after that.
+        self.first_answer: threading.Event | None = threading.Event()
+
+
+class Turn:
+    """One request's place at its destination: when its current attempt went, and what it costs."""
+
+    __slots__ = ("_body", "_cost", "cooldowns", "destination", "granted_at", "held_back", "queued", "sent_at")
+
+    def __init__(self, cooldowns: Cooldowns, destination: _Destination, body: object = None) -> None:
+        self.cooldowns = cooldowns
+        self.destination = destination
+        #: When the current attempt was granted its turn, and when the turn came (monotonic seconds).
+        self.granted_at = self.sent_at = 0.0
+        #: Whether the destination's feedback rate, not its other limits, set the current attempt's turn.
+        self.held_back = False
+        #: Seconds spent so far waiting for turns behind other requests (not the retries' own backoffs).
+        self.queued = 0.0
+        self._body = body
+        self._cost: RequestCost | bool | None = False
+
+    @property
+    def paced(self) -> bool:
+        """Whether the destination is paced at its known rate: from its quotas, or measured from its 429s."""
+        return self.destination.pace.knows_rate
+
+    @property
+    def cost(self) -> RequestCost | None:
+        """The request's token cost (:func:`~aicoder.http.tokens.estimate_cost`), estimated once, on demand."""
+        if self._cost is False:
+            body = self._body
+            self._cost = estimate_cost(body) if isinstance(body, (bytes, str)) else None
+        assert self._cost is not True
+        return self._cost
+
+
+class Cooldowns:
+    """Turns for requests, per destination, shared by every adapter that uses this instance.
+
+    Thread-safe. Remembers at most ``max_destinations`` (least recently used go
+    first). ``clock`` and ``sleep`` are injectable so the rules can be tested
+    without waiting. ``min_rate`` is the slowest pace that 429s alone can impose.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_destinations: int = 1024,
+        probe_timeout: float = 2.0,
+        min_rate: float = 1 / 120,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = waiting.sleep,
+    ) -> None:
+        self.max_destinations = max_destinations
+        self.probe_timeout = probe_timeout
+        self.min_rate = min_rate
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._destinations: OrderedDict[DestinationKey, _Destination] = OrderedDict()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._destinations)
+
+    def clear(self) -> None:
+        """Forget every destination (for tests, or after changing keys)."""
+        with self._lock:
+            for destination in self._destinations.values():
+                if destination.first_answer is not None:
+                    destination.first_answer.set()
+            self._destinations.clear()
+
+    def pace(self, key: DestinationKey) -> Pace | None:
+        """What is known of ``key``'s pace, or ``None`` if nothing is (for inspection and tests)."""
+        with self._lock:
+            destination = self._destinations.get(key)
+            return destination.pace if destination is not None else None
+
+    def take_turn(self, key: DestinationKey, *, body: object = None, max_wait: float = math.inf) -> Turn:
+        """Wait for a first attempt's turn at ``key``, and return it.
+
+        ``body`` is the request's body, read for its token cost if the server has a
+        token limit. The first request to a new destination goes at once: it is the
+        probe the others wait for. ``max_wait`` is as for :meth:`wait_turn`.
+        """
+        with self._lock:
+            destination = self._destinations.get(key)
+            if destination is None:
+                turn = Turn(self, self._add(key), body)
+                self._reserve(turn, None, max_wait)  # the probe: nothing is known, so it goes now
+                turn.destination.pace.feedback.sent(turn.sent_at)
+                return turn
+            self._destinations.move_to_end(key)
+        turn = Turn(self, destination, body)
+        cost = turn.cost if destination.pace.counts_tokens else None
+        with self._lock:
+            # The common case, decided under one lock: no probe in flight, and the turn is now.
+            waiting_for_probe = destination.first_answer is not None
+            if not waiting_for_probe and self._reserve(turn, cost, max_wait) <= 0:
+                destination.pace.feedback.sent(turn.sent_at)
+                return turn
+        if waiting_for_probe:
+            self.wait_turn(turn, max_wait=max_wait)
+        else:
+            self._wait_until_sent(turn)
+        return turn
+
+    def wait_turn(self, turn: Turn, delay: float = 0.0, max_wait: float = math.inf) -> float:
+        """Wait until ``turn``'s destination may take another attempt, at least ``delay`` seconds; take it.
+
+        ``delay`` is the caller's own minimum, such as a retry's backoff. A hold
+        or a pace step longer than ``max_wait`` (the caller's ``LLM_RETRY_MAX_HINT``)
+        is not waited for: the request goes, and the server's answer says how long
+        it wants, so the caller can give up with that message instead of hanging.
+        Waiting behind other requests at an allowed pace has no limit. Returns the
+        seconds waited.
+        """
+        destination = turn.destination
+        if delay > 0:
+            # The backoff is this request's own: it holds no place in the queue meanwhile, so the
+            # turns of others that are due sooner go ahead.
+            self._sleep(delay)
+        with self._lock:
+            first_answer = destination.first_answer
+        if first_answer is not None and not first_answer.is_set():
+            waiting.wait_for(first_answer, min(self.probe_timeout, max_wait))
+        cost = turn.cost if destination.pace.counts_tokens else None
+        with self._lock:
+            self._reserve(turn, cost, max_wait)
+        return max(delay, 0.0) + self._wait_until_sent(turn)
+
+    def _wait_until_sent(self, turn: Turn) -> float:
+        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds."""
+        target = turn.sent_at
+        waited = target - turn.granted_at
+        if waited > 0:
+            self._sleep(waited)
+        while True:
+            with self._lock:
+                moved = turn.sent_at
+                if moved <= target:
+                    turn.destination.pending.discard(turn)
+                    turn.destination.pace.feedback.sent(moved)
+                    turn.queued += max(waited, 0.0)
+                    return max(waited, 0.0)
+            self._sleep(moved - target)
+            waited, target = waited + moved - target, moved
+
+    def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
+        """Take the destination's next turn for ``turn``; return the seconds until it comes. Lock held."""
+        now = turn.granted_at = self._clock()
+        turn.sent_at, turn.held_back = turn.destination.pace.next_turn(now, cost, max_wait)
+        if turn.sent_at > now:
+            turn.destination.pending.add(turn)
+        return turn.sent_at - now
+
+    def observe(self, turn: Turn, status: int, headers: Mapping[str, str], hint: ServerHint | None = None) -> None:
+        """Learn from the answer to ``turn``'s latest attempt: its quotas, and for a 429 its hint.
+
+        The quotas of answers that are not 429s are read at most every ``LEARN_INTERVAL``
+        seconds per destination: they change little between two answers, and reading
+        them is most of the cost of coordination when requests come fast.
+        """
+        destination = turn.destination
+        now = self._clock()
+        holds: HoldDetails | None = None
+        quotas = read_quotas(headers) if status == 429 or now - destination.learned_at >= LEARN_INTERVAL else None
+        with self._lock:
+            pace = destination.pace
+            if quotas is not None:
+                destination.learned_at = now
+                # Slow start is for a destination whose limits are unknown, not one that has already refused.
+                pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
+            if status == 429:
+                hold = 0.0
+                if hint is not None:
+                    # A whole-second hint may be rounded up: hold the others only for the part that is certain.
+                    hold = max(hint.seconds - 1, 0.0) if hint.coarse else hint.seconds
+                    if hold > 0 and now + hold > pace.held_until:
+                        holds = HoldDetails(destination.key.origin, hold, hint.source)
+                precise = hint.seconds if hint is not None and not hint.coarse else None
+                held = hold > 0 and pace.hold(now + hold) if hint is not None else False
+                cut = pace.feedback.refused(now, turn.sent_at, turn.granted_at, precise)
+                if cut:
+                    log.info(
+                        "Rate limited while paced: requests to %s now go at most %.3g a second",
+                        destination.key.origin,
+                        pace.feedback.rate,
+                    )
+                if (held or cut) and destination.pending:
+                    self._reschedule(destination, now)
+            elif status < 400:
+                pace.feedback.accepted(now, turn.held_back)
+            self._answered(destination)
+        if holds is not None:
+            holding(holds)  # outside the lock: hooks are the user's code
+
+    @staticmethod
+    def _reschedule(destination: _Destination, now: float) -> None:
+        """Move the turns handed out but not yet due behind a new hold or rate: they are granted anew."""
+        pending = sorted((turn for turn in destination.pending if turn.sent_at > now), key=lambda turn: turn.sent_at)
+        for turn, at in zip(pending, destination.pace.reschedule([turn.sent_at for turn in pending]), strict=True):
+            turn.sent_at, turn.granted_at = at, now
+
+    def failed(self, turn: Turn) -> None:
+        """The request got no answer at all; let those waiting on a first answer go."""
+        with self._lock:
+            self._answered(turn.destination)
+
+    def _add(self, key: DestinationKey) -> _Destination:
+        # The first request to a new destination is the probe; others wait for its answer.
+        destination = _Destination(key, Pace(self.min_rate))
+        self._destinations[key] = destination
+        while len(self._destinations) > self.max_destinations:
+            _, evicted = self._destinations.popitem(last=False)
+            if evicted.first_answer is not None:
+                evicted.first_answer.set()
+        return destination
+
+    @staticmethod
+    def _answered(destination: _Destination) -> None:
+        if destination.first_answer is not None:
+            destination.first_answer.set()
+            destination.first_answer = None
+
+
+_shared = Cooldowns()
+
+
+def shared_cooldowns() -> Cooldowns:
+    """The process-wide :class:`Cooldowns` every :class:`~aicoder.http.adapter.LinearBackoffAdapter` uses by default."""
+    return _shared
+
+
+#: Set by the adapter around each send, so that the retry policy, which urllib3 runs in the
+#: same thread, paces its retries through the same turn.
+current_turn: ContextVar[Turn | None] = ContextVar("aicoder_current_turn", default=None)
