@@ -16,7 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from aicoder.config import REQUEST_TIMEOUT, Config, check, check_bool
-from aicoder.http.cooldown import Cooldowns, current_turn, destination_key, shared_cooldowns
+from aicoder.http.cooldown import Cooldowns, Turn, destination_key, shared_cooldowns
 from aicoder.http.deadline import AttemptLimit, DeadlineHTTPConnectionPool, DeadlineHTTPSConnectionPool, current_limit
 from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 
@@ -156,14 +156,14 @@ class LinearBackoffAdapter(HTTPAdapter):
         cooldowns = self.cooldowns
         key = destination_key(request.url or "", request.headers)
         turn = cooldowns.take_turn(key, body=request.body, max_wait=self.retry.max_hint)
-        token = current_turn.set(turn)
+        token = turn.enter()
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
         except BaseException:
             cooldowns.failed(turn)
             raise
         finally:
-            current_turn.reset(token)
+            Turn.leave(token)
         # A 429 has already been observed, hint and all, by LinearRetry.increment, which urllib3
         # runs for every 429, the last one included.
         if response.status_code not in LinearRetry.RETRY_STATUSES:

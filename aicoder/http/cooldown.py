@@ -32,7 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -45,7 +45,7 @@ from aicoder.http.quotas import read_quotas
 from aicoder.http.tokens import RequestCost, estimate_cost
 from aicoder.instrumentation import HoldDetails, holding
 
-__all__ = ["Cooldowns", "DestinationKey", "Turn", "current_turn", "destination_key", "shared_cooldowns"]
+__all__ = ["Cooldowns", "DestinationKey", "Turn", "destination_key", "shared_cooldowns"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,24 @@ class Turn:
         self.queued = 0.0
         self._body = body
         self._cost: RequestCost | bool | None = False
+
+    def enter(self) -> Token[Turn | None]:
+        """Make this the turn of the request being sent in this thread, until :meth:`leave`.
+
+        The adapter does so around each send, so that the retry policy, which urllib3
+        runs in the same thread, paces the retries through the same turn.
+        """
+        return _current.set(self)
+
+    @staticmethod
+    def leave(token: Token[Turn | None]) -> None:
+        """Undo the :meth:`enter` that gave ``token``."""
+        _current.reset(token)
+
+    @staticmethod
+    def current() -> Turn | None:
+        """The turn of the request being sent in this thread, if a coordinating adapter sends it."""
+        return _current.get()
 
     @property
     def paced(self) -> bool:
@@ -331,6 +349,5 @@ def shared_cooldowns() -> Cooldowns:
     return _shared
 
 
-#: Set by the adapter around each send, so that the retry policy, which urllib3 runs in the
-#: same thread, paces its retries through the same turn.
-current_turn: ContextVar[Turn | None] = ContextVar("aicoder_current_turn", default=None)
+#: The turn of the request being sent in this thread (see :meth:`Turn.enter`).
+_current: ContextVar[Turn | None] = ContextVar("aicoder_current_turn", default=None)

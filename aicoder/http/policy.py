@@ -22,7 +22,7 @@ from urllib3.util.retry import RequestHistory, Retry
 
 from aicoder.config import Config, check_count, check_delay, check_delay_range, check_hint_cap
 from aicoder.http import waiting
-from aicoder.http.cooldown import current_turn
+from aicoder.http.cooldown import Turn
 from aicoder.http.hints import MAX_BODY, ServerHint, server_hint
 from aicoder.http.redaction import safe_url
 from aicoder.http.schedule import linear_delay
@@ -188,7 +188,7 @@ class LinearRetry(Retry):
 
         if response.retries is None:  # urllib3 records it; `responses` does not
             response.retries = self
-        turn = current_turn.get()
+        turn = Turn.current()
         body = read_small_body(response) if self.respect_retry_after_header else None
         hint = self.hint(response.headers, body, turn.cost if turn is not None else None)
         too_long = hint is not None and hint.seconds > self.max_hint
@@ -222,7 +222,7 @@ class LinearRetry(Retry):
         """
         if not self.waits:
             return
-        turn = current_turn.get()
+        turn = Turn.current()
         seconds = self.waits[-1].seconds
         if turn is None:
             waiting.sleep(seconds)
