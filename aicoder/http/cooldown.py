@@ -289,14 +289,14 @@ class Cooldowns:
                 # Slow start is for a destination whose limits are unknown, not one that has already refused.
                 pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
             if status == 429:
-                hold = 0.0
+                held = False
                 if hint is not None:
                     # A whole-second hint may be rounded up: hold the others only for the part that is certain.
                     hold = max(hint.seconds - 1, 0.0) if hint.coarse else hint.seconds
-                    if hold > 0 and now + hold > pace.held_until:
+                    held = hold > 0 and pace.hold(now + hold)
+                    if held:
                         holds = HoldDetails(destination.key.origin, hold, hint.source)
-                precise = hint.seconds if hint is not None and not hint.coarse else None
-                held = hold > 0 and pace.hold(now + hold) if hint is not None else False
+                precise = None if hint is None or hint.coarse else hint.seconds
                 cut = pace.feedback.refused(now, turn.sent_at, turn.granted_at, precise)
                 if cut:
                     log.info(

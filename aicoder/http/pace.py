@@ -71,26 +71,28 @@ class Feedback:
     **Slow start.** A destination whose first answer says nothing of its limits may
     have none, or any: its requests start at ``SLOW_START`` a second, doubling every
     ``DOUBLING`` seconds, so a crowd of threads finds the limit with a few 429s,
-    not dozens. The first 429 ends it (and cuts, below); so does a rate past
-    ``SLOW_START_END``, after which nothing is slowed. Each 429 for a request
-    granted its turn under the current rate means the rate is wrong, and cuts it to
-    ``beta`` times the lower of the rate and the measured send rate, as botocore
-    does, corrected by what the server has shown:
+    not dozens. The first 429 ends it, with a cut; so does a rate past
+    ``SLOW_START_END``, after which nothing is slowed.
 
-    - **at most** ``1 / hint`` for a precise hint: with its bucket empty, the server
+    **Cuts.** Each 429 for a request granted its turn under the current rate means
+    the rate is wrong, and cuts it to ``BETA`` times the lower of the rate and the
+    measured send rate, as botocore does, corrected by what the server has shown:
+
+    - *at most* ``1 / hint`` for a precise hint: with its bucket empty, the server
       says when its next token comes, and that is never later than one interval;
-    - **at least** what it demonstrably accepted: between two refusals its bucket
-      was empty at both ends, so the requests it took in between (the latest such
-      span with a few of them), over the time between, are its rate, or less if
-      its bucket filled up meanwhile. When
-      requests went steadily in between, its bucket never filled up: that *is*
-      its rate, and the new rate goes just under it. Otherwise the rate lies
-      between what it took and what it refused, and the cut goes to their
-      geometric mean if that is lower, which narrows the range quickly.
+    - *at least* what it demonstrably accepted: between two refusals its bucket was
+      empty at both ends, so the requests it took in between (the latest such span
+      with a few of them), over the time between, are its rate, or less if its
+      bucket filled up meanwhile. When requests went steadily in between, it never
+      filled up: that *is* its rate, and the new rate goes just under it. Otherwise
+      the rate lies between what it took and what it refused, and the cut goes to
+      their geometric mean if that is lower, which narrows the range quickly.
 
     A 429 for a request granted its turn *before* the last cut says nothing new (it
     was paced at the old rate) and cuts nothing, so a crowd of refusals is one cut,
-    not forty. After a cut the rate regrows along CUBIC's curve,
+    not forty.
+
+    **Regrowth.** After a cut the rate regrows along CUBIC's curve,
     ``w_max * (1 + C * (n - K)**3)``: flat near the rate that was refused, steeper
     beyond it, never faster than twice the measured send rate. botocore counts ``n``
     in seconds, with ``C`` = 0.4 requests/s³; here ``n`` counts the successes of
@@ -99,8 +101,8 @@ class Feedback:
     regrows in about 20 such requests. Requests the rate did not hold back say
     nothing about whether it could be higher, and do not regrow it (TCP's rule for
     an application-limited sender). Once a cut has measured the server's rate, the
-    search for more is gentler (``MEASURED_SCALE``): it is only for a limit that
-    has risen since.
+    search for more is gentler (``MEASURED_SCALE``): it is only for a limit that has
+    risen since.
     """
 
     BETA = 0.7
@@ -128,7 +130,6 @@ class Feedback:
         self._slow_granted = 0
         #: Successes of requests held back by this rate since the last cut: CUBIC's clock.
         self.regrowth = 0
-        self.last_refusal: float | None = None
         self._sends: deque[float] = deque(maxlen=self.SAMPLES)
         self._refusals: deque[float] = deque(maxlen=self.SAMPLES)
 
@@ -192,7 +193,6 @@ class Feedback:
         measured = self.send_rate(now)
         current = rate if measured is None else measured if rate is None else min(rate, measured)
         if current is None:  # one lone request so far: no rate to cut from yet
-            self.last_refusal = sent_at
             return False
         new, w_max, scale = current * self.BETA, current, self.SCALE
         if hint:  # the server's next token comes within one interval: it allows at most 1 / hint
@@ -210,7 +210,6 @@ class Feedback:
         self.k = ((1 - new / self.w_max) / scale) ** (1 / 3)
         self.regrowth = 0
         self.cut_at = now
-        self.last_refusal = sent_at
         self._set(new, now)
         return True
 
