@@ -6,6 +6,7 @@ behaviour because a variable changed under it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -158,6 +159,20 @@ def check_base_url(name: str, value: object) -> str | None:
     return value
 
 
+def check_redis_url(name: str, value: object) -> str | None:
+    """Return a ``redis://``, ``rediss://`` or ``unix://`` URL if redis-py is there to use it, else raise
+    :class:`ConfigError` saying what is wrong, or what to install."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{name}={_shown_url(str(value))} is not allowed: expected a redis://, rediss:// or unix:// URL"
+        )
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigError(f"{name} is set, but redis-py is not installed: pip install 'aicoder[redis]'")
+    return value
+
+
 def _shown_url(url: str) -> str:
     """``url`` as a message may show it: without user info or query, which may hold secrets."""
     if "@" not in url and "?" not in url:
@@ -198,6 +213,7 @@ class Config:
     retry_respect_retry_after: bool = True
     retry_coordinate: bool = True
     request_timeout: float = 600.0
+    redis_url: str | None = field(default=None, repr=False)
     openrouter_api_key: str | None = field(default=None, repr=False)
     openrouter_base_url: str = DEFAULT_OPENROUTER_BASE_URL
     openai_api_key: str | None = field(default=None, repr=False)
@@ -214,6 +230,7 @@ class Config:
         object.__setattr__(
             self, "request_timeout", float(check("LLM_REQUEST_TIMEOUT", self.request_timeout, REQUEST_TIMEOUT))
         )
+        check_redis_url("LLM_RETRY_REDIS_URL", self.redis_url)
         check_api_key("OPENROUTER_API_KEY", self.openrouter_api_key)
         check_api_key("OPENAI_API_KEY", self.openai_api_key)
         check_base_url("OPENROUTER_BASE_URL", self.openrouter_base_url)
@@ -224,7 +241,7 @@ class Config:
         shown = {
             name: safe_url(value) if name.endswith("_base_url") and isinstance(value, str) else value
             for name, value in vars(self).items()
-            if not name.endswith("_api_key")
+            if not name.endswith("_api_key") and name != "redis_url"
         }
         return f"Config({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
@@ -270,6 +287,7 @@ class Config:
         values |= get("LLM_RETRY_MAX_HINT", lambda name, raw, origin: parse(name, raw, HINT_CAP, origin))
         values |= get("LLM_RETRY_RESPECT_RETRY_AFTER", _parse_bool)
         values |= get("LLM_RETRY_COORDINATE", _parse_bool)
+        values |= get("LLM_RETRY_REDIS_URL", lambda _name, raw, _origin: raw)
         values |= get("LLM_REQUEST_TIMEOUT", lambda name, raw, origin: parse(name, raw, REQUEST_TIMEOUT, origin))
         for name in ("OPENROUTER_API_KEY", "OPENROUTER_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
             values |= get(name, lambda _name, raw, _origin: raw)
@@ -284,6 +302,7 @@ _FIELDS = {
     "LLM_RETRY_RESPECT_RETRY_AFTER": "retry_respect_retry_after",
     "LLM_RETRY_COORDINATE": "retry_coordinate",
     "LLM_REQUEST_TIMEOUT": "request_timeout",
+    "LLM_RETRY_REDIS_URL": "redis_url",
     "OPENROUTER_API_KEY": "openrouter_api_key",
     "OPENROUTER_BASE_URL": "openrouter_base_url",
     "OPENAI_API_KEY": "openai_api_key",

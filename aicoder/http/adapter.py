@@ -53,7 +53,7 @@ class LinearBackoffAdapter(HTTPAdapter):
     sessions calling the same API with the same key back off together.
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "coordinate", "request_timeout"]  # noqa: RUF012 - requests' pickling list
+    __attrs__ = [*HTTPAdapter.__attrs__, "coordinate", "request_timeout", "redis_url"]  # noqa: RUF012 - requests' pickling list
 
     def __init__(
         self,
@@ -85,7 +85,8 @@ class LinearBackoffAdapter(HTTPAdapter):
             ),
         )
         self.coordinate = config.retry_coordinate if coordinate is None else check_bool("coordinate", coordinate)
-        self.cooldowns = (cooldowns or shared_cooldowns()) if self.coordinate else None
+        self.redis_url = config.redis_url
+        self.cooldowns = (cooldowns or shared_cooldowns(self.redis_url)) if self.coordinate else None
         self.request_timeout = float(
             config.request_timeout
             if request_timeout is None
@@ -107,7 +108,7 @@ class LinearBackoffAdapter(HTTPAdapter):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled adapters coordinate through this process's :func:`shared_cooldowns`."""
         super().__setstate__(state)  # type: ignore[misc]  # defined by requests, missing from its stubs
-        self.cooldowns = shared_cooldowns() if self.coordinate else None
+        self.cooldowns = shared_cooldowns(self.redis_url) if self.coordinate else None
 
     def send(
         self,

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -42,6 +41,7 @@ from aicoder.http import waiting
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import Pace
 from aicoder.http.quotas import read_quotas
+from aicoder.http.shared import SharedPace, SharedPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
 from aicoder.instrumentation import HoldDetails, holding
 
@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 LEARN_INTERVAL = 0.05
 #: Request headers that carry credentials; their values are hashed into the key, never kept.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
-_SALT = os.urandom(16)
+#: The key of the credentials' hash. Fixed, not random per process, so that every process computes the same
+#: fingerprint for the same key and shares one pace through Redis; see :func:`destination_key`.
+_FINGERPRINT_KEY = b"aicoder destination fingerprint v1"
 
 
 class DestinationKey(NamedTuple):
@@ -66,8 +68,12 @@ class DestinationKey(NamedTuple):
 def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
     """Return the key for ``url``'s origin and the credentials in ``headers``.
 
-    The credentials are hashed with a per-process random salt: the key can
-    tell two API keys apart but not reveal either.
+    The credentials are hashed with keyed BLAKE2b: the key tells two API keys
+    apart but reveals neither. The hash key is fixed rather than random per
+    process, so that processes sharing a pace through Redis agree on it; what
+    Redis holds is that fingerprint, never a key. Someone who can read Redis and
+    already holds a candidate key could confirm it; guessing one is hopeless, as
+    API keys carry well over 128 bits of randomness.
     """
     parts = urlsplit(url)
     if not isinstance(headers, CaseInsensitiveDict):
@@ -80,7 +86,7 @@ def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationK
     # Cached: every request to an API carries the same origin and key. (The cache holds the credentials
     # themselves, in memory only, as requests' own session and the caller already do.)
     origin = f"{scheme}://{netloc.rpartition('@')[2].lower()}"
-    fingerprint = hashlib.blake2b("\n".join(credentials).encode(), key=_SALT, digest_size=12).hexdigest()
+    fingerprint = hashlib.blake2b("\n".join(credentials).encode(), key=_FINGERPRINT_KEY, digest_size=12).hexdigest()
     return DestinationKey(origin, fingerprint)
 
 
@@ -89,7 +95,7 @@ class _Destination:
 
     __slots__ = ("first_answer", "key", "learned_at", "pace", "pending")
 
-    def __init__(self, key: DestinationKey, pace: Pace) -> None:
+    def __init__(self, key: DestinationKey, pace: Pace | SharedPace) -> None:
         self.key = key
         self.pace = pace
         #: When the quotas of an answer were last read (monotonic seconds).
@@ -156,6 +162,8 @@ class Cooldowns:
     Thread-safe. Remembers at most ``max_destinations`` (least recently used go
     first). ``clock`` and ``sleep`` are injectable so the rules can be tested
     without waiting. ``min_rate`` is the slowest pace that 429s alone can impose.
+    With ``shared`` (:class:`~aicoder.http.shared.SharedPaces`), every destination's
+    pace lives in Redis, shared with every process that uses the same Redis.
     """
 
     def __init__(
@@ -166,7 +174,9 @@ class Cooldowns:
         min_rate: float = 1 / 120,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = waiting.sleep,
+        shared: SharedPaces | None = None,
     ) -> None:
+        self.shared = shared
         self.max_destinations = max_destinations
         self.probe_timeout = probe_timeout
         self.min_rate = min_rate
@@ -187,7 +197,7 @@ class Cooldowns:
                     destination.first_answer.set()
             self._destinations.clear()
 
-    def pace(self, key: DestinationKey) -> Pace | None:
+    def pace(self, key: DestinationKey) -> Pace | SharedPace | None:
         """What is known of ``key``'s pace, or ``None`` if nothing is (for inspection and tests)."""
         with self._lock:
             destination = self._destinations.get(key)
@@ -205,7 +215,7 @@ class Cooldowns:
             if destination is None:
                 turn = Turn(self, self._add(key), body)
                 self._reserve(turn, None, max_wait)  # the probe: nothing is known, so it goes now
-                turn.destination.pace.feedback.sent(turn.sent_at)
+                turn.destination.pace.sent(turn.sent_at)
                 return turn
             self._destinations.move_to_end(key)
         turn = Turn(self, destination, body)
@@ -214,7 +224,7 @@ class Cooldowns:
             # The common case, decided under one lock: no probe in flight, and the turn is now.
             waiting_for_probe = destination.first_answer is not None
             if not waiting_for_probe and self._reserve(turn, cost, max_wait) <= 0:
-                destination.pace.feedback.sent(turn.sent_at)
+                destination.pace.sent(turn.sent_at)
                 return turn
         if waiting_for_probe:
             self.wait_turn(turn, max_wait=max_wait)
@@ -257,7 +267,7 @@ class Cooldowns:
                 moved = turn.sent_at
                 if moved <= target:
                     turn.destination.pending.discard(turn)
-                    turn.destination.pace.feedback.sent(moved)
+                    turn.destination.pace.sent(moved)
                     turn.queued += max(waited, 0.0)
                     return max(waited, 0.0)
             self._sleep(moved - target)
@@ -293,21 +303,21 @@ class Cooldowns:
                 if hint is not None:
                     # A whole-second hint may be rounded up: hold the others only for the part that is certain.
                     hold = max(hint.seconds - 1, 0.0) if hint.coarse else hint.seconds
-                    held = hold > 0 and pace.hold(now + hold)
+                    held = hold > 0 and pace.hold(now + hold, now)
                     if held:
                         holds = HoldDetails(destination.key.origin, hold, hint.source)
                 precise = None if hint is None or hint.coarse else hint.seconds
-                cut = pace.feedback.refused(now, turn.sent_at, turn.granted_at, precise)
+                cut = pace.refused(now, turn.sent_at, turn.granted_at, precise)
                 if cut:
                     log.info(
                         "Rate limited while paced: requests to %s now go at most %.3g a second",
                         destination.key.origin,
-                        pace.feedback.rate,
+                        pace.rate,
                     )
                 if (held or cut) and destination.pending:
                     self._reschedule(destination, now)
             elif status < 400:
-                pace.feedback.accepted(now, turn.held_back)
+                pace.accepted(now, turn.held_back)
             self._answered(destination)
         if holds is not None:
             holding(holds)  # outside the lock: hooks are the user's code
@@ -326,7 +336,8 @@ class Cooldowns:
 
     def _add(self, key: DestinationKey) -> _Destination:
         # The first request to a new destination is the probe; others wait for its answer.
-        destination = _Destination(key, Pace(self.min_rate))
+        pace = Pace(self.min_rate)
+        destination = _Destination(key, pace if self.shared is None else SharedPace(self.shared, key, pace))
         self._destinations[key] = destination
         while len(self._destinations) > self.max_destinations:
             _, evicted = self._destinations.popitem(last=False)
@@ -341,12 +352,22 @@ class Cooldowns:
             destination.first_answer = None
 
 
-_shared = Cooldowns()
+_shared: dict[str | None, Cooldowns] = {None: Cooldowns()}
+_shared_lock = threading.Lock()
 
 
-def shared_cooldowns() -> Cooldowns:
-    """The process-wide :class:`Cooldowns` every :class:`~aicoder.http.adapter.LinearBackoffAdapter` uses by default."""
-    return _shared
+def shared_cooldowns(redis_url: str | None = None) -> Cooldowns:
+    """The process-wide :class:`Cooldowns` every :class:`~aicoder.http.adapter.LinearBackoffAdapter` uses by default.
+
+    With ``redis_url``, the one that shares every pace through that Redis
+    (:mod:`aicoder.http.shared`), connected on first use.
+    """
+    with _shared_lock:
+        cooldowns = _shared.get(redis_url)
+        if cooldowns is None:
+            assert redis_url is not None  # the in-process one is always there
+            cooldowns = _shared[redis_url] = Cooldowns(shared=SharedPaces(redis_url))
+        return cooldowns
 
 
 #: The turn of the request being sent in this thread (see :meth:`Turn.enter`).

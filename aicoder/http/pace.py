@@ -53,13 +53,13 @@ class Lane:
         self.burst = burst
         self.tat = tat
 
-    def ready_at(self, cost: float) -> float:
-        """The earliest time a request of ``cost`` units conforms."""
-        return self.tat - max(self.burst - cost, 0.0) / self.rate
+    def ready_at(self, cost: float, share: float = 1.0) -> float:
+        """The earliest time a request of ``cost`` units conforms, if this client has ``share`` of the rate."""
+        return self.tat - max(self.burst - cost, 0.0) / (self.rate * share)
 
-    def take(self, at: float, cost: float) -> None:
+    def take(self, at: float, cost: float, share: float = 1.0) -> None:
         """Grant ``cost`` units at ``at``."""
-        self.tat = max(self.tat, at) + cost / self.rate
+        self.tat = max(self.tat, at) + cost / (self.rate * share)
 
     def __repr__(self) -> str:
         return f"Lane(rate={self.rate:.6g}, burst={self.burst:g}, tat={self.tat:.6f})"
@@ -132,6 +132,29 @@ class Feedback:
         self.regrowth = 0
         self._sends: deque[float] = deque(maxlen=self.SAMPLES)
         self._refusals: deque[float] = deque(maxlen=self.SAMPLES)
+
+    def state(self) -> dict[str, float]:
+        """What another process needs to go on from here (:meth:`restore`): the rate and its curve."""
+        state = {"rate": self.rate, "w_max": self.w_max, "scale": self.scale, "k": self.k, "cut_at": self.cut_at}
+        state |= {"measured": float(self.measured), "slow_start": self.slow_start}
+        return {name: value for name, value in state.items() if value is not None}
+
+    @classmethod
+    def restore(
+        cls, state: dict[str, float], sends: Iterable[float], refusals: Iterable[float], min_rate: float = 1 / 120
+    ) -> Feedback:
+        """A :class:`Feedback` in ``state`` (from :meth:`state`), with these send and refusal samples."""
+        feedback = cls(min_rate)
+        feedback.rate = state.get("rate")
+        feedback.w_max = state.get("w_max", feedback.w_max)
+        feedback.scale = state.get("scale", feedback.scale)
+        feedback.k = state.get("k", feedback.k)
+        feedback.cut_at = state.get("cut_at", feedback.cut_at)
+        feedback.measured = bool(state.get("measured", 0.0))
+        feedback.slow_start = state.get("slow_start")
+        feedback._sends.extend(sends)
+        feedback._refusals.extend(refusals)
+        return feedback
 
     def start_slowly(self, now: float) -> None:
         """Begin slow start: the first answer said nothing of the limits."""
@@ -265,6 +288,8 @@ class Pace:
     def __init__(self, min_rate: float = 1 / 120) -> None:
         #: No turn before this time: the latest hint's expiry.
         self.held_until = 0.0
+        #: The part of the quotas' rates this process may use: 1, unless it paces alone for several clients.
+        self.share = 1.0
         self.lanes: dict[str, Lane] = {}
         self.mirrors: dict[str, Lane] = {}
         self.feedback = Feedback(min_rate)
@@ -288,17 +313,18 @@ class Pace:
         at = now
         if self.held_until - now <= max_wait:
             at = max(at, self.held_until)
+        share = self.share
         for dimension, lane in self._lanes():
             units = _units(cost, dimension)
-            if units / lane.rate <= max_wait:
-                at = max(at, lane.ready_at(units))
+            if units / (lane.rate * share) <= max_wait:
+                at = max(at, lane.ready_at(units, share))
         held_back = False
         ready = self.feedback.ready_at()
         if ready is not None and ready - now <= max_wait:
             held_back = ready >= at
             at = max(at, ready)
         for dimension, lane in self._lanes():
-            lane.take(at, _units(cost, dimension))
+            lane.take(at, _units(cost, dimension), share)
         self.feedback.granted(at)
         return at, held_back
 
@@ -344,8 +370,26 @@ class Pace:
             self.feedback.lane.tat = max(self.feedback.lane.tat, moved[-1] + interval)
         return moved
 
-    def hold(self, until: float) -> bool:
-        """No turn before ``until``; return whether that is later than before."""
+    def sent(self, at: float) -> None:
+        """A request went at ``at``."""
+        self.feedback.sent(at)
+
+    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
+        """A request granted its turn at ``granted_at`` and sent at ``sent_at`` was refused; return whether
+        that cut the rate (see :meth:`Feedback.refused`)."""
+        return self.feedback.refused(now, sent_at, granted_at, hint)
+
+    def accepted(self, now: float, held_back: bool) -> None:
+        """A request succeeded; ``held_back`` if the feedback rate set its turn."""
+        self.feedback.accepted(now, held_back)
+
+    @property
+    def rate(self) -> float | None:
+        """The feedback rate, requests a second, if 429s have set one."""
+        return self.feedback.rate
+
+    def hold(self, until: float, now: float = 0.0) -> bool:
+        """No turn before ``until`` (``now`` is the time it is said at); return whether that is later than before."""
         if until <= self.held_until:
             return False
         self.held_until = until

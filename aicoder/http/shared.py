@@ -1,0 +1,428 @@
+"""One pace per destination for every process and machine on one key: the cooldown's state in Redis.
+
+With ``LLM_RETRY_REDIS_URL`` set, each destination's pace lives in Redis, so that
+gunicorn workers, Celery workers, pods and batch jobs on one API key take their
+turns from one schedule:
+
+- **Each reservation is one atomic Lua script** that reads Redis's own clock
+  (``TIME``, never a client's), computes the turn as :meth:`Pace.next_turn
+  <aicoder.http.pace.Pace.next_turn>` does (hold, lanes, bucket mirrors, feedback
+  rate, slow start), takes it, and returns the wait. No lock is held across a
+  wait: the client sleeps once. That is the one round trip of a request.
+- **Learning** from an answer (its quotas, a hint's hold, a 429's cut, a
+  success's regrowth) is a second call. A cut is computed by the same Python
+  code as in one process (:class:`~aicoder.http.pace.Feedback`), from the
+  samples every process has recorded, and written only if no other process cut
+  meanwhile (compare and set).
+- **Keys** are ``aicoder:{fingerprint}:…``: the hash tag keeps a destination's
+  keys in one slot of a Redis Cluster. Every script renews their TTL, so an
+  idle destination leaves nothing behind, and a worker that crashes holds
+  nothing: its unused turns simply pass.
+- **No API key reaches Redis.** The fingerprint is a keyed BLAKE2b of the
+  credentials, the same in every process (see :func:`~aicoder.http.cooldown.destination_key`).
+- **Redis down is not an outage.** Any Redis error switches every destination
+  to its in-process pace, with one WARNING; a background thread reconnects and
+  says so once. While cut off, the rates learnt from quotas are divided by the
+  number of live clients, which the processes count through heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from aicoder.http.pace import Feedback, Pace
+from aicoder.http.quotas import Quota
+from aicoder.http.tokens import RequestCost
+
+if TYPE_CHECKING:
+    from aicoder.http.cooldown import DestinationKey
+
+__all__ = ["SharedPace", "SharedPaces"]
+
+log = logging.getLogger(__name__)
+
+_DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+# KEYS: pace hash, sends zset. ARGV: max_wait, ttl, member, tokens, input-tokens, output-tokens,
+# slow start rate, its doubling time, its end, samples kept.
+_RESERVE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local max_wait, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local costs = {requests = 1, tokens = tonumber(ARGV[4]), ['input-tokens'] = tonumber(ARGV[5]),
+               ['output-tokens'] = tonumber(ARGV[6])}
+local slow, doubling, slow_end, samples = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local raw = redis.call('HGETALL', KEYS[1])
+local f = {}
+for i = 1, #raw, 2 do f[raw[i]] = tonumber(raw[i + 1]) end
+local at = now
+local hold = f['hold'] or 0
+if hold - now <= max_wait then at = math.max(at, hold) end
+local taken = {}
+for dimension, units in pairs(costs) do
+  for _, kind in ipairs({'L', 'M'}) do
+    local prefix = kind .. ':' .. dimension .. ':'
+    local rate = f[prefix .. 'rate']
+    if rate and rate > 0 and units / rate <= max_wait then
+      local tat = f[prefix .. 'tat'] or 0
+      at = math.max(at, tat - math.max((f[prefix .. 'burst'] or 0) - units, 0) / rate)
+      table.insert(taken, {prefix .. 'tat', tat, units / rate})
+    end
+  end
+end
+local held_back, ready = 0, nil
+if f['S:start'] then
+  ready = f['S:start'] + doubling * math.log(1 + (f['S:granted'] or 0) * math.log(2) / (slow * doubling)) / math.log(2)
+elseif f['F:rate'] and f['F:rate'] > 0 then
+  ready = f['F:tat'] or 0
+end
+if ready and ready - now <= max_wait then
+  if ready >= at then held_back = 1 end
+  at = math.max(at, ready)
+end
+for _, lane in ipairs(taken) do
+  redis.call('HSET', KEYS[1], lane[1], string.format('%.17g', math.max(lane[2], at) + lane[3]))
+end
+if f['S:start'] then
+  redis.call('HINCRBY', KEYS[1], 'S:granted', 1)
+  if slow * 2 ^ ((at - f['S:start']) / doubling) > slow_end then redis.call('HDEL', KEYS[1], 'S:start', 'S:granted') end
+elseif f['F:rate'] and f['F:rate'] > 0 then
+  redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', math.max(f['F:tat'] or 0, at) + 1 / f['F:rate']))
+end
+redis.call('ZADD', KEYS[2], at, ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -samples - 1)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {string.format('%.17g', at - now), held_back, string.format('%.17g', now)}
+"""
+
+# KEYS: pace hash. ARGV: ttl, then triples (field, value, how): how is 'set', 'max' (the larger of the
+# stored value and now + value), or 'start' (now, if neither slow start nor a feedback rate is there).
+_LEARN = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local moved = 0
+for i = 2, #ARGV, 3 do
+  local field, value, how = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if how == 'set' then
+    redis.call('HSET', KEYS[1], field, ARGV[i + 1])
+  elseif how == 'max' then
+    local stored = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+    if now + value > stored then
+      redis.call('HSET', KEYS[1], field, string.format('%.17g', now + value))
+      moved = 1
+    end
+  elseif how == 'start' then
+    if not redis.call('HGET', KEYS[1], 'S:start') and not redis.call('HGET', KEYS[1], 'F:rate') then
+      redis.call('HSET', KEYS[1], 'S:start', string.format('%.17g', now), 'S:granted', 0)
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return moved
+"""
+
+# KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept.
+# Records the refusal; if the request was granted its turn after the last cut, returns the state and
+# the samples for the client to compute the cut.
+_REFUSE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
+if tonumber(ARGV[4]) < cut then return {0} end
+return {1, string.format('%.17g', now), redis.call('HGETALL', KEYS[1]),
+        redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
+"""
+
+# KEYS: pace hash. ARGV: ttl, the cut the client computed from (or '' for none), then field/value pairs.
+# Writes them only if no other client cut meanwhile.
+_CUT = """
+local stored = redis.call('HGET', KEYS[1], 'F:cut') or ''
+if stored ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], 'S:start', 'S:granted')
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS: pace hash, sends zset. ARGV: ttl. A success of a request the feedback rate held back: regrow it
+# along the cubic, to at most twice the send rate measured over the last four sends.
+_REGROW = """
+local raw = redis.call('HGETALL', KEYS[1])
+local f = {}
+for i = 1, #raw, 2 do f[raw[i]] = tonumber(raw[i + 1]) end
+if not f['F:rate'] then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'F:n', 1)
+local grown = f['F:w_max'] * (1 + f['F:scale'] * (n - f['F:k']) ^ 3)
+local recent = redis.call('ZREVRANGE', KEYS[2], 0, 3, 'WITHSCORES')
+if #recent >= 4 then
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+  local measured = (#recent / 2) / math.max(now - tonumber(recent[#recent]), 0.02)
+  grown = math.min(grown, math.max(2 * measured, f['F:rate']))
+end
+if grown > f['F:rate'] then redis.call('HSET', KEYS[1], 'F:rate', string.format('%.17g', grown)) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS: the clients zset. ARGV: this client, how long a client counts as live. Returns the live clients.
+_HEARTBEAT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class SharedPaces:
+    """A connection to Redis, its scripts, its health, and this process's heartbeat. Thread-safe.
+
+    ``url`` is ``redis://``, ``rediss://`` or ``unix://``; ``client`` replaces the
+    connection (for tests). ``ttl`` is how long a destination's state outlives its
+    last request.
+    """
+
+    TTL = 600
+    #: Seconds between heartbeats while Redis is up, between tries to reconnect while it is down.
+    HEARTBEAT, RECONNECT = 2.0, 1.0
+    #: A client whose heartbeat is older than this many seconds no longer counts as live.
+    LIVE = 10
+    #: The most one Redis call may take before Redis counts as down, in seconds.
+    TIMEOUT = 0.25
+    SAMPLES = Feedback.SAMPLES
+
+    def __init__(self, url: str, *, client: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if client is None:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # No retries and short timeouts: a Redis that is down must cost a request a fraction of a second
+            # once, not redis-py's default of three retries with backoff on every call.
+            client = redis.Redis.from_url(
+                url, socket_timeout=self.TIMEOUT, socket_connect_timeout=self.TIMEOUT, retry=Retry(NoBackoff(), 0)
+            )
+        self.url = url
+        self.client = client
+        self._clock = clock
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("reserve", _RESERVE),
+                ("learn", _LEARN),
+                ("refuse", _REFUSE),
+                ("cut", _CUT),
+                ("regrow", _REGROW),
+                ("heartbeat", _HEARTBEAT),
+            )
+        }
+        self.client_id = uuid.uuid4().hex
+        self.live_clients = 1
+        self._healthy = True
+        self._stopped = False
+        self._lock = threading.Condition()
+        self._thread = threading.Thread(target=self._watch, name="aicoder-redis", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        """Whether Redis answered the last call: if not, every pace is the in-process one."""
+        return self._healthy
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name``; on any Redis error, mark Redis down and return ``None``."""
+        if not self._healthy:
+            return None
+        try:
+            return self._scripts[name](keys=keys, args=args)
+        except Exception as error:  # redis-py raises its own errors, and OSErrors from the socket
+            self._down(error)
+            return None
+
+    def close(self) -> None:
+        """Stop the heartbeat and close the connection."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify()
+        self._thread.join(timeout=5)
+        self.client.close()
+
+    def _down(self, error: BaseException) -> None:
+        with self._lock:
+            if self._healthy:
+                self._healthy = False
+                self._lock.notify()  # start trying to reconnect now, not after the next heartbeat
+                log.warning(
+                    "Redis at %s is unreachable (%s): pacing in this process alone, as one of %d clients, "
+                    "until it is back",
+                    _safe(self.url),
+                    type(error).__name__,
+                    self.live_clients,
+                )
+
+    def _watch(self) -> None:
+        """Heartbeat while Redis is up; try to reconnect while it is down."""
+        while True:
+            with self._lock:
+                self._lock.wait(self.HEARTBEAT if self._healthy else self.RECONNECT)
+                if self._stopped:
+                    return
+            try:
+                live = self._scripts["heartbeat"](keys=["aicoder:clients"], args=[self.client_id, self.LIVE])
+            except Exception as error:
+                self._down(error)
+                continue
+            self.live_clients = max(int(live), 1)
+            with self._lock:
+                if not self._healthy:
+                    self._healthy = True
+                    log.warning("Redis at %s is back: the pace is shared again", _safe(self.url))
+
+
+def _safe(url: str) -> str:
+    from aicoder.http.redaction import safe_url
+
+    return safe_url(url)
+
+
+class SharedPace:
+    """A destination's pace in Redis, behind the interface of :class:`~aicoder.http.pace.Pace`.
+
+    Every call goes to Redis and also updates ``local``, the in-process pace that
+    takes over whenever Redis is down: then it paces at its share of the quotas'
+    rates, one over the number of live clients. Times go between this process's
+    clock and Redis's ``TIME`` through the offset the last reservation saw.
+    """
+
+    def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace) -> None:
+        self.shared = shared
+        self.local = local
+        tag = f"aicoder:{{{key.fingerprint}}}"
+        self._pace, self._sends, self._refusals = f"{tag}:pace", f"{tag}:sends", f"{tag}:refusals"
+        self._offset: float | None = None  # Redis's time minus this process's
+
+    @property
+    def held_until(self) -> float:
+        return self.local.held_until
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self.local.counts_tokens
+
+    @property
+    def knows_rate(self) -> bool:
+        return self.local.knows_rate
+
+    @property
+    def rate(self) -> float | None:
+        return self.local.rate
+
+    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> tuple[float, bool]:
+        """Take the next turn from the shared schedule; from the local one, at its share, if Redis is down."""
+        tokens = [cost.of(dimension) if cost is not None else 0 for dimension in _DIMENSIONS[1:]]
+        feedback = (Feedback.SLOW_START, Feedback.DOUBLING, Feedback.SLOW_START_END)
+        answer = self.shared.run(
+            "reserve",
+            [self._pace, self._sends],
+            [min(max_wait, 1e9), self.shared.TTL, _member(), *tokens, *feedback, self.shared.SAMPLES],
+        )
+        if answer is None:
+            self.local.share = 1 / self.shared.live_clients
+            return self.local.next_turn(now, cost, max_wait)
+        self.local.share = 1.0
+        wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
+        self._offset = remote_now - now
+        return now + wait, held_back
+
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
+        """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start."""
+        quotas = tuple(quotas)
+        self.local.learn(now, quotas, first)
+        updates: list[str] = []
+        for dimension, lane in self.local.lanes.items():
+            updates += [f"L:{dimension}:rate", repr(lane.rate), "set"]
+        for dimension, mirror in self.local.mirrors.items():
+            level = max(mirror.tat - now, 0.0)  # the time until the server's bucket is full, as just learnt
+            updates += [f"M:{dimension}:rate", repr(mirror.rate), "set", f"M:{dimension}:burst", repr(mirror.burst)]
+            updates += ["set", f"M:{dimension}:tat", repr(level), "max"]
+        if self.local.held_until > now:
+            updates += ["hold", repr(self.local.held_until - now), "max"]
+        if first and self.local.feedback.slow_start is not None:
+            updates += ["S:start", "0", "start"]
+        if updates:
+            self.shared.run("learn", [self._pace], [self.shared.TTL, *updates])
+
+    def hold(self, until: float, now: float = 0.0) -> bool:
+        moved = self.local.hold(until, now)
+        answer = self.shared.run("learn", [self._pace], [self.shared.TTL, "hold", repr(max(until - now, 0.0)), "max"])
+        return bool(answer) if answer is not None else moved
+
+    def sent(self, at: float) -> None:
+        self.local.sent(at)  # the reservation has recorded the shared sample already
+
+    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
+        """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
+        process has cut meanwhile."""
+        cut = self.local.refused(now, sent_at, granted_at, hint)
+        if self._offset is None:
+            return cut
+        sent_at, granted_at = sent_at + self._offset, granted_at + self._offset
+        keys = [self._pace, self._sends, self._refusals]
+        answer = self.shared.run("refuse", keys, [self.shared.TTL, _member(), sent_at, granted_at, self.shared.SAMPLES])
+        if not answer or not int(answer[0]):
+            return False
+        remote_now, stored = float(answer[1]), _pairs(answer[2])
+        state = {name: float(stored[field]) for name, field in _STATE_FIELDS.items() if field in stored}
+        feedback = Feedback.restore(state, _scores(answer[3]), _scores(answer[4]), self.local.feedback.min_rate)
+        if not feedback.refused(remote_now, sent_at, granted_at, hint):
+            return False
+        written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
+        written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}
+        pairs = [item for field, value in written.items() for item in (field, repr(value))]
+        return bool(self.shared.run("cut", [self._pace], [self.shared.TTL, stored.get("F:cut", ""), *pairs]))
+
+    def accepted(self, now: float, held_back: bool) -> None:
+        self.local.accepted(now, held_back)
+        if held_back:
+            self.shared.run("regrow", [self._pace, self._sends], [self.shared.TTL])
+
+    def reschedule(self, times: list[float]) -> list[float]:
+        return self.local.reschedule(times)
+
+
+#: Where each part of :meth:`Feedback.state` lives in a destination's Redis hash.
+_STATE_FIELDS = {
+    "rate": "F:rate",
+    "w_max": "F:w_max",
+    "scale": "F:scale",
+    "k": "F:k",
+    "cut_at": "F:cut",
+    "measured": "F:measured",
+    "slow_start": "S:start",
+}
+
+
+def _member() -> str:
+    """A unique member for a sample in a sorted set."""
+    return uuid.uuid4().hex[:16]
+
+
+def _pairs(raw: list[Any]) -> dict[str, str]:
+    items = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _scores(raw: list[Any]) -> list[float]:
+    return [float(score) for score in raw[1::2]]

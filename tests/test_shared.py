@@ -1,0 +1,161 @@
+"""The pace shared through a real redis-server: one schedule for every process, and no outage when Redis goes."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aicoder.config import Config, ConfigError
+from aicoder.http.adapter import retrying_session
+from aicoder.http.cooldown import Cooldowns, destination_key
+from aicoder.http.hints import ServerHint
+from aicoder.http.pace import SAFETY_MARGIN
+from aicoder.http.shared import SharedPaces
+from aicoder.testing import RateLimitedEndpoint
+from tests.redis_server import redis_server
+
+KEY = destination_key("https://api.test/v1", {"Authorization": "Bearer sk-SENTINEL-KEY-0123456789"})
+PER_MINUTE = {  # 6,000 a minute: one every 10 ms
+    "x-ratelimit-limit-requests": "6000",
+    "x-ratelimit-remaining-requests": "5999",
+    "x-ratelimit-reset-requests": "10ms",
+}
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    with redis_server(tmp_path) as (url, _):
+        yield url
+
+
+@pytest.fixture
+def two_processes(redis_url: str) -> Iterator[tuple[Cooldowns, Cooldowns]]:
+    """Two Cooldowns with connections of their own to one Redis, as two processes would have."""
+    first, second = SharedPaces(redis_url), SharedPaces(redis_url)
+    yield Cooldowns(shared=first, probe_timeout=0.01), Cooldowns(shared=second, probe_timeout=0.01)
+    first.close()
+    second.close()
+
+
+def test_turns_come_from_one_schedule(two_processes: tuple[Cooldowns, Cooldowns]) -> None:
+    """What one process learns paces the other: their turns interleave at the server's rate, not twice it."""
+    a, b = two_processes
+    a.observe(a.take_turn(KEY), 200, PER_MINUTE)
+    b.observe(b.take_turn(KEY), 200, PER_MINUTE)
+    sent = sorted(
+        turn.sent_at for turn in itertools.chain.from_iterable((a.take_turn(KEY), b.take_turn(KEY)) for _ in range(5))
+    )
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert min(gaps) >= 0.01 / (1 - SAFETY_MARGIN) * 0.9
+
+
+def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns, Cooldowns]) -> None:
+    """A hint one process reads holds the first attempts of another."""
+    a, b = two_processes
+    b.observe(b.take_turn(KEY), 200, {})
+    a.observe(a.take_turn(KEY), 429, {}, ServerHint(0.2, "retry-after-ms"))
+    started = time.monotonic()
+    b.take_turn(KEY)
+    assert time.monotonic() - started >= 0.15
+
+
+def test_redis_holds_no_key_and_forgets_idle_destinations(redis_url: str) -> None:
+    """Keys carry a hash tag and a TTL; neither names nor values hold the API key."""
+    import redis
+
+    shared = SharedPaces(redis_url)
+    cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+    cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+    cooldowns.take_turn(KEY)
+    client = redis.Redis.from_url(redis_url)
+    keys = [key.decode() for key in client.keys("aicoder:{*")]
+    assert keys and all(key.startswith(f"aicoder:{{{KEY.fingerprint}}}:") for key in keys)
+    assert all(0 < client.ttl(key) <= SharedPaces.TTL for key in keys)
+    dump = b"".join([*(client.dump(key) or b"" for key in keys), *map(str.encode, keys)])
+    assert b"SENTINEL" not in dump
+    shared.close()
+
+
+def test_redis_down_is_not_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis killed: turns go on from the in-process pace, with one WARNING; restarted: one more, and shared again."""
+    caplog.set_level(logging.WARNING, logger="aicoder")
+    with redis_server(tmp_path) as (url, process):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        shared = SharedPaces(url)
+        shared.RECONNECT = 0.05
+        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+        process.kill()
+        process.wait()
+        for _ in range(20):
+            cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+        assert not shared.healthy
+        with redis_server(tmp_path, port=port):
+            deadline = time.monotonic() + 5
+            while not shared.healthy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert shared.healthy
+            cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+        shared.close()
+    messages = [record.getMessage() for record in caplog.records if "Redis" in record.getMessage()]
+    assert len(messages) == 2
+    assert "unreachable" in messages[0] and "is back" in messages[1]
+
+
+def test_a_redis_url_needs_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py, a Redis URL is a ConfigError saying what to install; a URL of another scheme is refused."""
+    import importlib.util
+
+    with pytest.raises(ConfigError, match=r"LLM_RETRY_REDIS_URL=.* is not allowed"):
+        Config(redis_url="http://cache.test")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'aicoder\[redis\]'"):
+        Config.load(environ={"LLM_RETRY_REDIS_URL": "redis://127.0.0.1:6379/0"})
+
+
+def _worker(url: str, redis_url: str, requests_each: int, threads: int, results: multiprocessing.Queue) -> None:
+    """One process: ``threads`` threads sending ``requests_each`` each, through the shared pace."""
+    import threading
+
+    session = retrying_session(Config(redis_url=redis_url), pool_maxsize=threads)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        for _ in range(requests_each):
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            status = session.post(f"{url}/chat/completions", json=body, timeout=30).status_code
+            with lock:
+                statuses.append(status)
+
+    workers = [threading.Thread(target=send) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put(statuses)
+
+
+def test_processes_share_one_pace(redis_url: str) -> None:
+    """Three processes x three threads on one key, at 100 a second: every request answered, few 429s."""
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
+        processes = [
+            context.Process(target=_worker, args=(endpoint.base_url, redis_url, 4, 3, results)) for _ in range(3)
+        ]
+        for process in processes:
+            process.start()
+        statuses = [status for _ in processes for status in results.get(timeout=60)]
+        for process in processes:
+            process.join(timeout=30)
+        stats = endpoint.stats()
+    assert statuses == [200] * 36
+    assert stats.rate_limited <= 4
