@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from tqdm import tqdm
 
-from aicoder.config import COUNT, DELAY, HINT_CAP, Bounds, Config, ConfigError, parse
+from aicoder.config import COUNT, DELAY, HINT_CAP, Bounds, Config, ConfigError, check_redis_url, parse
 from aicoder.http.schedule import linear_delays
 from aicoder.instrumentation import PrometheusHook, get_hooks, set_hooks
 from aicoder.llm.api_client import LLMClient
@@ -129,6 +129,21 @@ def _build_parser() -> _ArgumentParser:
         help="share of the endpoint's capacity another client on the same key takes, 0 to 0.9 (default: 0)",
     )
     simulate.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        help=f"processes sending, each with --concurrency threads, all on one key, 1 to {MAX_PROCESSES} "
+        "(default: %(default)s)",
+    )
+    simulate.add_argument(
+        "--redis",
+        metavar="URL",
+        type=_redis_url,
+        help="share the pace of every process through this Redis (LLM_RETRY_REDIS_URL; needs aicoder[redis]); "
+        "'local' starts a throwaway redis-server on 127.0.0.1. Unless --json or --no-compare is given, the same "
+        "batch first runs with a pace per process, shown beside",
+    )
+    simulate.add_argument(
         "--provider",
         choices=["openrouter", "openai"],
         default="openrouter",
@@ -165,6 +180,8 @@ _RETRY_FLAGS = {
 }
 #: The most threads ``simulate`` starts: more would measure the machine, not the retries.
 MAX_CONCURRENCY = 1000
+#: The most processes ``simulate`` starts, for the same reason.
+MAX_PROCESSES = 64
 
 
 def _add_retry_flags(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +209,19 @@ def _at_least_one(text: str) -> int:
 
 def _threads(text: str) -> int:
     return int(_number(text, Bounds(1, MAX_CONCURRENCY, True, f"a number of threads from 1 to {MAX_CONCURRENCY}")))
+
+
+def _processes(text: str) -> int:
+    return int(_number(text, Bounds(1, MAX_PROCESSES, True, f"a number of processes from 1 to {MAX_PROCESSES}")))
+
+
+def _redis_url(text: str) -> str:
+    if text == "local":
+        return text
+    try:
+        return str(check_redis_url("--redis", text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> float:
@@ -251,11 +281,24 @@ def _schedule(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     config = _retry_config(args)
-    # Shown side by side, a batch without coordination makes the retries, and what coordination
-    # saves, visible at a glance.
+    with contextlib.ExitStack() as stack:
+        if args.redis == "local":
+            config = dataclasses.replace(config, redis_url=_start_local_redis(stack))
+        elif args.redis is not None:
+            config = dataclasses.replace(config, redis_url=args.redis)
+        return _simulate_with(args, config)
+
+
+def _simulate_with(args: argparse.Namespace, config: Config) -> int:
+    # Shown side by side, a batch without coordination (or, with Redis, with a pace per process)
+    # makes the retries, and what coordination saves, visible at a glance.
     compare = config.retry_coordinate and not args.json and not args.no_compare
-    runs = [("coordination off", dataclasses.replace(config, retry_coordinate=False))] if compare else []
-    runs.append(("as configured" if compare else "result", config))
+    runs = []
+    if compare and config.redis_url is not None:
+        runs.append(("pace per process", dataclasses.replace(config, redis_url=None)))
+    elif compare:
+        runs.append(("coordination off", dataclasses.replace(config, retry_coordinate=False)))
+    runs.append((_label(config, compare), config))
     results: list[tuple[str, SimulationResult]] = []
     metrics = _metrics_registry() if args.metrics else None
     for label, settings in runs:
@@ -276,6 +319,23 @@ def _simulate(args: argparse.Namespace) -> int:
         print()
         print(prometheus_client.generate_latest(metrics).decode(), end="")
     return EXIT_OK if result.failed == 0 else EXIT_FAILED
+
+
+def _label(config: Config, compared: bool) -> str:
+    if config.redis_url is not None and config.retry_coordinate:
+        return "pace in Redis"
+    return "as configured" if compared else "result"
+
+
+def _start_local_redis(stack: contextlib.ExitStack) -> str:
+    """Start a throwaway redis-server for the run, stopped when ``stack`` closes; its URL."""
+    from aicoder.testing.redis import RedisUnavailableError, local_redis
+
+    try:
+        url, _ = stack.enter_context(local_redis())
+    except RedisUnavailableError as exc:
+        raise ConfigError(f"--redis local: {exc}") from None
+    return str(check_redis_url("--redis", url))
 
 
 def _metrics_registry() -> Any:
@@ -318,6 +378,7 @@ def _run_batch(args: argparse.Namespace, config: Config, label: str) -> Simulati
             config=config,
             dialect=args.dialect,
             foreign=args.foreign,
+            processes=args.processes,
             on_progress=progress,
         )
     finally:
@@ -332,6 +393,8 @@ def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
         "rate": args.rate,
         "burst": args.burst,
         "concurrency": args.concurrency,
+        "processes": args.processes,
+        "redis": config.redis_url is not None,
         "retry_count": config.retry_count,
         "retry_min_delay": config.retry_min_delay,
         "retry_max_delay": config.retry_max_delay,
@@ -341,12 +404,18 @@ def _settings(args: argparse.Namespace, config: Config) -> dict[str, object]:
     }
 
 
+def _senders(args: argparse.Namespace) -> str:
+    if args.processes == 1:
+        return f"{args.concurrency} threads"
+    return f"{args.processes} processes x {args.concurrency} threads on one key"
+
+
 def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple[str, SimulationResult]]) -> None:
     hints = "server hints respected" if config.retry_respect_retry_after else "server hints ignored"
     coordination = "coordinated" if config.retry_coordinate else "not coordinated"
     foreign = f", another client takes {args.foreign:.0%} of it" if args.foreign else ""
     print(
-        f"aicoder simulate: {args.requests} requests from {args.concurrency} threads via {args.provider}, "
+        f"aicoder simulate: {args.requests} requests from {_senders(args)} via {args.provider}, "
         f"endpoint allows {args.rate:g}/s with a burst of {args.burst}{foreign}, dialect {args.dialect}"
     )
     print(

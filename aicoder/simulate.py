@@ -8,10 +8,14 @@ rate limit before they meet a paid API.
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import math
+import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -99,15 +103,18 @@ def simulate(
     config: Config,
     dialect: str = "openai",
     foreign: float = 0.0,
+    processes: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     """Send ``requests`` completions from ``concurrency`` threads sharing one client, and measure.
 
     The retry settings come from ``config``; its keys and base URLs are replaced
     to point at a fresh :class:`RateLimitedEndpoint` speaking ``dialect``, of
-    whose capacity another client takes the share ``foreign``.
-    ``on_progress(done, rate_limited)`` is called from the calling thread about
-    ten times a second.
+    whose capacity another client takes the share ``foreign``. With ``processes``
+    above 1, that many processes each run ``concurrency`` threads, on the same key:
+    they share one pace only through ``config.redis_url``. The clock starts once
+    every process is ready. ``on_progress(done, rate_limited)`` is called from
+    the calling thread about ten times a second.
     """
     with RateLimitedEndpoint(rate, burst, dialect=dialect, foreign=foreign, token_cost=request_tokens()) as endpoint:
         local = replace(
@@ -117,31 +124,12 @@ def simulate(
             openai_api_key=LOCAL_KEY,
             openai_base_url=endpoint.base_url,
         )
-        session = retrying_session(local, pool_maxsize=max(10, concurrency))
-        client = LLMClient(f"{provider}/local-model", config=local, session=session)
         batch = _Batch(requests)
-
-        def work() -> None:
-            while (index := batch.claim()) is not None:
-                sent = time.monotonic()
-                try:
-                    client.sendRequest(SYSTEM_PROMPT, prompt(index), verbose=False)
-                except RuntimeError as exc:
-                    batch.finish(time.monotonic() - sent, str(exc))
-                else:
-                    batch.finish(time.monotonic() - sent, None)
-
-        started = time.monotonic()
-        workers = [threading.Thread(target=work, name=f"aicoder-simulate-{n}", daemon=True) for n in range(concurrency)]
-        for worker in workers:
-            worker.start()
-        while not batch.finished.wait(0.1):
-            if on_progress is not None:
-                on_progress(batch.done, endpoint.stats().rate_limited)
-        wall = time.monotonic() - started
-        for worker in workers:
-            worker.join()
-        session.close()
+        with _senders(provider, local, concurrency, processes, batch) as started:
+            while not batch.finished.wait(0.1):
+                if on_progress is not None:
+                    on_progress(batch.done, endpoint.stats().rate_limited)
+            wall = time.monotonic() - started
         stats = endpoint.stats()
 
     if on_progress is not None:
@@ -159,6 +147,121 @@ def simulate(
         first_error=batch.errors[0] if batch.errors else None,
         completed_ideal_seconds=ideal_seconds(succeeded, rate, burst, foreign),
     )
+
+
+@contextmanager
+def _senders(provider: Provider, config: Config, threads: int, processes: int, batch: _Batch) -> Iterator[float]:
+    """Send ``batch`` from ``threads`` threads in this process, or in each of ``processes`` processes;
+    yield the time the sending began."""
+    if processes == 1:
+        session = retrying_session(config, pool_maxsize=max(10, threads))
+        client = LLMClient(f"{provider}/local-model", config=config, session=session)
+        workers = [
+            threading.Thread(target=_send_all, args=(client, batch.claim, batch.finish), daemon=True)
+            for _ in range(threads)
+        ]
+        started = time.monotonic()
+        for worker in workers:
+            worker.start()
+        yield started
+        for worker in workers:
+            worker.join()
+        session.close()
+        return
+    context = multiprocessing.get_context("spawn")
+    claimed, ready, go = context.Value("i", 0), context.Semaphore(0), context.Event()
+    results: Any = context.Queue()
+    log_records: Any = context.Queue()
+    level = logging.getLogger("aicoder").getEffectiveLevel()
+    members = [
+        context.Process(
+            target=_process_main,
+            args=(provider, config, threads, batch.size, level, claimed, ready, go, results, log_records),
+            name=f"aicoder-simulate-{n}",
+            daemon=True,
+        )
+        for n in range(processes)
+    ]
+    for member in members:
+        member.start()
+    for _ in members:
+        ready.acquire()
+
+    def collect() -> None:
+        for _ in range(batch.size):
+            batch.finish(*results.get())
+
+    def relay_logs() -> None:
+        # The processes' log records reach this process's handlers, such as the CLI's.
+        while (record := log_records.get()) is not None:
+            logging.getLogger(record.name).handle(record)
+
+    helpers = [threading.Thread(target=collect, daemon=True), threading.Thread(target=relay_logs, daemon=True)]
+    for helper in helpers:
+        helper.start()
+    started = time.monotonic()
+    go.set()
+    try:
+        yield started
+    finally:
+        for member in members:
+            member.join(timeout=10)
+        log_records.put(None)
+        for helper in helpers:
+            helper.join(timeout=5)
+
+
+def _send_all(client: LLMClient, claim: Callable[[], int | None], finish: Callable[[float, str | None], None]) -> None:
+    """Send the batch's requests, one after another, as long as there are any left."""
+    while (index := claim()) is not None:
+        sent = time.monotonic()
+        try:
+            client.sendRequest(SYSTEM_PROMPT, prompt(index), verbose=False)
+        except RuntimeError as exc:
+            finish(time.monotonic() - sent, str(exc))
+        else:
+            finish(time.monotonic() - sent, None)
+
+
+def _process_main(
+    provider: Provider,
+    config: Config,
+    threads: int,
+    size: int,
+    level: int,
+    claimed: Any,
+    ready: Any,
+    go: Any,
+    results: Any,
+    log_records: Any,
+) -> None:
+    """One process of a batch: ``threads`` threads claiming its requests from the counter shared with the
+    others, its results and aicoder's log records sent back to the parent."""
+    logger = logging.getLogger("aicoder")
+    logger.setLevel(level)
+    logger.propagate = False
+    logger.addHandler(logging.handlers.QueueHandler(log_records))
+
+    def claim() -> int | None:
+        with claimed.get_lock():
+            if claimed.value >= size:
+                return None
+            claimed.value += 1
+            return int(claimed.value)
+
+    session = retrying_session(config, pool_maxsize=max(10, threads))
+    client = LLMClient(f"{provider}/local-model", config=config, session=session)
+    workers = [
+        threading.Thread(target=_send_all, args=(client, claim, lambda *result: results.put(result)), daemon=True)
+        for _ in range(threads)
+    ]
+    ready.release()
+    go.wait()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    session.close()
 
 
 class _Batch:

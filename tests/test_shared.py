@@ -65,6 +65,47 @@ def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns,
     assert time.monotonic() - started >= 0.15
 
 
+def test_a_hold_from_one_process_moves_the_turns_another_has_waiting(
+    two_processes: tuple[Cooldowns, Cooldowns],
+) -> None:
+    """Turns already handed out in one process move behind a hold read in another: the waiting thread follows."""
+    a, b = two_processes
+    a.observe(a.take_turn(KEY), 200, PER_MINUTE)
+    pace = a.pace(KEY)
+    assert pace is not None
+    grants = [pace.next_turn(time.monotonic(), None) for _ in range(5)]  # 10 ms apart, as if five threads waited
+    b.observe(b.take_turn(KEY), 429, {}, ServerHint(0.3, "retry-after-ms"))
+    held = time.monotonic() + 0.25
+    waiting = [grant for grant in grants if grant.at > grants[0].at]  # the first went at once
+    moved = pace.reschedule([grant.at for grant in waiting], [grant.ticket for grant in waiting])
+    assert len(waiting) == 4
+    assert all(at >= held for at in moved)
+    assert len(set(moved)) == 4  # and spaced by the rate the 429 cut to
+
+
+def test_a_thread_waiting_for_its_turn_follows_a_hold_from_another_process(
+    two_processes: tuple[Cooldowns, Cooldowns],
+) -> None:
+    """A thread asleep until its turn wakes later when another process holds the destination meanwhile."""
+    import threading
+
+    a, b = two_processes
+    a.observe(a.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600"})  # one every 100 ms
+    b.observe(b.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600"})
+    refused = b.take_turn(KEY)
+    sent: list[float] = []
+    waiters = [threading.Thread(target=lambda: a.take_turn(KEY) and sent.append(time.monotonic())) for _ in range(3)]
+    started = time.monotonic()
+    for waiter in waiters:  # their turns: in 100, 200 and 300 ms
+        waiter.start()
+    time.sleep(0.05)
+    b.observe(refused, 429, {}, ServerHint(0.5, "retry-after-ms"))
+    for waiter in waiters:
+        waiter.join(timeout=5)
+    assert len(sent) == 3
+    assert sorted(sent)[1] - started >= 0.45
+
+
 def test_redis_holds_no_key_and_forgets_idle_destinations(redis_url: str) -> None:
     """Keys carry a hash tag and a TTL; neither names nor values hold the API key."""
     import redis

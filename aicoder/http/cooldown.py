@@ -93,13 +93,13 @@ def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationK
 class _Destination:
     """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
 
-    __slots__ = ("first_answer", "key", "learned_at", "pace", "pending")
+    __slots__ = ("first_answer", "followed_at", "key", "learned_at", "pace", "pending")
 
     def __init__(self, key: DestinationKey, pace: Pace | SharedPace) -> None:
         self.key = key
         self.pace = pace
-        #: When the quotas of an answer were last read (monotonic seconds).
-        self.learned_at = -math.inf
+        #: When the quotas of an answer were last read, and pending turns last asked if they moved (monotonic).
+        self.learned_at = self.followed_at = -math.inf
         #: Turns handed out whose time has not come yet: a hold or a cut moves them.
         self.pending: set[Turn] = set()
         #: Set once the first request's answer (or failure) is in; ``None`` after that.
@@ -109,7 +109,17 @@ class _Destination:
 class Turn:
     """One request's place at its destination: when its current attempt went, and what it costs."""
 
-    __slots__ = ("_body", "_cost", "cooldowns", "destination", "granted_at", "held_back", "queued", "sent_at")
+    __slots__ = (
+        "_body",
+        "_cost",
+        "cooldowns",
+        "destination",
+        "granted_at",
+        "held_back",
+        "queued",
+        "sent_at",
+        "ticket",
+    )
 
     def __init__(self, cooldowns: Cooldowns, destination: _Destination, body: object = None) -> None:
         self.cooldowns = cooldowns
@@ -118,6 +128,8 @@ class Turn:
         self.granted_at = self.sent_at = 0.0
         #: Whether the destination's feedback rate, not its other limits, set the current attempt's turn.
         self.held_back = False
+        #: What names the current attempt's turn where the pace is kept, if not in this process.
+        self.ticket: str | None = None
         #: Seconds spent so far waiting for turns behind other requests (not the retries' own backoffs).
         self.queued = 0.0
         self._body = body
@@ -257,26 +269,33 @@ class Cooldowns:
         return max(delay, 0.0) + self._wait_until_sent(turn)
 
     def _wait_until_sent(self, turn: Turn) -> float:
-        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds."""
-        target = turn.sent_at
-        waited = target - turn.granted_at
-        if waited > 0:
-            self._sleep(waited)
+        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds.
+
+        Where the pace is shared with other processes, a hold or cut made there moves
+        the turn too: the wait then asks every ``FOLLOW_EVERY`` seconds.
+        """
+        destination = turn.destination
+        every = destination.pace.FOLLOW_EVERY
+        now = start = turn.granted_at
         while True:
             with self._lock:
-                moved = turn.sent_at
-                if moved <= target:
-                    turn.destination.pending.discard(turn)
-                    turn.destination.pace.sent(moved)
-                    turn.queued += max(waited, 0.0)
-                    return max(waited, 0.0)
-            self._sleep(moved - target)
-            waited, target = waited + moved - target, moved
+                if every is not None and now - destination.followed_at >= every and now > start:
+                    destination.followed_at = now
+                    self._reschedule(destination, now, followed=True)
+                target = turn.sent_at
+                if target <= now:
+                    destination.pending.discard(turn)
+                    destination.pace.sent(target)
+                    turn.queued += now - start
+                    return now - start
+            step = target - now if every is None else min(target - now, every)
+            self._sleep(step)
+            now = target if step >= target - now else now + step
 
     def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
         """Take the destination's next turn for ``turn``; return the seconds until it comes. Lock held."""
         now = turn.granted_at = self._clock()
-        turn.sent_at, turn.held_back = turn.destination.pace.next_turn(now, cost, max_wait)
+        turn.sent_at, turn.held_back, turn.ticket = turn.destination.pace.next_turn(now, cost, max_wait)
         if turn.sent_at > now:
             turn.destination.pending.add(turn)
         return turn.sent_at - now
@@ -323,11 +342,19 @@ class Cooldowns:
             holding(holds)  # outside the lock: hooks are the user's code
 
     @staticmethod
-    def _reschedule(destination: _Destination, now: float) -> None:
-        """Move the turns handed out but not yet due behind a new hold or rate: they are granted anew."""
-        pending = sorted((turn for turn in destination.pending if turn.sent_at > now), key=lambda turn: turn.sent_at)
-        for turn, at in zip(pending, destination.pace.reschedule([turn.sent_at for turn in pending]), strict=True):
-            turn.sent_at, turn.granted_at = at, now
+    def _reschedule(destination: _Destination, now: float, *, followed: bool = False) -> None:
+        """Move the turns handed out but not yet due behind a new hold or rate: they are granted anew. Lock held.
+
+        ``followed``: the hold or rate came from another process, through the shared
+        pace; only the turns it moved are granted anew.
+        """
+        # Followed, a turn due now has not gone yet: it is asking whether it may.
+        due = [turn for turn in destination.pending if turn.sent_at > now or (followed and turn.sent_at == now)]
+        pending = sorted(due, key=lambda turn: turn.sent_at)
+        times = destination.pace.reschedule([turn.sent_at for turn in pending], [turn.ticket for turn in pending])
+        for turn, at in zip(pending, times, strict=True):
+            if not followed or at != turn.sent_at:
+                turn.sent_at, turn.granted_at = at, now
 
     def failed(self, turn: Turn) -> None:
         """The request got no answer at all; let those waiting on a first answer go."""

@@ -24,12 +24,13 @@ import bisect
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
-__all__ = ["Feedback", "Lane", "Pace"]
+__all__ = ["Feedback", "Grant", "Lane", "Pace"]
 
 #: Pace a little slower than the server allows: its clock and ours drift, and requests arrive with jitter.
 SAFETY_MARGIN = 0.01
@@ -145,16 +146,28 @@ class Feedback:
     ) -> Feedback:
         """A :class:`Feedback` in ``state`` (from :meth:`state`), with these send and refusal samples."""
         feedback = cls(min_rate)
-        feedback.rate = state.get("rate")
-        feedback.w_max = state.get("w_max", feedback.w_max)
-        feedback.scale = state.get("scale", feedback.scale)
-        feedback.k = state.get("k", feedback.k)
-        feedback.cut_at = state.get("cut_at", feedback.cut_at)
-        feedback.measured = bool(state.get("measured", 0.0))
-        feedback.slow_start = state.get("slow_start")
+        feedback._load(state)
         feedback._sends.extend(sends)
         feedback._refusals.extend(refusals)
         return feedback
+
+    def adopt(self, state: dict[str, float], now: float) -> None:
+        """Go on from ``state`` (from :meth:`state`), learnt elsewhere, keeping this one's samples and lane."""
+        cut_at = self.cut_at
+        self._load(state)
+        if self.cut_at != cut_at:
+            self.regrowth = 0
+        if self.rate is not None:
+            self._set(self.rate, now)
+
+    def _load(self, state: dict[str, float]) -> None:
+        self.rate = state.get("rate")
+        self.w_max = state.get("w_max", self.w_max)
+        self.scale = state.get("scale", self.scale)
+        self.k = state.get("k", self.k)
+        self.cut_at = state.get("cut_at", self.cut_at)
+        self.measured = bool(state.get("measured", 0.0))
+        self.slow_start = state.get("slow_start")
 
     def start_slowly(self, now: float) -> None:
         """Begin slow start: the first answer said nothing of the limits."""
@@ -194,9 +207,14 @@ class Feedback:
         """A request went at ``at``: a sample for the send rate and for what the server accepted."""
         self._sends.append(at)
 
+    def refusal(self, sent_at: float) -> None:
+        """A request sent at ``sent_at`` was refused: a sample for what the server accepted."""
+        self._refusals.append(sent_at)
+
     def send_rate(self, now: float) -> float | None:
         """Requests a second over the last few sends, up to ``now``: a pause lowers it at once."""
-        recent = list(itertools.islice(reversed(self._sends), self.MEASURED_SENDS))
+        past = (at for at in reversed(self._sends) if at <= now)  # a shared pace also knows the turns to come
+        recent = list(itertools.islice(past, self.MEASURED_SENDS))
         if len(recent) < 2:
             return None
         return len(recent) / max(now - recent[-1], self.MIN_WINDOW)
@@ -206,7 +224,7 @@ class Feedback:
 
         ``hint`` is the server's precise wait, if it gave one. Returns whether the rate was cut.
         """
-        self._refusals.append(sent_at)
+        self.refusal(sent_at)
         if granted_at < self.cut_at:
             return False
         rate = self.rate
@@ -282,8 +300,20 @@ class Feedback:
         return None, False
 
 
+class Grant(NamedTuple):
+    """A turn handed out: its time, whether the feedback rate set it, and what names it where the pace is kept."""
+
+    at: float
+    held_back: bool
+    ticket: str | None = None
+
+
 class Pace:
     """Everything known about when one destination takes requests; see the module docstring."""
+
+    #: How often threads waiting for their turns ask whether a hold or cut made elsewhere moved them, in
+    #: seconds; ``None``: only this process moves them, and tells them at once.
+    FOLLOW_EVERY: float | None = None
 
     def __init__(self, min_rate: float = 1 / 120) -> None:
         #: No turn before this time: the latest hint's expiry.
@@ -304,7 +334,7 @@ class Pace:
         """Whether a request's token cost matters here: the server has told of a token limit."""
         return any(dimension != "requests" for dimension in (*self.lanes, *self.mirrors))
 
-    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> tuple[float, bool]:
+    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> Grant:
         """Take the next turn for a request of ``cost``; return its time, and whether the feedback rate set it.
 
         A hold, or one lane's step, longer than ``max_wait`` is not waited for: the
@@ -326,7 +356,7 @@ class Pace:
         for dimension, lane in self._lanes():
             lane.take(at, _units(cost, dimension), share)
         self.feedback.granted(at)
-        return at, held_back
+        return Grant(at, held_back)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
         """Adopt the limits an answer describes; a ``first`` success that tells no rate starts slow start."""
@@ -355,11 +385,12 @@ class Pace:
             else:
                 lane.rate = rate
 
-    def reschedule(self, times: list[float]) -> list[float]:
+    def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
         """Move turns already handed out (sorted ``times``) behind the hold and the feedback rate, if they changed.
 
         Threads asleep until their turn then wake at the new time: a cut or a hold
         takes effect at once, not after the queue granted at the old rate has drained.
+        (``tickets`` name the turns where the pace is kept elsewhere; here they are unused.)
         """
         moved: list[float] = []
         interval = 1 / self.feedback.rate if self.feedback.rate else 0.0

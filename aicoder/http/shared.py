@@ -33,10 +33,10 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aicoder.http.pace import Feedback, Pace
+from aicoder.http.pace import Feedback, Grant, Pace
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
@@ -102,9 +102,35 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return {string.format('%.17g', at - now), held_back, string.format('%.17g', now)}
 """
 
-# KEYS: pace hash. ARGV: ttl, then triples (field, value, how): how is 'set', 'max' (the larger of the
+# Moves every turn not yet due (the sends to come) behind the hold, and at most the feedback rate apart:
+# a hold or a cut takes effect for every process's queue at once. The processes follow their turns.
+# KEYS: pace hash, sends zset.
+_RESCHEDULE = """
+local function reschedule(now)
+  local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
+  local rate = tonumber(redis.call('HGET', KEYS[1], 'F:rate') or '0')
+  local interval = rate > 0 and 1 / rate or 0
+  local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
+  local last = nil
+  for i = 1, #turns, 2 do
+    local at = math.max(tonumber(turns[i + 1]), hold)
+    if last then at = math.max(at, last + interval) end
+    redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i])
+    last = at
+  end
+  local tat = tonumber(redis.call('HGET', KEYS[1], 'F:tat') or '0')
+  if last and interval > 0 and last + interval > tat then
+    redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', last + interval))
+  end
+end
+"""
+
+# KEYS: pace hash, sends zset. ARGV: ttl, then triples (field, value, how): how is 'set', 'max' (the larger of the
 # stored value and now + value), or 'start' (now, if neither slow start nor a feedback rate is there).
-_LEARN = """
+# A hold that moves reschedules the turns to come.
+_LEARN = (
+    _RESCHEDULE
+    + """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local moved = 0
@@ -116,7 +142,7 @@ for i = 2, #ARGV, 3 do
     local stored = tonumber(redis.call('HGET', KEYS[1], field) or '0')
     if now + value > stored then
       redis.call('HSET', KEYS[1], field, string.format('%.17g', now + value))
-      moved = 1
+      if field == 'hold' then moved = 1 end
     end
   elseif how == 'start' then
     if not redis.call('HGET', KEYS[1], 'S:start') and not redis.call('HGET', KEYS[1], 'F:rate') then
@@ -124,13 +150,15 @@ for i = 2, #ARGV, 3 do
     end
   end
 end
+if moved == 1 then reschedule(now) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return moved
 """
+)
 
 # KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept.
-# Records the refusal; if the request was granted its turn after the last cut, returns the state and
-# the samples for the client to compute the cut.
+# Records the refusal. If the request was granted its turn after the last cut, returns the state and
+# the samples for the client to compute the cut; else the state alone, to pace by.
 _REFUSE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
@@ -138,20 +166,30 @@ redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
 local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
-if tonumber(ARGV[4]) < cut then return {0} end
+if tonumber(ARGV[4]) < cut then return {0, string.format('%.17g', now), redis.call('HGETALL', KEYS[1])} end
 return {1, string.format('%.17g', now), redis.call('HGETALL', KEYS[1]),
         redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
 """
 
-# KEYS: pace hash. ARGV: ttl, the cut the client computed from (or '' for none), then field/value pairs.
-# Writes them only if no other client cut meanwhile.
-_CUT = """
+# KEYS: pace hash, sends zset. ARGV: ttl, the cut the client computed from (or '' for none), then
+# field/value pairs. Writes them only if no other client cut meanwhile, and reschedules the turns to come.
+_CUT = (
+    _RESCHEDULE
+    + """
 local stored = redis.call('HGET', KEYS[1], 'F:cut') or ''
 if stored ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], 'S:start', 'S:granted')
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local clock = redis.call('TIME')
+reschedule(tonumber(clock[1]) + tonumber(clock[2]) / 1e6)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
+"""
+)
+
+# KEYS: sends zset. ARGV: tickets. Their turns' times now, or nil for those no longer kept.
+_WHEN = """
+return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 """
 
 # KEYS: pace hash, sends zset. ARGV: ttl. A success of a request the feedback rate held back: regrow it
@@ -163,10 +201,10 @@ for i = 1, #raw, 2 do f[raw[i]] = tonumber(raw[i + 1]) end
 if not f['F:rate'] then return 0 end
 local n = redis.call('HINCRBY', KEYS[1], 'F:n', 1)
 local grown = f['F:w_max'] * (1 + f['F:scale'] * (n - f['F:k']) ^ 3)
-local recent = redis.call('ZREVRANGE', KEYS[2], 0, 3, 'WITHSCORES')
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local recent = redis.call('ZREVRANGEBYSCORE', KEYS[2], string.format('%.17g', now), '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
 if #recent >= 4 then
-  local clock = redis.call('TIME')
-  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
   local measured = (#recent / 2) / math.max(now - tonumber(recent[#recent]), 0.02)
   grown = math.min(grown, math.max(2 * measured, f['F:rate']))
 end
@@ -225,6 +263,7 @@ class SharedPaces:
                 ("refuse", _REFUSE),
                 ("cut", _CUT),
                 ("regrow", _REGROW),
+                ("when", _WHEN),
                 ("heartbeat", _HEARTBEAT),
             )
         }
@@ -306,6 +345,9 @@ class SharedPace:
     clock and Redis's ``TIME`` through the offset the last reservation saw.
     """
 
+    #: Waiting turns ask every so often whether another process's hold or cut moved them.
+    FOLLOW_EVERY = 0.1
+
     def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace) -> None:
         self.shared = shared
         self.local = local
@@ -329,14 +371,15 @@ class SharedPace:
     def rate(self) -> float | None:
         return self.local.rate
 
-    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> tuple[float, bool]:
+    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> Grant:
         """Take the next turn from the shared schedule; from the local one, at its share, if Redis is down."""
         tokens = [cost.of(dimension) if cost is not None else 0 for dimension in _DIMENSIONS[1:]]
         feedback = (Feedback.SLOW_START, Feedback.DOUBLING, Feedback.SLOW_START_END)
+        ticket = _member()
         answer = self.shared.run(
             "reserve",
             [self._pace, self._sends],
-            [min(max_wait, 1e9), self.shared.TTL, _member(), *tokens, *feedback, self.shared.SAMPLES],
+            [min(max_wait, 1e9), self.shared.TTL, ticket, *tokens, *feedback, self.shared.SAMPLES],
         )
         if answer is None:
             self.local.share = 1 / self.shared.live_clients
@@ -344,7 +387,7 @@ class SharedPace:
         self.local.share = 1.0
         wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
         self._offset = remote_now - now
-        return now + wait, held_back
+        return Grant(now + wait, held_back, ticket)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
         """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start."""
@@ -362,11 +405,12 @@ class SharedPace:
         if first and self.local.feedback.slow_start is not None:
             updates += ["S:start", "0", "start"]
         if updates:
-            self.shared.run("learn", [self._pace], [self.shared.TTL, *updates])
+            self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *updates])
 
     def hold(self, until: float, now: float = 0.0) -> bool:
         moved = self.local.hold(until, now)
-        answer = self.shared.run("learn", [self._pace], [self.shared.TTL, "hold", repr(max(until - now, 0.0)), "max"])
+        hold = [self.shared.TTL, "hold", repr(max(until - now, 0.0)), "max"]
+        answer = self.shared.run("learn", [self._pace, self._sends], hold)
         return bool(answer) if answer is not None else moved
 
     def sent(self, at: float) -> None:
@@ -374,32 +418,56 @@ class SharedPace:
 
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
-        process has cut meanwhile."""
-        cut = self.local.refused(now, sent_at, granted_at, hint)
-        if self._offset is None:
-            return cut
-        sent_at, granted_at = sent_at + self._offset, granted_at + self._offset
-        keys = [self._pace, self._sends, self._refusals]
-        answer = self.shared.run("refuse", keys, [self.shared.TTL, _member(), sent_at, granted_at, self.shared.SAMPLES])
-        if not answer or not int(answer[0]):
-            return False
+        process has cut meanwhile. The local pace adopts the shared rate either way, to reschedule by."""
+        answer = None
+        if self._offset is not None:
+            keys = [self._pace, self._sends, self._refusals]
+            remote = [sent_at + self._offset, granted_at + self._offset]
+            answer = self.shared.run("refuse", keys, [self.shared.TTL, _member(), *remote, self.shared.SAMPLES])
+        if answer is None:
+            return self.local.refused(now, sent_at, granted_at, hint)
+        self.local.feedback.refusal(sent_at)
         remote_now, stored = float(answer[1]), _pairs(answer[2])
         state = {name: float(stored[field]) for name, field in _STATE_FIELDS.items() if field in stored}
+        if not int(answer[0]):
+            self._adopt(state, remote_now, now)
+            return False
         feedback = Feedback.restore(state, _scores(answer[3]), _scores(answer[4]), self.local.feedback.min_rate)
-        if not feedback.refused(remote_now, sent_at, granted_at, hint):
+        if not feedback.refused(remote_now, remote[0], remote[1], hint):
             return False
         written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
         written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}
         pairs = [item for field, value in written.items() for item in (field, repr(value))]
-        return bool(self.shared.run("cut", [self._pace], [self.shared.TTL, stored.get("F:cut", ""), *pairs]))
+        if not self.shared.run("cut", [self._pace, self._sends], [self.shared.TTL, stored.get("F:cut", ""), *pairs]):
+            return False
+        self._adopt(feedback.state(), remote_now, now)
+        return True
+
+    def _adopt(self, state: dict[str, float], remote_now: float, now: float) -> None:
+        """Take the shared feedback's rate and curve into the local pace; its times move to this process's clock."""
+        state = dict(state)
+        for moment in ("cut_at", "slow_start"):
+            if moment in state:
+                state[moment] += now - remote_now
+        self.local.feedback.adopt(state, now)
 
     def accepted(self, now: float, held_back: bool) -> None:
         self.local.accepted(now, held_back)
         if held_back:
             self.shared.run("regrow", [self._pace, self._sends], [self.shared.TTL])
 
-    def reschedule(self, times: list[float]) -> list[float]:
-        return self.local.reschedule(times)
+    def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
+        """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
+        named = [ticket for ticket in tickets if ticket is not None]
+        answer = self.shared.run("when", [self._sends], named) if named and self._offset is not None else None
+        if answer is None:
+            return self.local.reschedule(times, tickets)
+        offset, shared = self._offset or 0.0, dict(zip(named, answer, strict=True))
+        moved = []
+        for at, ticket in zip(times, tickets, strict=True):
+            score = shared.get(ticket) if ticket is not None else None
+            moved.append(max(at, float(score) - offset) if score is not None else at)
+        return moved
 
 
 #: Where each part of :meth:`Feedback.state` lives in a destination's Redis hash.
