@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import math
 import multiprocessing
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -185,11 +186,23 @@ def _senders(provider: Provider, config: Config, threads: int, processes: int, b
     for member in members:
         member.start()
     for _ in members:
-        ready.acquire()
+        while not ready.acquire(timeout=0.1):
+            if any(member.exitcode is not None for member in members):
+                for member in members:
+                    member.kill()
+                raise RuntimeError("a sending process of aicoder simulate exited before it was ready")
 
     def collect() -> None:
-        for _ in range(batch.size):
-            batch.finish(*results.get())
+        for reported in range(batch.size):
+            while True:
+                try:
+                    batch.finish(*results.get(timeout=0.5))
+                    break
+                except queue.Empty:
+                    if all(member.exitcode is not None for member in members):
+                        for _ in range(batch.size - reported):  # never reported: lost with their process
+                            batch.finish(0.0, "its sending process exited without an answer")
+                        return
 
     def relay_logs() -> None:
         # The processes' log records reach this process's handlers, such as the CLI's.

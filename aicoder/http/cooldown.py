@@ -271,15 +271,16 @@ class Cooldowns:
     def _wait_until_sent(self, turn: Turn) -> float:
         """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds.
 
-        Where the pace is shared with other processes, a hold or cut made there moves
-        the turn too: the wait then asks every ``FOLLOW_EVERY`` seconds.
+        Where the pace is shared with other processes, a hold or cut made there may
+        have moved the turn too: when it comes, it asks, unless this process asked
+        less than ``FOLLOW_EVERY`` seconds before.
         """
         destination = turn.destination
         every = destination.pace.FOLLOW_EVERY
         now = start = turn.granted_at
         while True:
             with self._lock:
-                if every is not None and now - destination.followed_at >= every and now > start:
+                if every is not None and now > start and now - destination.followed_at >= every:
                     destination.followed_at = now
                     self._reschedule(destination, now, followed=True)
                 target = turn.sent_at
@@ -288,9 +289,8 @@ class Cooldowns:
                     destination.pace.sent(target)
                     turn.queued += now - start
                     return now - start
-            step = target - now if every is None else min(target - now, every)
-            self._sleep(step)
-            now = target if step >= target - now else now + step
+            self._sleep(target - now)
+            now = target
 
     def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
         """Take the destination's next turn for ``turn``; return the seconds until it comes. Lock held."""

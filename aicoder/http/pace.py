@@ -311,8 +311,8 @@ class Grant(NamedTuple):
 class Pace:
     """Everything known about when one destination takes requests; see the module docstring."""
 
-    #: How often threads waiting for their turns ask whether a hold or cut made elsewhere moved them, in
-    #: seconds; ``None``: only this process moves them, and tells them at once.
+    #: Where the pace is shared: the least seconds between two questions, from turns that have come, whether
+    #: a hold or cut made elsewhere moved them. ``None``: only this process moves them, and tells them at once.
     FOLLOW_EVERY: float | None = None
 
     def __init__(self, min_rate: float = 1 / 120) -> None:

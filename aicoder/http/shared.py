@@ -9,11 +9,16 @@ turns from one schedule:
   <aicoder.http.pace.Pace.next_turn>` does (hold, lanes, bucket mirrors, feedback
   rate, slow start), takes it, and returns the wait. No lock is held across a
   wait: the client sleeps once. That is the one round trip of a request.
-- **Learning** from an answer (its quotas, a hint's hold, a 429's cut, a
-  success's regrowth) is a second call. A cut is computed by the same Python
-  code as in one process (:class:`~aicoder.http.pace.Feedback`), from the
-  samples every process has recorded, and written only if no other process cut
-  meanwhile (compare and set).
+- **Learning** from a success (its quotas, the feedback rate's regrowth) rides
+  with the process's next reservation: no round trip of its own. What must stop
+  the others at once goes at once: a hint's hold, a bucket found empty, and a
+  429's cut. A cut is computed by the same Python code as in one process
+  (:class:`~aicoder.http.pace.Feedback`), from the samples every process has
+  recorded, and written only if no other process cut meanwhile (compare and set).
+- **Turns follow holds and cuts made elsewhere.** A hold or a cut reschedules
+  every process's turns to come, in the same script. A thread whose turn comes
+  asks whether it moved (one small call, at most every ``FOLLOW_EVERY`` seconds
+  per process and destination), and sleeps on if it did.
 - **Keys** are ``aicoder:{fingerprint}:…``: the hash tag keeps a destination's
   keys in one slot of a Redis Cluster. Every script renews their TTL, so an
   idle destination leaves nothing behind, and a worker that crashes holds
@@ -49,11 +54,83 @@ log = logging.getLogger(__name__)
 
 _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 
-# KEYS: pace hash, sends zset. ARGV: max_wait, ttl, member, tokens, input-tokens, output-tokens,
-# slow start rate, its doubling time, its end, samples kept.
-_RESERVE = """
+# Three functions the scripts below share. KEYS: pace hash, sends zset.
+# reschedule(now) moves every turn not yet due (the sends to come) behind the hold, and at most the
+# feedback rate apart: a hold or a cut takes effect for every process's queue at once. The processes
+# follow their turns. apply(now, first) learns what answers told, from triples in ARGV[first], ...:
+# (field, value, how), where how is 'set', 'max' (the larger of the stored value and now + value), or
+# 'start' (now, if neither slow start nor a feedback rate is there). A hold that moves reschedules.
+# regrow(now, successes) regrows the feedback rate after that many successes of requests it held back,
+# along the cubic, to at most twice the send rate measured over the last four sends.
+_FUNCTIONS = """
+local function reschedule(now)
+  local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
+  local rate = tonumber(redis.call('HGET', KEYS[1], 'F:rate') or '0')
+  local interval = rate > 0 and 1 / rate or 0
+  local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
+  local last = nil
+  for i = 1, #turns, 2 do
+    local at = math.max(tonumber(turns[i + 1]), hold)
+    if last then at = math.max(at, last + interval) end
+    redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i])
+    last = at
+  end
+  local tat = tonumber(redis.call('HGET', KEYS[1], 'F:tat') or '0')
+  if last and interval > 0 and last + interval > tat then
+    redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', last + interval))
+  end
+end
+
+local function apply(now, first)
+  local held = 0
+  for i = first, #ARGV, 3 do
+    local field, value, how = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+    if how == 'set' then
+      redis.call('HSET', KEYS[1], field, ARGV[i + 1])
+    elseif how == 'max' then
+      local stored = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+      if now + value > stored then
+        redis.call('HSET', KEYS[1], field, string.format('%.17g', now + value))
+        if field == 'hold' then held = 1 end
+      end
+    elseif how == 'start' then
+      if not redis.call('HGET', KEYS[1], 'S:start') and not redis.call('HGET', KEYS[1], 'F:rate') then
+        redis.call('HSET', KEYS[1], 'S:start', string.format('%.17g', now), 'S:granted', 0)
+      end
+    end
+  end
+  if held == 1 then reschedule(now) end
+  return held
+end
+
+local function regrow(now, successes)
+  local raw = redis.call('HMGET', KEYS[1], 'F:rate', 'F:w_max', 'F:scale', 'F:k')
+  local rate, w_max, scale, k = tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3]), tonumber(raw[4])
+  if successes < 1 or not rate then return end
+  local n = redis.call('HINCRBY', KEYS[1], 'F:n', successes)
+  local grown = w_max * (1 + scale * (n - k) ^ 3)
+  local past = string.format('%.17g', now)
+  local recent = redis.call('ZREVRANGEBYSCORE', KEYS[2], past, '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
+  if #recent >= 4 then
+    local measured = (#recent / 2) / math.max(now - tonumber(recent[#recent]), 0.02)
+    grown = math.min(grown, math.max(2 * measured, rate))
+  end
+  if grown > rate then redis.call('HSET', KEYS[1], 'F:rate', string.format('%.17g', grown)) end
+end
+
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+"""
+
+# KEYS: pace hash, sends zset. ARGV: max_wait, ttl, ticket, tokens, input-tokens, output-tokens,
+# slow start rate, its doubling time, its end, samples kept, then what answers told since the last
+# reservation: the successes the feedback rate held back, and triples (see apply). Learning from answers
+# rides with the next reservation.
+_RESERVE = (
+    _FUNCTIONS
+    + """
+regrow(now, tonumber(ARGV[11]))
+apply(now, 12)
 local max_wait, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local costs = {requests = 1, tokens = tonumber(ARGV[4]), ['input-tokens'] = tonumber(ARGV[5]),
                ['output-tokens'] = tonumber(ARGV[6])}
@@ -95,64 +172,22 @@ if f['S:start'] then
 elseif f['F:rate'] and f['F:rate'] > 0 then
   redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', math.max(f['F:tat'] or 0, at) + 1 / f['F:rate']))
 end
-redis.call('ZADD', KEYS[2], at, ARGV[3])
+redis.call('ZADD', KEYS[2], string.format('%.17g', at), ARGV[3])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -samples - 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 return {string.format('%.17g', at - now), held_back, string.format('%.17g', now)}
 """
+)
 
-# Moves every turn not yet due (the sends to come) behind the hold, and at most the feedback rate apart:
-# a hold or a cut takes effect for every process's queue at once. The processes follow their turns.
-# KEYS: pace hash, sends zset.
-_RESCHEDULE = """
-local function reschedule(now)
-  local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
-  local rate = tonumber(redis.call('HGET', KEYS[1], 'F:rate') or '0')
-  local interval = rate > 0 and 1 / rate or 0
-  local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
-  local last = nil
-  for i = 1, #turns, 2 do
-    local at = math.max(tonumber(turns[i + 1]), hold)
-    if last then at = math.max(at, last + interval) end
-    redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i])
-    last = at
-  end
-  local tat = tonumber(redis.call('HGET', KEYS[1], 'F:tat') or '0')
-  if last and interval > 0 and last + interval > tat then
-    redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', last + interval))
-  end
-end
-"""
-
-# KEYS: pace hash, sends zset. ARGV: ttl, then triples (field, value, how): how is 'set', 'max' (the larger of the
-# stored value and now + value), or 'start' (now, if neither slow start nor a feedback rate is there).
-# A hold that moves reschedules the turns to come.
+# KEYS: pace hash, sends zset. ARGV: ttl, then what an answer told (see apply), at once: a hold, or a
+# bucket found empty. Returns whether a hold moved.
 _LEARN = (
-    _RESCHEDULE
+    _FUNCTIONS
     + """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
-local moved = 0
-for i = 2, #ARGV, 3 do
-  local field, value, how = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  if how == 'set' then
-    redis.call('HSET', KEYS[1], field, ARGV[i + 1])
-  elseif how == 'max' then
-    local stored = tonumber(redis.call('HGET', KEYS[1], field) or '0')
-    if now + value > stored then
-      redis.call('HSET', KEYS[1], field, string.format('%.17g', now + value))
-      if field == 'hold' then moved = 1 end
-    end
-  elseif how == 'start' then
-    if not redis.call('HGET', KEYS[1], 'S:start') and not redis.call('HGET', KEYS[1], 'F:rate') then
-      redis.call('HSET', KEYS[1], 'S:start', string.format('%.17g', now), 'S:granted', 0)
-    end
-  end
-end
-if moved == 1 then reschedule(now) end
+local held = apply(now, 2)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return moved
+return held
 """
 )
 
@@ -174,14 +209,13 @@ return {1, string.format('%.17g', now), redis.call('HGETALL', KEYS[1]),
 # KEYS: pace hash, sends zset. ARGV: ttl, the cut the client computed from (or '' for none), then
 # field/value pairs. Writes them only if no other client cut meanwhile, and reschedules the turns to come.
 _CUT = (
-    _RESCHEDULE
+    _FUNCTIONS
     + """
 local stored = redis.call('HGET', KEYS[1], 'F:cut') or ''
 if stored ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], 'S:start', 'S:granted')
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local clock = redis.call('TIME')
-reschedule(tonumber(clock[1]) + tonumber(clock[2]) / 1e6)
+reschedule(now)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
@@ -190,27 +224,6 @@ return 1
 # KEYS: sends zset. ARGV: tickets. Their turns' times now, or nil for those no longer kept.
 _WHEN = """
 return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
-"""
-
-# KEYS: pace hash, sends zset. ARGV: ttl. A success of a request the feedback rate held back: regrow it
-# along the cubic, to at most twice the send rate measured over the last four sends.
-_REGROW = """
-local raw = redis.call('HGETALL', KEYS[1])
-local f = {}
-for i = 1, #raw, 2 do f[raw[i]] = tonumber(raw[i + 1]) end
-if not f['F:rate'] then return 0 end
-local n = redis.call('HINCRBY', KEYS[1], 'F:n', 1)
-local grown = f['F:w_max'] * (1 + f['F:scale'] * (n - f['F:k']) ^ 3)
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
-local recent = redis.call('ZREVRANGEBYSCORE', KEYS[2], string.format('%.17g', now), '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
-if #recent >= 4 then
-  local measured = (#recent / 2) / math.max(now - tonumber(recent[#recent]), 0.02)
-  grown = math.min(grown, math.max(2 * measured, f['F:rate']))
-end
-if grown > f['F:rate'] then redis.call('HSET', KEYS[1], 'F:rate', string.format('%.17g', grown)) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
 """
 
 # KEYS: the clients zset. ARGV: this client, how long a client counts as live. Returns the live clients.
@@ -262,7 +275,6 @@ class SharedPaces:
                 ("learn", _LEARN),
                 ("refuse", _REFUSE),
                 ("cut", _CUT),
-                ("regrow", _REGROW),
                 ("when", _WHEN),
                 ("heartbeat", _HEARTBEAT),
             )
@@ -312,22 +324,23 @@ class SharedPaces:
                 )
 
     def _watch(self) -> None:
-        """Heartbeat while Redis is up; try to reconnect while it is down."""
+        """Heartbeat while Redis is up, from the start; try to reconnect while it is down."""
         while True:
-            with self._lock:
-                self._lock.wait(self.HEARTBEAT if self._healthy else self.RECONNECT)
-                if self._stopped:
-                    return
             try:
                 live = self._scripts["heartbeat"](keys=["aicoder:clients"], args=[self.client_id, self.LIVE])
             except Exception as error:
                 self._down(error)
-                continue
-            self.live_clients = max(int(live), 1)
+            else:
+                self.live_clients = max(int(live), 1)
+                with self._lock:
+                    if not self._healthy:
+                        self._healthy = True
+                        log.warning("Redis at %s is back: the pace is shared again", _safe(self.url))
             with self._lock:
-                if not self._healthy:
-                    self._healthy = True
-                    log.warning("Redis at %s is back: the pace is shared again", _safe(self.url))
+                if not self._stopped:
+                    self._lock.wait(self.HEARTBEAT if self._healthy else self.RECONNECT)
+                if self._stopped:
+                    return
 
 
 def _safe(url: str) -> str:
@@ -345,8 +358,9 @@ class SharedPace:
     clock and Redis's ``TIME`` through the offset the last reservation saw.
     """
 
-    #: Waiting turns ask every so often whether another process's hold or cut moved them.
-    FOLLOW_EVERY = 0.1
+    #: A waiting turn asks, when it comes, whether another process's hold or cut moved it, unless this
+    #: process asked less than this many seconds before.
+    FOLLOW_EVERY = 0.05
 
     def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace) -> None:
         self.shared = shared
@@ -354,6 +368,11 @@ class SharedPace:
         tag = f"aicoder:{{{key.fingerprint}}}"
         self._pace, self._sends, self._refusals = f"{tag}:pace", f"{tag}:sends", f"{tag}:refusals"
         self._offset: float | None = None  # Redis's time minus this process's
+        #: What answers told since the last reservation, and when; and the successes the feedback rate held
+        #: back meanwhile. They go to Redis with the next reservation.
+        self._told: list[tuple[str, float, str]] = []
+        self._told_at = 0.0
+        self._regrowths = 0
 
     @property
     def held_until(self) -> float:
@@ -375,11 +394,12 @@ class SharedPace:
         """Take the next turn from the shared schedule; from the local one, at its share, if Redis is down."""
         tokens = [cost.of(dimension) if cost is not None else 0 for dimension in _DIMENSIONS[1:]]
         feedback = (Feedback.SLOW_START, Feedback.DOUBLING, Feedback.SLOW_START_END)
-        ticket = _member()
+        ticket, told, regrowths = _member(), self._told_since(now), self._regrowths
+        self._regrowths = 0
         answer = self.shared.run(
             "reserve",
             [self._pace, self._sends],
-            [min(max_wait, 1e9), self.shared.TTL, ticket, *tokens, *feedback, self.shared.SAMPLES],
+            [min(max_wait, 1e9), self.shared.TTL, ticket, *tokens, *feedback, self.shared.SAMPLES, regrowths, *told],
         )
         if answer is None:
             self.local.share = 1 / self.shared.live_clients
@@ -390,22 +410,35 @@ class SharedPace:
         return Grant(now + wait, held_back, ticket)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
-        """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start."""
+        """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start.
+
+        A hold, or a bucket found empty, goes to Redis at once; anything else rides
+        with this process's next reservation, and a newer answer's replaces it.
+        """
         quotas = tuple(quotas)
         self.local.learn(now, quotas, first)
-        updates: list[str] = []
+        told: list[tuple[str, float, str]] = []
         for dimension, lane in self.local.lanes.items():
-            updates += [f"L:{dimension}:rate", repr(lane.rate), "set"]
+            told.append((f"L:{dimension}:rate", lane.rate, "set"))
         for dimension, mirror in self.local.mirrors.items():
             level = max(mirror.tat - now, 0.0)  # the time until the server's bucket is full, as just learnt
-            updates += [f"M:{dimension}:rate", repr(mirror.rate), "set", f"M:{dimension}:burst", repr(mirror.burst)]
-            updates += ["set", f"M:{dimension}:tat", repr(level), "max"]
+            told += [(f"M:{dimension}:rate", mirror.rate, "set"), (f"M:{dimension}:burst", mirror.burst, "set")]
+            told.append((f"M:{dimension}:tat", level, "max"))
         if self.local.held_until > now:
-            updates += ["hold", repr(self.local.held_until - now), "max"]
-        if first and self.local.feedback.slow_start is not None:
-            updates += ["S:start", "0", "start"]
-        if updates:
-            self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *updates])
+            told.append(("hold", self.local.held_until - now, "max"))
+        if (first and self.local.feedback.slow_start is not None) or any(how == "start" for *_, how in self._told):
+            told.append(("S:start", 0.0, "start"))
+        self._told, self._told_at = told, now
+        if self.local.held_until > now or any(quota.remaining is not None and quota.remaining < 1 for quota in quotas):
+            self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *self._told_since(now)])
+
+    def _told_since(self, now: float) -> list[str]:
+        """What answers told since the last reservation, as ``apply`` in the scripts takes it, and forget it."""
+        told, self._told = self._told, []
+        shift = now - self._told_at  # 'max' values are times from when they were told
+        return [
+            item for field, value, how in told for item in (field, repr(value - shift if how == "max" else value), how)
+        ]
 
     def hold(self, until: float, now: float = 0.0) -> bool:
         moved = self.local.hold(until, now)
@@ -452,9 +485,9 @@ class SharedPace:
         self.local.feedback.adopt(state, now)
 
     def accepted(self, now: float, held_back: bool) -> None:
+        """Regrow the rate after a success it held back: here at once, in Redis with the next reservation."""
         self.local.accepted(now, held_back)
-        if held_back:
-            self.shared.run("regrow", [self._pace, self._sends], [self.shared.TTL])
+        self._regrowths += held_back
 
     def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
