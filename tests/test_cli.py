@@ -7,12 +7,14 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import responses
 
 from aicoder.cli import main
 from aicoder.http.waiting import instant_waits
+from tests.redis_server import redis_server
 from tests.servers import completion, rate_limited, scripted_server
 
 ENDPOINT = "https://llm.test/v1/chat/completions"
@@ -200,6 +202,9 @@ def test_simulate_exhausted_budget_exits_1(capsys: pytest.CaptureFixture[str], m
         ["simulate", "--dialect", "klingon"],
         ["simulate", "--provider", "anthropic"],
         ["simulate", "--max", "nan"],
+        ["simulate", "--processes", "0"],
+        ["simulate", "--processes", "65"],
+        ["simulate", "--redis", "http://cache.test:6379"],
     ],
 )
 def test_simulate_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,6 +213,21 @@ def test_simulate_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert f"argument {argv[1]}" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("given", ["url", "local"])
+def test_simulate_processes_share_a_pace_through_redis(
+    given: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--processes with --redis URL, or a redis-server of its own: the batch comes from several processes,
+    beside the same batch with a pace per process."""
+    with redis_server(tmp_path) as (url, _):
+        argv = ["simulate", "--processes", "2", "--concurrency", "2", "--requests", "8", "--rate", "40", "--burst", "2"]
+        assert main([*argv, "--redis", url if given == "url" else "local"]) == 0
+    out = capsys.readouterr().out
+    assert "8 requests from 2 processes x 2 threads on one key" in out
+    assert "pace per process" in out and "pace in Redis" in out
+    assert summary_rows(out)["succeeded"].split() == ["8", "8"]
 
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,6 +149,33 @@ def test_redis_down_is_not_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "unreachable" in messages[0] and "is back" in messages[1]
 
 
+def test_cut_off_from_redis_a_process_takes_its_share(tmp_path: Path) -> None:
+    """With Redis gone, one of two live clients paces at half the learnt rate, not as if it were alone."""
+
+    class Beating(SharedPaces):
+        HEARTBEAT = 0.05
+
+    with redis_server(tmp_path) as (url, process):
+        mine, other = Beating(url), Beating(url)
+        deadline = time.monotonic() + 5
+        while mine.live_clients < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mine.live_clients == 2
+        cooldowns = Cooldowns(shared=mine, probe_timeout=0.01)
+        cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+        process.kill()
+        process.wait()
+        pace = cooldowns.pace(KEY)
+        assert pace is not None
+        now = time.monotonic()
+        turns = [pace.next_turn(now, None).at for _ in range(5)]
+        mine.close()
+        other.close()
+    interval = 0.01 / (1 - SAFETY_MARGIN)
+    assert not mine.healthy
+    assert all(later - earlier == pytest.approx(2 * interval) for earlier, later in itertools.pairwise(turns[1:]))
+
+
 def test_a_redis_url_needs_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py, a Redis URL is a ConfigError saying what to install; a URL of another scheme is refused."""
     import importlib.util

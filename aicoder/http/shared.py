@@ -402,12 +402,22 @@ class SharedPace:
             [min(max_wait, 1e9), self.shared.TTL, ticket, *tokens, *feedback, self.shared.SAMPLES, regrowths, *told],
         )
         if answer is None:
-            self.local.share = 1 / self.shared.live_clients
+            if self.local.share == 1.0:
+                self._go_alone(now)
             return self.local.next_turn(now, cost, max_wait)
         self.local.share = 1.0
         wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
         self._offset = remote_now - now
         return Grant(now + wait, held_back, ticket)
+
+    def _go_alone(self, now: float) -> None:
+        """Redis is gone: from now on, this process takes only its share of every rate, its
+        share of the clients that were live, the quotas' and the feedback rate's alike."""
+        share = self.local.share = 1 / self.shared.live_clients
+        state = self.local.feedback.state()
+        if "rate" in state:
+            state["rate"], state["w_max"] = state["rate"] * share, state["w_max"] * share
+            self.local.feedback.adopt(state, now)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
         """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start.
