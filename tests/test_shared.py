@@ -73,8 +73,9 @@ def test_a_hold_from_one_process_moves_the_turns_another_has_waiting(
     a.observe(a.take_turn(KEY), 200, PER_MINUTE)
     pace = a.pace(KEY)
     assert pace is not None
+    refused = b.take_turn(KEY)
     grants = [pace.next_turn(time.monotonic(), None) for _ in range(5)]  # 10 ms apart, as if five threads waited
-    b.observe(b.take_turn(KEY), 429, {}, ServerHint(0.3, "retry-after-ms"))
+    b.observe(refused, 429, {}, ServerHint(0.3, "retry-after-ms"))
     held = time.monotonic() + 0.25
     waiting = [grant for grant in grants if grant.at > grants[0].at]  # the first went at once
     moved = pace.reschedule([grant.at for grant in waiting], [grant.ticket for grant in waiting])

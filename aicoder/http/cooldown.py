@@ -39,7 +39,7 @@ from requests.structures import CaseInsensitiveDict
 
 from aicoder.http import waiting
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import Pace
+from aicoder.http.pace import Grant, Pace
 from aicoder.http.quotas import read_quotas
 from aicoder.http.shared import SharedPace, SharedPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
@@ -224,24 +224,27 @@ class Cooldowns:
         """
         with self._lock:
             destination = self._destinations.get(key)
+            probe = destination is None
             if destination is None:
-                turn = Turn(self, self._add(key), body)
-                self._reserve(turn, None, max_wait)  # the probe: nothing is known, so it goes now
-                turn.destination.pace.sent(turn.sent_at)
-                return turn
-            self._destinations.move_to_end(key)
+                destination = self._add(key)
+            else:
+                self._destinations.move_to_end(key)
+            waiting_for_probe = not probe and destination.first_answer is not None
         turn = Turn(self, destination, body)
-        cost = turn.cost if destination.pace.counts_tokens else None
-        with self._lock:
-            # The common case, decided under one lock: no probe in flight, and the turn is now.
-            waiting_for_probe = destination.first_answer is not None
-            if not waiting_for_probe and self._reserve(turn, cost, max_wait) <= 0:
-                destination.pace.sent(turn.sent_at)
-                return turn
         if waiting_for_probe:
             self.wait_turn(turn, max_wait=max_wait)
+            return turn
+        # The probe goes as soon as the pace allows (at once, unless other processes share it): nothing is known.
+        cost = turn.cost if not probe and destination.pace.counts_tokens else None
+        if destination.pace.REMOTE:
+            self._book(turn, cost, max_wait)
         else:
-            self._wait_until_sent(turn)
+            with self._lock:
+                # The common case, decided under one lock: the turn is now.
+                if self._reserve(turn, cost, max_wait) <= 0:
+                    destination.pace.sent(turn.sent_at)
+                    return turn
+        self._wait_until_sent(turn)
         return turn
 
     def wait_turn(self, turn: Turn, delay: float = 0.0, max_wait: float = math.inf) -> float:
@@ -263,9 +266,7 @@ class Cooldowns:
             first_answer = destination.first_answer
         if first_answer is not None and not first_answer.is_set():
             waiting.wait_for(first_answer, min(self.probe_timeout, max_wait))
-        cost = turn.cost if destination.pace.counts_tokens else None
-        with self._lock:
-            self._reserve(turn, cost, max_wait)
+        self._book(turn, turn.cost if destination.pace.counts_tokens else None, max_wait)
         return max(delay, 0.0) + self._wait_until_sent(turn)
 
     def _wait_until_sent(self, turn: Turn) -> float:
@@ -292,10 +293,29 @@ class Cooldowns:
             self._sleep(target - now)
             now = target
 
+    def _book(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> None:
+        """Take the destination's next turn for ``turn``. Lock not held: a pace kept elsewhere is asked
+        outside it, so that no thread waits on another's round trip."""
+        pace = turn.destination.pace
+        if not pace.REMOTE:
+            with self._lock:
+                self._reserve(turn, cost, max_wait)
+            return
+        now = self._clock()
+        grant = pace.next_turn(now, cost, max_wait)
+        with self._lock:
+            self._granted(turn, now, grant)
+
     def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
         """Take the destination's next turn for ``turn``; return the seconds until it comes. Lock held."""
-        now = turn.granted_at = self._clock()
-        turn.sent_at, turn.held_back, turn.ticket = turn.destination.pace.next_turn(now, cost, max_wait)
+        now = self._clock()
+        return self._granted(turn, now, turn.destination.pace.next_turn(now, cost, max_wait))
+
+    @staticmethod
+    def _granted(turn: Turn, now: float, grant: Grant) -> float:
+        """``turn`` was granted ``grant`` at ``now``; return the seconds until it comes. Lock held."""
+        turn.granted_at = now
+        turn.sent_at, turn.held_back, turn.ticket = grant
         if turn.sent_at > now:
             turn.destination.pending.add(turn)
         return turn.sent_at - now
@@ -364,7 +384,7 @@ class Cooldowns:
     def _add(self, key: DestinationKey) -> _Destination:
         # The first request to a new destination is the probe; others wait for its answer.
         pace = Pace(self.min_rate)
-        destination = _Destination(key, pace if self.shared is None else SharedPace(self.shared, key, pace))
+        destination = _Destination(key, pace if self.shared is None else SharedPace(self.shared, key, pace, self._lock))
         self._destinations[key] = destination
         while len(self._destinations) > self.max_destinations:
             _, evicted = self._destinations.popitem(last=False)

@@ -314,6 +314,9 @@ class Pace:
     #: Where the pace is shared: the least seconds between two questions, from turns that have come, whether
     #: a hold or cut made elsewhere moved them. ``None``: only this process moves them, and tells them at once.
     FOLLOW_EVERY: float | None = None
+    #: Whether the pace is kept elsewhere (in Redis), guarding its own state: then it is asked for turns
+    #: without the lock of its :class:`~aicoder.http.cooldown.Cooldowns`, which holds up no thread on a round trip.
+    REMOTE = False
 
     def __init__(self, min_rate: float = 1 / 120) -> None:
         #: No turn before this time: the latest hint's expiry.

@@ -358,13 +358,17 @@ class SharedPace:
     clock and Redis's ``TIME`` through the offset the last reservation saw.
     """
 
+    REMOTE = True
     #: A waiting turn asks, when it comes, whether another process's hold or cut moved it, unless this
     #: process asked less than this many seconds before.
     FOLLOW_EVERY = 0.05
 
-    def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace) -> None:
+    def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace, lock: threading.Lock) -> None:
         self.shared = shared
         self.local = local
+        #: Guards ``local`` and what waits to go with the next reservation; the Cooldowns' lock, which holds it
+        #: for every other call.
+        self._lock = lock
         tag = f"aicoder:{{{key.fingerprint}}}"
         self._pace, self._sends, self._refusals = f"{tag}:pace", f"{tag}:sends", f"{tag}:refusals"
         self._offset: float | None = None  # Redis's time minus this process's
@@ -391,24 +395,29 @@ class SharedPace:
         return self.local.rate
 
     def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> Grant:
-        """Take the next turn from the shared schedule; from the local one, at its share, if Redis is down."""
+        """Take the next turn from the shared schedule; from the local one, at its share, if Redis is down.
+
+        Called without the Cooldowns' lock (``REMOTE``): it is taken only around local state.
+        """
         tokens = [cost.of(dimension) if cost is not None else 0 for dimension in _DIMENSIONS[1:]]
         feedback = (Feedback.SLOW_START, Feedback.DOUBLING, Feedback.SLOW_START_END)
-        ticket, told, regrowths = _member(), self._told_since(now), self._regrowths
-        self._regrowths = 0
+        with self._lock:
+            ticket, told, regrowths = _member(), self._told_since(now), self._regrowths
+            self._regrowths = 0
         answer = self.shared.run(
             "reserve",
             [self._pace, self._sends],
             [min(max_wait, 1e9), self.shared.TTL, ticket, *tokens, *feedback, self.shared.SAMPLES, regrowths, *told],
         )
-        if answer is None:
-            if self.local.share == 1.0:
-                self._go_alone(now)
-            return self.local.next_turn(now, cost, max_wait)
-        self.local.share = 1.0
-        wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
-        self._offset = remote_now - now
-        return Grant(now + wait, held_back, ticket)
+        with self._lock:
+            if answer is None:
+                if self.local.share == 1.0:
+                    self._go_alone(now)
+                return self.local.next_turn(now, cost, max_wait)
+            self.local.share = 1.0
+            wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
+            self._offset = remote_now - now
+            return Grant(now + wait, held_back, ticket)
 
     def _go_alone(self, now: float) -> None:
         """Redis is gone: from now on, this process takes only its share of every rate, its
