@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +107,29 @@ def test_a_thread_waiting_for_its_turn_follows_a_hold_from_another_process(
         waiter.join(timeout=5)
     assert len(sent) == 3
     assert sorted(sent)[1] - started >= 0.45
+
+
+def test_one_key_at_two_origins_is_two_destinations_in_redis() -> None:
+    """The name a destination has in Redis covers its origin too: the same key (or none) at two servers
+    is two paces, and the name is the same in every process."""
+    credentials = {"Authorization": "Bearer sk-SENTINEL-KEY-0123456789"}
+    here, there = destination_key("https://a.test/v1", credentials), destination_key("https://b.test/v1", credentials)
+    assert here.fingerprint != there.fingerprint
+    assert (
+        destination_key("http://127.0.0.1:1", {}).fingerprint != destination_key("http://127.0.0.1:2", {}).fingerprint
+    )
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from aicoder.http.cooldown import destination_key as k; "
+            f"print(k('https://a.test/v1', {credentials!r}).fingerprint)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert again.stdout.strip() == here.fingerprint
 
 
 def test_redis_holds_no_key_and_forgets_idle_destinations(redis_url: str) -> None:

@@ -59,7 +59,8 @@ _FINGERPRINT_KEY = b"aicoder destination fingerprint v1"
 
 
 class DestinationKey(NamedTuple):
-    """Where requests go and on whose account: the origin, and a salted hash of the credentials."""
+    """Where requests go and on whose account: the origin, and a keyed hash of the origin and the credentials,
+    which names the destination in Redis."""
 
     origin: str
     fingerprint: str
@@ -68,8 +69,8 @@ class DestinationKey(NamedTuple):
 def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
     """Return the key for ``url``'s origin and the credentials in ``headers``.
 
-    The credentials are hashed with keyed BLAKE2b: the key tells two API keys
-    apart but reveals neither. The hash key is fixed rather than random per
+    The origin and the credentials are hashed with keyed BLAKE2b: the key tells
+    two API keys (and one key at two origins) apart but reveals neither. The hash key is fixed rather than random per
     process, so that processes sharing a pace through Redis agree on it; what
     Redis holds is that fingerprint, never a key. Someone who can read Redis and
     already holds a candidate key could confirm it; guessing one is hopeless, as
@@ -86,7 +87,8 @@ def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationK
     # Cached: every request to an API carries the same origin and key. (The cache holds the credentials
     # themselves, in memory only, as requests' own session and the caller already do.)
     origin = f"{scheme}://{netloc.rpartition('@')[2].lower()}"
-    fingerprint = hashlib.blake2b("\n".join(credentials).encode(), key=_FINGERPRINT_KEY, digest_size=12).hexdigest()
+    named = "\n".join((origin, *credentials)).encode()
+    fingerprint = hashlib.blake2b(named, key=_FINGERPRINT_KEY, digest_size=12).hexdigest()
     return DestinationKey(origin, fingerprint)
 
 

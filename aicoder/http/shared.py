@@ -24,11 +24,13 @@ turns from one schedule:
   idle destination leaves nothing behind, and a worker that crashes holds
   nothing: its unused turns simply pass.
 - **No API key reaches Redis.** The fingerprint is a keyed BLAKE2b of the
-  credentials, the same in every process (see :func:`~aicoder.http.cooldown.destination_key`).
+  origin and the credentials, the same in every process (see
+  :func:`~aicoder.http.cooldown.destination_key`).
 - **Redis down is not an outage.** Any Redis error switches every destination
   to its in-process pace, with one WARNING; a background thread reconnects and
-  says so once. While cut off, the rates learnt from quotas are divided by the
-  number of live clients, which the processes count through heartbeats.
+  says so once. While cut off, a process takes its share of every rate learnt
+  (the quotas' and the feedback rate): one over the number of live clients,
+  which the processes count through heartbeats.
 """
 
 from __future__ import annotations
