@@ -354,9 +354,9 @@ def _safe(url: str) -> str:
 class SharedPace:
     """A destination's pace in Redis, behind the interface of :class:`~aicoder.http.pace.Pace`.
 
-    Every call goes to Redis and also updates ``local``, the in-process pace that
-    takes over whenever Redis is down: then it paces at its share of the quotas'
-    rates, one over the number of live clients. Times go between this process's
+    What it learns goes to Redis and also to ``local``, the in-process pace that
+    takes over whenever Redis is down: then it paces at its share of every rate
+    learnt, one over the number of live clients. Times go between this process's
     clock and Redis's ``TIME`` through the offset the last reservation saw.
     """
 
@@ -368,8 +368,8 @@ class SharedPace:
     def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace, lock: threading.Lock) -> None:
         self.shared = shared
         self.local = local
-        #: Guards ``local`` and what waits to go with the next reservation; the Cooldowns' lock, which holds it
-        #: for every other call.
+        #: Guards ``local`` and what waits to go with the next reservation: the Cooldowns' lock, which it
+        #: holds around every other call.
         self._lock = lock
         tag = f"aicoder:{{{key.fingerprint}}}"
         self._pace, self._sends, self._refusals = f"{tag}:pace", f"{tag}:sends", f"{tag}:refusals"
