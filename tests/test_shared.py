@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import socket
 import subprocess
 import sys
 import time
@@ -173,6 +174,30 @@ def test_redis_down_is_not_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFi
     messages = [record.getMessage() for record in caplog.records if "Redis" in record.getMessage()]
     assert len(messages) == 2
     assert "unreachable" in messages[0] and "is back" in messages[1]
+
+
+def test_a_redis_that_hangs_costs_one_request_a_timeout_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that accepts connections and never answers: the first call gives up after TIMEOUT, the
+    pace goes on in the process, and nothing after that waits on Redis."""
+    caplog.set_level(logging.WARNING, logger="aicoder")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        shared = SharedPaces(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        started = time.monotonic()
+        cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(10):
+            cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+        rest = time.monotonic() - started
+        shared.close()
+    assert first < 2 * SharedPaces.TIMEOUT + 0.2
+    assert rest < 0.2 + 10 * 0.0102  # ten turns at 6,000 a minute, no Redis wait among them
+    messages = [record.getMessage() for record in caplog.records if "Redis" in record.getMessage()]
+    assert len(messages) == 1
+    assert "unreachable" in messages[0]
 
 
 def test_cut_off_from_redis_a_process_takes_its_share(tmp_path: Path) -> None:
