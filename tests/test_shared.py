@@ -227,6 +227,38 @@ def test_cut_off_from_redis_a_process_takes_its_share(tmp_path: Path) -> None:
     assert all(later - earlier == pytest.approx(2 * interval) for earlier, later in itertools.pairwise(turns[1:]))
 
 
+def test_back_from_a_restart_redis_relearns_and_turns_wait_out_the_backlog(tmp_path: Path) -> None:
+    """Redis restarted empty: the process gives it back the lanes and the feedback rate it knew, and Redis
+    grants no turn, nor cuts on a 429, before the turns the process granted itself meanwhile have gone."""
+    with redis_server(tmp_path) as (url, process):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        shared = SharedPaces(url)
+        shared.RECONNECT = 0.05
+        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        for _ in range(6):
+            turn = cooldowns.take_turn(KEY)
+            cooldowns.observe(turn, 200, PER_MINUTE)
+        cooldowns.observe(turn, 429, {}, ServerHint(0.05, "retry-after-ms", coarse=False))  # a cut: a feedback rate
+        pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
+        rate = float(shared.client.hget(pace_key, "F:rate"))
+        cooldowns.take_turn(KEY)  # Redis gives this process the rate it has now
+        process.kill()
+        process.wait()
+        alone = [cooldowns.take_turn(KEY).sent_at for _ in range(20)]
+        with redis_server(tmp_path, port=port):
+            deadline = time.monotonic() + 5
+            while not shared.healthy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cooldowns.take_turn(KEY)  # the first reservation back, which seeds Redis
+            stored = {key.decode(): float(value) for key, value in shared.client.hgetall(pace_key).items()}
+            later = cooldowns.take_turn(KEY)
+        shared.close()
+    assert stored["F:rate"] == pytest.approx(rate)
+    assert stored["L:requests:rate"] == pytest.approx(100 * (1 - SAFETY_MARGIN))
+    assert stored["L:requests:tat"] >= stored["calm"] > 0
+    assert later.sent_at >= max(alone) - 0.01
+
+
 def test_a_redis_url_needs_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py, a Redis URL is a ConfigError saying what to install; a URL of another scheme is refused."""
     import importlib.util

@@ -159,6 +159,8 @@ class Feedback:
             self.regrowth = 0
         if self.rate is not None:
             self._set(self.rate, now)
+        else:
+            self.lane = None
 
     def _load(self, state: dict[str, float]) -> None:
         self.rate = state.get("rate")

@@ -30,7 +30,9 @@ turns from one schedule:
   to its in-process pace, with one WARNING; a background thread reconnects and
   says so once. While cut off, a process takes its share of every rate learnt
   (the quotas' and the feedback rate): one over the number of live clients,
-  which the processes count through heartbeats.
+  which the processes count through heartbeats. Back, it gives a Redis that
+  lost everything what it knew, and no turn or cut comes from Redis before the
+  turns it granted itself have gone.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 # feedback rate apart: a hold or a cut takes effect for every process's queue at once. The processes
 # follow their turns. apply(now, first) learns what answers told, from triples in ARGV[first], ...:
 # (field, value, how), where how is 'set', 'max' (the larger of the stored value and now + value), or
-# 'start' (now, if neither slow start nor a feedback rate is there). A hold that moves reschedules.
+# 'start' (now, if neither slow start nor a feedback rate is there), or 'init' (the value, if the field is
+# not there: what a process knew before Redis lost it). A hold that moves reschedules.
 # regrow(now, successes) regrows the feedback rate after that many successes of requests it held back,
 # along the cubic, to at most twice the send rate measured over the last four sends.
 _FUNCTIONS = """
@@ -95,6 +98,8 @@ local function apply(now, first)
         redis.call('HSET', KEYS[1], field, string.format('%.17g', now + value))
         if field == 'hold' then held = 1 end
       end
+    elseif how == 'init' then
+      if not redis.call('HGET', KEYS[1], field) then redis.call('HSET', KEYS[1], field, ARGV[i + 1]) end
     elseif how == 'start' then
       if not redis.call('HGET', KEYS[1], 'S:start') and not redis.call('HGET', KEYS[1], 'F:rate') then
         redis.call('HSET', KEYS[1], 'S:start', string.format('%.17g', now), 'S:granted', 0)
@@ -178,7 +183,8 @@ redis.call('ZADD', KEYS[2], string.format('%.17g', at), ARGV[3])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -samples - 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-return {string.format('%.17g', at - now), held_back, string.format('%.17g', now)}
+return {string.format('%.17g', at - now), held_back, string.format('%.17g', now),
+        string.format('%.17g', f['F:rate'] or 0)}
 """
 )
 
@@ -194,8 +200,9 @@ return held
 )
 
 # KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept.
-# Records the refusal. If the request was granted its turn after the last cut, returns the state and
-# the samples for the client to compute the cut; else the state alone, to pace by.
+# Records the refusal. If the request was granted its turn after the last cut, and after 'calm' (when the
+# turns processes granted themselves while Redis was away have gone), returns the state and the samples
+# for the client to compute the cut; else the state alone, to pace by.
 _REFUSE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
@@ -203,7 +210,10 @@ redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
 local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
-if tonumber(ARGV[4]) < cut then return {0, string.format('%.17g', now), redis.call('HGETALL', KEYS[1])} end
+local calm = tonumber(redis.call('HGET', KEYS[1], 'calm') or '-1e308')
+if tonumber(ARGV[4]) < math.max(cut, calm) then
+  return {0, string.format('%.17g', now), redis.call('HGETALL', KEYS[1])}
+end
 return {1, string.format('%.17g', now), redis.call('HGETALL', KEYS[1]),
         redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
 """
@@ -379,6 +389,12 @@ class SharedPace:
         self._told: list[tuple[str, float, str]] = []
         self._told_at = 0.0
         self._regrowths = 0
+        #: The feedback rate in Redis at the last reservation; what this process knew when Redis went, and the
+        #: last turn it granted itself while Redis was away.
+        self._shared_rate: float | None = None
+        self._alone = False
+        self._before_alone: dict[str, float] | None = None
+        self._alone_until = -math.inf
 
     @property
     def held_until(self) -> float:
@@ -404,6 +420,8 @@ class SharedPace:
         tokens = [cost.of(dimension) if cost is not None else 0 for dimension in _DIMENSIONS[1:]]
         feedback = (Feedback.SLOW_START, Feedback.DOUBLING, Feedback.SLOW_START_END)
         with self._lock:
+            if self._alone:  # cut off: all that is known goes with each try, for a Redis that lost it
+                self._told, self._told_at = self._known(now), now
             ticket, told, regrowths = _member(), self._told_since(now), self._regrowths
             self._regrowths = 0
         answer = self.shared.run(
@@ -413,22 +431,60 @@ class SharedPace:
         )
         with self._lock:
             if answer is None:
-                if self.local.share == 1.0:
+                if not self._alone:
                     self._go_alone(now)
-                return self.local.next_turn(now, cost, max_wait)
-            self.local.share = 1.0
+                grant = self.local.next_turn(now, cost, max_wait)
+                self._alone_until = max(self._alone_until, grant.at)
+                return grant
             wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
             self._offset = remote_now - now
-            return Grant(now + wait, held_back, ticket)
+            self._shared_rate = float(answer[3]) or None
+            seed = self._rejoin(now) if self._alone else None
+        if seed:
+            self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *seed])
+        return Grant(now + wait, held_back, ticket)
 
     def _go_alone(self, now: float) -> None:
         """Redis is gone: from now on, this process takes only its share of every rate, its
-        share of the clients that were live, the quotas' and the feedback rate's alike."""
+        share of the clients that were live, the quotas' and the feedback rate's alike.
+
+        The feedback rate is the latest one Redis gave, not the one this process adopted at its last 429.
+        """
+        self._alone = True
         share = self.local.share = 1 / self.shared.live_clients
         state = self.local.feedback.state()
+        state.pop("rate", None)
+        if self._shared_rate is not None:
+            state["rate"], state["w_max"] = self._shared_rate, max(state.get("w_max", 0.0), self._shared_rate)
+        self._before_alone = dict(state)
         if "rate" in state:
             state["rate"], state["w_max"] = state["rate"] * share, state["w_max"] * share
-            self.local.feedback.adopt(state, now)
+        self.local.feedback.adopt(state, now)
+
+    def _rejoin(self, now: float) -> list[str]:
+        """Redis is back: pace at the whole shared rate again. Return what Redis must learn at once.
+
+        - **calm**: until the turns this process granted itself while alone have gone, a 429 says how
+          the return went, not what the rate is: it cuts nothing, here or in any other process. Nor
+          does Redis grant turns before then: those turns are the rate's until then.
+        - If Redis came back empty (restarted), the feedback rate known before it went, so that what
+          was learnt together is not lost (each field only if no other process has put it back first).
+        """
+        self._alone, self.local.share = False, 1.0
+        state, self._before_alone = self._before_alone or self.local.feedback.state(), None
+        backlog = repr(max(self._alone_until - now, 0.0))
+        seed = ["calm", backlog, "max", "F:tat", backlog, "max"]
+        for dimension in self.local.lanes:
+            seed += [f"L:{dimension}:tat", backlog, "max"]
+        if self._shared_rate is not None:
+            state["rate"] = self._shared_rate
+        elif "rate" in state:
+            for name in ("rate", "w_max", "scale", "k", "measured"):
+                if name in state:
+                    seed += [_STATE_FIELDS[name], repr(state[name]), "init"]
+        self._alone_until = -math.inf
+        self.local.feedback.adopt(state, now)
+        return seed
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
         """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start.
@@ -438,20 +494,25 @@ class SharedPace:
         """
         quotas = tuple(quotas)
         self.local.learn(now, quotas, first)
-        told: list[tuple[str, float, str]] = []
-        for dimension, lane in self.local.lanes.items():
-            told.append((f"L:{dimension}:rate", lane.rate, "set"))
-        for dimension, mirror in self.local.mirrors.items():
-            level = max(mirror.tat - now, 0.0)  # the time until the server's bucket is full, as just learnt
-            told += [(f"M:{dimension}:rate", mirror.rate, "set"), (f"M:{dimension}:burst", mirror.burst, "set")]
-            told.append((f"M:{dimension}:tat", level, "max"))
-        if self.local.held_until > now:
-            told.append(("hold", self.local.held_until - now, "max"))
+        told = self._known(now)
         if (first and self.local.feedback.slow_start is not None) or any(how == "start" for *_, how in self._told):
             told.append(("S:start", 0.0, "start"))
         self._told, self._told_at = told, now
         if self.local.held_until > now or any(quota.remaining is not None and quota.remaining < 1 for quota in quotas):
             self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *self._told_since(now)])
+
+    def _known(self, now: float) -> list[tuple[str, float, str]]:
+        """What the local pace knows of the server, as triples for ``apply``: lane rates, bucket levels, the hold."""
+        told: list[tuple[str, float, str]] = []
+        for dimension, lane in self.local.lanes.items():
+            told.append((f"L:{dimension}:rate", lane.rate, "set"))
+        for dimension, mirror in self.local.mirrors.items():
+            level = max(mirror.tat - now, 0.0)  # the time until the server's bucket is full, as last learnt
+            told += [(f"M:{dimension}:rate", mirror.rate, "set"), (f"M:{dimension}:burst", mirror.burst, "set")]
+            told.append((f"M:{dimension}:tat", level, "max"))
+        if self.local.held_until > now:
+            told.append(("hold", self.local.held_until - now, "max"))
+        return told
 
     def _told_since(self, now: float) -> list[str]:
         """What answers told since the last reservation, as ``apply`` in the scripts takes it, and forget it."""
@@ -479,6 +540,11 @@ class SharedPace:
             remote = [sent_at + self._offset, granted_at + self._offset]
             answer = self.shared.run("refuse", keys, [self.shared.TTL, _member(), *remote, self.shared.SAMPLES])
         if answer is None:
+            if self._alone and (self.local.feedback.rate is not None or self.local.lanes):
+                # Cut off, this process paces at its share of the rates learnt together. A 429 now says as much
+                # about the turns the others took as about its own, which are a fraction of them: it cuts nothing.
+                self.local.feedback.refusal(sent_at)
+                return False
             return self.local.refused(now, sent_at, granted_at, hint)
         self.local.feedback.refusal(sent_at)
         remote_now, stored = float(answer[1]), _pairs(answer[2])
