@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aicoder.config import Config, ConfigError
     from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
+    from aicoder.http.async_transport import AsyncLinearBackoffTransport
+    from aicoder.http.clients import async_http_client, http_client
     from aicoder.http.cooldown import Cooldowns, shared_cooldowns
     from aicoder.http.hints import ServerHint, server_hint
     from aicoder.http.policy import LinearRetry, Wait
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from aicoder.llm.errors import LLMError, RateLimitError
 
 _WHERE = {
+    "AsyncLinearBackoffTransport": "aicoder.http.async_transport",
     "Config": "aicoder.config",
     "ConfigError": "aicoder.config",
     "Cooldowns": "aicoder.http.cooldown",
@@ -33,6 +36,8 @@ _WHERE = {
     "RequestsTransport": "aicoder.http.transport",
     "ServerHint": "aicoder.http.hints",
     "Wait": "aicoder.http.policy",
+    "async_http_client": "aicoder.http.clients",
+    "http_client": "aicoder.http.clients",
     "instant_waits": "aicoder.http.waiting",
     "linear_delay": "aicoder.http.schedule",
     "linear_delays": "aicoder.http.schedule",
@@ -41,6 +46,7 @@ _WHERE = {
     "shared_cooldowns": "aicoder.http.cooldown",
 }
 __all__ = [
+    "AsyncLinearBackoffTransport",
     "Config",
     "ConfigError",
     "Cooldowns",
@@ -52,6 +58,8 @@ __all__ = [
     "RequestsTransport",
     "ServerHint",
     "Wait",
+    "async_http_client",
+    "http_client",
     "instant_waits",
     "linear_delay",
     "linear_delays",

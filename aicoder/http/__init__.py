@@ -4,8 +4,10 @@ The retry policy (:mod:`~aicoder.http.policy`), the adapter that mounts it on a
 ``requests`` session (:mod:`~aicoder.http.adapter`), the shared pace
 (:mod:`~aicoder.http.cooldown`, :mod:`~aicoder.http.pace`), what servers say of
 their limits (:mod:`~aicoder.http.quotas`, :mod:`~aicoder.http.hints`), the
-deadline of each attempt, and the bridge for httpx2 clients
-(:mod:`~aicoder.http.transport`). Names are imported when first used.
+deadline of each attempt, the bridge for httpx2 clients
+(:mod:`~aicoder.http.transport`), the asyncio transport
+(:mod:`~aicoder.http.async_transport`) and the clients for the openai SDK
+(:mod:`~aicoder.http.clients`). Names are imported when first used.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
+    from aicoder.http.async_transport import AsyncLinearBackoffTransport
+    from aicoder.http.clients import async_http_client, http_client
     from aicoder.http.cooldown import Cooldowns, shared_cooldowns
     from aicoder.http.hints import ServerHint, server_hint
     from aicoder.http.policy import LinearRetry, Wait
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from aicoder.http.waiting import instant_waits
 
 _WHERE = {
+    "AsyncLinearBackoffTransport": "async_transport",
     "Cooldowns": "cooldown",
     "LinearBackoffAdapter": "adapter",
     "LinearRetry": "policy",
@@ -31,6 +36,8 @@ _WHERE = {
     "RequestsTransport": "transport",
     "ServerHint": "hints",
     "Wait": "policy",
+    "async_http_client": "clients",
+    "http_client": "clients",
     "instant_waits": "waiting",
     "linear_delay": "schedule",
     "linear_delays": "schedule",
@@ -40,6 +47,7 @@ _WHERE = {
     "shared_cooldowns": "cooldown",
 }
 __all__ = [
+    "AsyncLinearBackoffTransport",
     "Cooldowns",
     "LinearBackoffAdapter",
     "LinearRetry",
@@ -47,6 +55,8 @@ __all__ = [
     "RequestsTransport",
     "ServerHint",
     "Wait",
+    "async_http_client",
+    "http_client",
     "instant_waits",
     "linear_delay",
     "linear_delays",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, TypedDict, Unpack
+from typing import Any, NamedTuple, TypedDict, Unpack
 from weakref import WeakKeyDictionary
 
 import requests
@@ -23,6 +23,7 @@ from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 __all__ = [
     "AdapterOptions",
     "LinearBackoffAdapter",
+    "TransportSettings",
     "check_deadline",
     "limit_of",
     "retry_state",
@@ -71,28 +72,20 @@ class LinearBackoffAdapter(HTTPAdapter):
         pool_maxsize: int = 10,
         pool_block: bool = False,
     ) -> None:
-        if config is None:
-            config = Config.load()
-        retry = LinearRetry(
-            config.retry_count if count is None else count,
-            config.retry_min_delay if min_delay is None else min_delay,
-            config.retry_max_delay if max_delay is None else max_delay,
-            max_hint=config.retry_max_hint if max_hint is None else max_hint,
-            respect_retry_after_header=(
-                config.retry_respect_retry_after
-                if respect_retry_after is None
-                else check_bool("respect_retry_after", respect_retry_after)
-            ),
+        settings = TransportSettings.resolve(
+            config,
+            count=count,
+            min_delay=min_delay,
+            max_delay=max_delay,
+            max_hint=max_hint,
+            respect_retry_after=respect_retry_after,
+            coordinate=coordinate,
+            cooldowns=cooldowns,
+            request_timeout=request_timeout,
         )
-        self.coordinate = config.retry_coordinate if coordinate is None else check_bool("coordinate", coordinate)
-        self.redis_url = config.redis_url
-        self.cooldowns = (cooldowns or shared_cooldowns(self.redis_url)) if self.coordinate else None
-        self.request_timeout = float(
-            config.request_timeout
-            if request_timeout is None
-            else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
-        )
-        super().__init__(pool_connections, pool_maxsize, max_retries=retry, pool_block=pool_block)
+        self.coordinate, self.redis_url = settings.coordinate, settings.redis_url
+        self.cooldowns, self.request_timeout = settings.cooldowns, settings.request_timeout
+        super().__init__(pool_connections, pool_maxsize, max_retries=settings.retry, pool_block=pool_block)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         """As requests' own, with pools whose attempts end at ``request_timeout`` (:mod:`aicoder.http.deadline`)."""
@@ -176,6 +169,54 @@ class LinearBackoffAdapter(HTTPAdapter):
         """The policy every request through this adapter starts from."""
         assert isinstance(self.max_retries, LinearRetry)
         return self.max_retries
+
+
+class TransportSettings(NamedTuple):
+    """What a retrying transport, sync (:class:`LinearBackoffAdapter`) or async, runs with: one set of rules."""
+
+    retry: LinearRetry
+    coordinate: bool
+    redis_url: str | None
+    cooldowns: Cooldowns | None
+    request_timeout: float
+
+    @classmethod
+    def resolve(
+        cls,
+        config: Config | None = None,
+        *,
+        count: int | None = None,
+        min_delay: float | None = None,
+        max_delay: float | None = None,
+        max_hint: float | None = None,
+        respect_retry_after: bool | None = None,
+        coordinate: bool | None = None,
+        cooldowns: Cooldowns | None = None,
+        request_timeout: float | None = None,
+    ) -> TransportSettings:
+        """The settings from ``config`` (default: :meth:`Config.load`), each argument given overriding its own."""
+        if config is None:
+            config = Config.load()
+        retry = LinearRetry(
+            config.retry_count if count is None else count,
+            config.retry_min_delay if min_delay is None else min_delay,
+            config.retry_max_delay if max_delay is None else max_delay,
+            max_hint=config.retry_max_hint if max_hint is None else max_hint,
+            respect_retry_after_header=(
+                config.retry_respect_retry_after
+                if respect_retry_after is None
+                else check_bool("respect_retry_after", respect_retry_after)
+            ),
+        )
+        coordinate = config.retry_coordinate if coordinate is None else check_bool("coordinate", coordinate)
+        redis_url = config.redis_url
+        timeout = float(
+            config.request_timeout
+            if request_timeout is None
+            else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
+        )
+        chosen = (cooldowns or shared_cooldowns(redis_url)) if coordinate else None
+        return cls(retry, coordinate, redis_url, chosen, timeout)
 
 
 def _with_read_body(response: requests.Response) -> requests.Response:

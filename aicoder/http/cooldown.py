@@ -19,10 +19,13 @@ the destination's :class:`~aicoder.http.pace.Pace`:
 Waiting before a first attempt is not a retry: it never uses up ``LLM_RETRY_COUNT``.
 No lock is held while waiting, and waits go through :func:`aicoder.http.waiting.sleep`,
 so Ctrl-C ends them and :func:`~aicoder.http.waiting.instant_waits` skips them.
+asyncio code takes its turns with the ``a``-prefixed twins (:meth:`Cooldowns.atake_turn`,
+:meth:`Cooldowns.await_turn`): the same rules, the same state, each wait an ``await``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -30,9 +33,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from requests.structures import CaseInsensitiveDict
@@ -105,7 +108,7 @@ class _Destination:
         #: Turns handed out whose time has not come yet: a hold or a cut moves them.
         self.pending: set[Turn] = set()
         #: Set once the first request's answer (or failure) is in; ``None`` after that.
-        self.first_answer: threading.Event | None = threading.Event()
+        self.first_answer: waiting.Signal | None = waiting.Signal()
 
 
 class Turn:
@@ -175,7 +178,8 @@ class Cooldowns:
 
     Thread-safe. Remembers at most ``max_destinations`` (least recently used go
     first). ``clock`` and ``sleep`` are injectable so the rules can be tested
-    without waiting. ``min_rate`` is the slowest pace that 429s alone can impose.
+    without waiting (``asleep`` for the asyncio twins). ``min_rate`` is the slowest
+    pace that 429s alone can impose.
     With ``shared`` (:class:`~aicoder.http.shared.SharedPaces`), every destination's
     pace lives in Redis, shared with every process that uses the same Redis.
     """
@@ -188,6 +192,7 @@ class Cooldowns:
         min_rate: float = 1 / 120,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = waiting.sleep,
+        asleep: Callable[[float], Awaitable[None]] = waiting.asleep,
         shared: SharedPaces | None = None,
     ) -> None:
         self.shared = shared
@@ -196,6 +201,7 @@ class Cooldowns:
         self.min_rate = min_rate
         self._clock = clock
         self._sleep = sleep
+        self._asleep = asleep
         self._lock = threading.Lock()
         self._destinations: OrderedDict[DestinationKey, _Destination] = OrderedDict()
 
@@ -224,6 +230,37 @@ class Cooldowns:
         token limit. The first request to a new destination goes at once: it is the
         probe the others wait for. ``max_wait`` is as for :meth:`wait_turn`.
         """
+        turn, probe, waiting_for_probe = self._new_turn(key, body)
+        if waiting_for_probe:
+            self.wait_turn(turn, max_wait=max_wait)
+            return turn
+        cost = self._first_cost(turn, probe)
+        if turn.destination.pace.REMOTE:
+            self._book(turn, cost, max_wait)
+        elif self._now_or_later(turn, cost, max_wait):
+            return turn
+        self._wait_until_sent(turn)
+        return turn
+
+    async def atake_turn(self, key: DestinationKey, *, body: object = None, max_wait: float = math.inf) -> Turn:
+        """:meth:`take_turn` for asyncio: each wait is an ``await``, and a round trip to Redis runs off the loop.
+
+        Cancelling the task ends its wait at once: its turn is given up (:meth:`cancel`).
+        """
+        turn, probe, waiting_for_probe = self._new_turn(key, body)
+        if waiting_for_probe:
+            await self.await_turn(turn, max_wait=max_wait)
+            return turn
+        cost = self._first_cost(turn, probe)
+        if turn.destination.pace.REMOTE:
+            await self._off_loop(turn, self._book, turn, cost, max_wait)
+        elif self._now_or_later(turn, cost, max_wait):
+            return turn
+        await self._await_until_sent(turn)
+        return turn
+
+    def _new_turn(self, key: DestinationKey, body: object) -> tuple[Turn, bool, bool]:
+        """A new turn at ``key``; whether it is the probe, and whether it must wait for the probe's answer."""
         with self._lock:
             destination = self._destinations.get(key)
             probe = destination is None
@@ -232,22 +269,21 @@ class Cooldowns:
             else:
                 self._destinations.move_to_end(key)
             waiting_for_probe = not probe and destination.first_answer is not None
-        turn = Turn(self, destination, body)
-        if waiting_for_probe:
-            self.wait_turn(turn, max_wait=max_wait)
-            return turn
+        return Turn(self, destination, body), probe, waiting_for_probe
+
+    @staticmethod
+    def _first_cost(turn: Turn, probe: bool) -> RequestCost | None:
         # The probe goes as soon as the pace allows (at once, unless other processes share it): nothing is known.
-        cost = turn.cost if not probe and destination.pace.counts_tokens else None
-        if destination.pace.REMOTE:
-            self._book(turn, cost, max_wait)
-        else:
-            with self._lock:
-                # The common case, decided under one lock: the turn is now.
-                if self._reserve(turn, cost, max_wait) <= 0:
-                    destination.pace.sent(turn.sent_at)
-                    return turn
-        self._wait_until_sent(turn)
-        return turn
+        return turn.cost if not probe and turn.destination.pace.counts_tokens else None
+
+    def _now_or_later(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> bool:
+        """Take ``turn``'s place in the in-process pace; return whether it is now (it then counts as sent)."""
+        with self._lock:
+            # The common case, decided under one lock: the turn is now.
+            if self._reserve(turn, cost, max_wait) <= 0:
+                turn.destination.pace.sent(turn.sent_at)
+                return True
+        return False
 
     def wait_turn(self, turn: Turn, delay: float = 0.0, max_wait: float = math.inf) -> float:
         """Wait until ``turn``'s destination may take another attempt, at least ``delay`` seconds; take it.
@@ -271,8 +307,54 @@ class Cooldowns:
         self._book(turn, turn.cost if destination.pace.counts_tokens else None, max_wait)
         return max(delay, 0.0) + self._wait_until_sent(turn)
 
+    async def await_turn(self, turn: Turn, delay: float = 0.0, max_wait: float = math.inf) -> float:
+        """:meth:`wait_turn` for asyncio: each wait is an ``await``; cancelling the task gives up the turn."""
+        destination = turn.destination
+        if delay > 0:
+            await self._asleep(delay)
+        with self._lock:
+            first_answer = destination.first_answer
+        if first_answer is not None and not first_answer.is_set():
+            await waiting.await_for(first_answer, min(self.probe_timeout, max_wait))
+        cost = turn.cost if destination.pace.counts_tokens else None
+        if destination.pace.REMOTE:
+            await self._off_loop(turn, self._book, turn, cost, max_wait)
+        else:
+            with self._lock:
+                self._reserve(turn, cost, max_wait)
+        return max(delay, 0.0) + await self._await_until_sent(turn)
+
     def _wait_until_sent(self, turn: Turn) -> float:
-        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds.
+        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds."""
+        now = start = turn.granted_at
+        while (left := self._left(turn, now, start)) > 0:
+            self._sleep(left)
+            now += left
+        return now - start
+
+    async def _await_until_sent(self, turn: Turn) -> float:
+        """:meth:`_wait_until_sent` for asyncio. Cancelled, the turn is given up: it never counts as sent."""
+        now = start = turn.granted_at
+        remote = turn.destination.pace.REMOTE
+        try:
+            while True:
+                # Once it has waited, a turn in a shared pace may ask Redis whether it moved: off the loop.
+                asks = remote and now > start
+                if asks:
+                    left = await self._off_loop(turn, self._left, turn, now, start)
+                else:
+                    left = self._left(turn, now, start)
+                if left <= 0:
+                    break
+                await self._asleep(left)
+                now += left
+        except asyncio.CancelledError:
+            self.cancel(turn)
+            raise
+        return now - start
+
+    def _left(self, turn: Turn, now: float, start: float) -> float:
+        """Seconds until ``turn``'s time, as of ``now``; 0 once it has come, and it then counts as sent.
 
         Where the pace is shared with other processes, a hold or cut made there may
         have moved the turn too: when it comes, it asks, unless this process asked
@@ -280,20 +362,42 @@ class Cooldowns:
         """
         destination = turn.destination
         every = destination.pace.FOLLOW_EVERY
-        now = start = turn.granted_at
-        while True:
-            with self._lock:
-                if every is not None and now > start and now - destination.followed_at >= every:
-                    destination.followed_at = now
-                    self._reschedule(destination, now, followed=True)
-                target = turn.sent_at
-                if target <= now:
-                    destination.pending.discard(turn)
-                    destination.pace.sent(target)
-                    turn.queued += now - start
-                    return now - start
-            self._sleep(target - now)
-            now = target
+        with self._lock:
+            if every is not None and now > start and now - destination.followed_at >= every:
+                destination.followed_at = now
+                self._reschedule(destination, now, followed=True)
+            target = turn.sent_at
+            if target > now:
+                return target - now
+            destination.pending.discard(turn)
+            destination.pace.sent(target)
+            turn.queued += now - start
+            return 0.0
+
+    async def _off_loop(self, turn: Turn, call: Callable[..., _T], *args: object) -> _T:
+        """Run ``call`` (which may wait on Redis) in a worker thread. Cancelled meanwhile, the task stops
+        awaiting at once, and the turn ``call`` may still take is given up when it has."""
+        work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(lambda _: self.cancel(turn))
+            raise
+
+    def cancel(self, turn: Turn) -> None:
+        """``turn``'s request was cancelled before its turn came: it is not sent, nor counted as sent.
+
+        Its place in the pace is not handed to another request: the pace errs, by
+        one turn, on the slow side. Where the pace is shared, its ticket is withdrawn.
+        """
+        destination = turn.destination
+        with self._lock:
+            if turn not in destination.pending:
+                return
+            destination.pending.discard(turn)
+            ticket, turn.ticket = turn.ticket, None
+        if ticket is not None:
+            destination.pace.cancel(ticket)
 
     def _book(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> None:
         """Take the destination's next turn for ``turn``. Lock not held: a pace kept elsewhere is asked
@@ -401,6 +505,7 @@ class Cooldowns:
             destination.first_answer = None
 
 
+_T = TypeVar("_T")
 _shared: dict[str | None, Cooldowns] = {None: Cooldowns()}
 _shared_lock = threading.Lock()
 

@@ -410,6 +410,9 @@ class Pace:
         """A request went at ``at``."""
         self.feedback.sent(at)
 
+    def cancel(self, ticket: str) -> None:
+        """The turn named ``ticket`` will not be taken. Here, nothing to undo: only a sent turn is counted."""
+
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
         """A request granted its turn at ``granted_at`` and sent at ``sent_at`` was refused; return whether
         that cut the rate (see :meth:`Feedback.refused`)."""

@@ -238,6 +238,11 @@ _WHEN = """
 return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 """
 
+# KEYS: sends zset. ARGV: a ticket whose turn will not be taken: it is no send, and holds no place.
+_CANCEL = """
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
 # KEYS: the clients zset. ARGV: this client, how long a client counts as live. Returns the live clients.
 _HEARTBEAT = """
 local clock = redis.call('TIME')
@@ -288,6 +293,7 @@ class SharedPaces:
                 ("refuse", _REFUSE),
                 ("cut", _CUT),
                 ("when", _WHEN),
+                ("cancel", _CANCEL),
                 ("heartbeat", _HEARTBEAT),
             )
         }
@@ -530,6 +536,10 @@ class SharedPace:
 
     def sent(self, at: float) -> None:
         self.local.sent(at)  # the reservation has recorded the shared sample already
+
+    def cancel(self, ticket: str) -> None:
+        """Withdraw the turn named ``ticket`` from the shared schedule: it was never sent."""
+        self.shared.run("cancel", [self._sends], [ticket])
 
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another

@@ -9,7 +9,8 @@ handed on as streams: a streamed completion arrives chunk by chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,13 +25,19 @@ from urllib3 import HTTPHeaderDict
 from aicoder.http.adapter import check_deadline, retry_state, waits_of
 from aicoder.http.hints import MAX_BODY
 
-__all__ = ["RETRY_EXTENSION", "WAITS_EXTENSION", "RequestsTransport"]
+__all__ = ["NO_SDK_RETRY", "RETRY_EXTENSION", "WAITS_EXTENSION", "RequestsTransport", "sdk_retry_guard"]
+
+log = logging.getLogger(__name__)
 
 #: The key under which a response's :class:`~aicoder.http.policy.LinearRetry` state
 #: rides along in ``httpx2.Response.extensions``.
 RETRY_EXTENSION = "aicoder.retry"
 #: The key under which the seconds waited before each retry ride along (:func:`~aicoder.http.adapter.waits_of`).
 WAITS_EXTENSION = "aicoder.waits"
+
+#: Added to every answer aicoder's retries have handled: the openai SDK obeys it and never retries the answer
+#: again, even if it was created without ``max_retries=0``.
+NO_SDK_RETRY = (b"x-should-retry", b"false")
 
 _CHUNK_SIZE = 64 * 1024
 _MAX_ORIGINS = 256
@@ -56,6 +63,24 @@ _EXCEPTION_MAP: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] 
     (urllib3.exceptions.HTTPError, httpx2.TransportError),
     (OSError, httpx2.NetworkError),
 )
+
+
+_warned_of_sdk_retries = False
+
+
+def sdk_retry_guard(headers: Mapping[str, str]) -> None:
+    """Warn, once per process, if the openai SDK is retrying a request itself: it was created without
+    ``max_retries=0``. Answers never reach its retries (:data:`NO_SDK_RETRY`), but timeouts and
+    connection errors do, and each such retry of the SDK's takes a new turn here."""
+    global _warned_of_sdk_retries
+    count = headers.get("x-stainless-retry-count")
+    if count and count != "0" and not _warned_of_sdk_retries:
+        _warned_of_sdk_retries = True
+        log.warning(
+            "The openai SDK retried a request itself (x-stainless-retry-count: %s): create it with max_retries=0, "
+            "so that only aicoder retries",
+            count[:8],
+        )
 
 
 def map_exceptions(request: httpx2.Request) -> _MappedExceptions:
@@ -143,6 +168,7 @@ class RequestsTransport(httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` with ``Session.send`` and return the response, its body still unread."""
+        sdk_retry_guard(request.headers)
         # The body is read whole (the SDK's are small JSON) so that urllib3 can resend it on a retry.
         body = request.read()
         with map_exceptions(request):
@@ -157,15 +183,19 @@ class RequestsTransport(httpx2.BaseTransport):
                 verify=settings["verify"],
                 cert=settings["cert"],
             )
+        retry = retry_state(response)
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/1.1",
             "reason_phrase": (response.reason or "").encode("ascii", "replace"),
-            RETRY_EXTENSION: retry_state(response),
+            RETRY_EXTENSION: retry,
             WAITS_EXTENSION: waits_of(response),
         }
+        headers = _response_headers(response)
+        if retry is not None:  # a retrying adapter answered: nothing is left for the SDK to retry
+            headers.append(NO_SDK_RETRY)
         return httpx2.Response(
             response.status_code,
-            headers=_response_headers(response),
+            headers=headers,
             stream=_ResponseStream(response, request),
             extensions=extensions,
         )

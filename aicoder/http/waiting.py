@@ -1,20 +1,23 @@
 """The one place aicoder waits, and the switch that lets test suites skip the waiting.
 
 Every wait goes through :func:`sleep` (backoffs, holds, turns) or
-:func:`wait_for` (a first request's answer that others wait for). Inside
-:func:`instant_waits` nothing waits: each sleep is recorded instead, and a wait
-for an answer returns at once, so a test can run the real retry logic at full
-speed and still assert on the waits it would have taken.
+:func:`wait_for` (a first request's answer that others wait for), or in asyncio
+code their twins :func:`asleep` and :func:`await_for`, which never block the
+event loop. Inside :func:`instant_waits` nothing waits: each sleep is recorded
+instead, and a wait for an answer returns at once, so a test can run the real
+retry logic at full speed and still assert on the waits it would have taken.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["instant_waits", "sleep", "wait_for"]
+__all__ = ["Signal", "asleep", "await_for", "instant_waits", "sleep", "wait_for"]
 
 _lock = threading.Lock()
 _recorded: list[float] | None = None
@@ -31,10 +34,61 @@ def sleep(seconds: float) -> None:
         time.sleep(seconds)
 
 
+async def asleep(seconds: float) -> None:
+    """:func:`sleep` for asyncio: await ``seconds`` (cancelling the task ends it at once), or record them."""
+    with _lock:
+        recorded = _recorded
+        if recorded is not None:
+            recorded.append(seconds)
+            return
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
 def wait_for(event: threading.Event, timeout: float) -> None:
     """Wait until ``event`` is set, at most ``timeout`` seconds; not at all inside :func:`instant_waits`."""
     if _recorded is None:
         event.wait(timeout)
+
+
+class Signal(threading.Event):
+    """A :class:`threading.Event` that asyncio tasks can await too (:func:`await_for`), from any loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+async def await_for(event: Signal, timeout: float) -> None:
+    """:func:`wait_for` for asyncio: await ``event``, at most ``timeout`` seconds, without blocking the loop."""
+    if _recorded is not None:
+        return
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    with event._waiters_lock:
+        if event.is_set():
+            return
+        event._waiters.append((loop, future))
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(future, timeout)
+    finally:
+        with event._waiters_lock, contextlib.suppress(ValueError):
+            event._waiters.remove((loop, future))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @contextmanager

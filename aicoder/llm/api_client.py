@@ -12,7 +12,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import httpx2
 import openai
 import requests
 
@@ -32,6 +34,8 @@ _PROVIDERS: dict[str, type[LLMProvider]] = {
     "openrouter": OpenRouterProvider,
 }
 _MESSAGE_LIMIT = 300
+#: What a provider raises when a request fails: each becomes one :class:`~aicoder.llm.errors.LLMError`.
+_FAILURES = (requests.RequestException, httpx2.HTTPError, openai.OpenAIError, MalformedResponseError)
 
 
 class LLMClient:
@@ -74,16 +78,37 @@ class LLMClient:
         get past, chained to the original error. ``verbose`` logs the request at
         INFO (never on stdout).
         """
-        messages: list[Message] = [
-            {"role": "system", "content": systemPrompt},
-            {"role": "user", "content": userPrompt},
-        ]
         try:
-            return self.provider.create_completion(self.model, messages, verbose=verbose)
-        except (requests.RequestException, openai.OpenAIError, MalformedResponseError) as exc:
-            error = _error(self.provider.name, exc, self.provider.secrets)
-            redact_chain(exc, self.provider.secrets)  # a traceback printed later shows no secret either
-            raise error from exc
+            return self.provider.create_completion(self.model, _messages(systemPrompt, userPrompt), verbose=verbose)
+        except _FAILURES as exc:
+            raise self._failure(exc) from exc
+
+    async def asendRequest(self, systemPrompt: str, userPrompt: str, verbose: bool = False) -> str:  # noqa: N802, N803
+        """:meth:`sendRequest` for asyncio: the same retries, pace and errors, and every wait an ``await``.
+
+        Cancelling the task ends a wait for a turn or a backoff at once. The
+        requests go through an async client of the provider's, one per event loop
+        (:meth:`aclose` closes it); a ``session`` given to the client is for sync calls only.
+        """
+        try:
+            return await self.provider.acreate_completion(
+                self.model, _messages(systemPrompt, userPrompt), verbose=verbose
+            )
+        except _FAILURES as exc:
+            raise self._failure(exc) from exc
+
+    async def aclose(self) -> None:
+        """Close the async client :meth:`asendRequest` opened, if any."""
+        await self.provider.aclose()
+
+    def _failure(self, exc: Exception) -> LLMError:
+        error = _error(self.provider.name, exc, self.provider.secrets)
+        redact_chain(exc, self.provider.secrets)  # a traceback printed later shows no secret either
+        return error
+
+
+def _messages(system: str, user: str) -> list[Message]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 @dataclass(frozen=True)
@@ -105,7 +130,7 @@ def _error(provider: str, exc: Exception, secrets: tuple[str, ...]) -> LLMError:
     """The error to raise for ``exc``, with a message that says what happened and what to change."""
     failure = _http_failure(exc)
     if failure is None:
-        request = getattr(exc, "request", None)
+        request = _request_of(exc)
         url = safe_url(str(request.url)) if request is not None and getattr(request, "url", None) else ""
         return LLMError(redact(_describe_transport_error(provider, exc), secrets), provider=provider, url=url)
     where = f"{failure.method} {failure.url}"
@@ -190,11 +215,19 @@ def _advice_for_hint(seconds: float) -> str:
 def _describe_transport_error(provider: str, exc: Exception) -> str:
     if isinstance(exc, MalformedResponseError):
         return f"{provider} request failed: {exc}"
-    request = getattr(exc, "request", None)
+    request = _request_of(exc)
     where = f" {request.method} {safe_url(str(request.url))}" if request is not None else ""
-    timed_out = isinstance(exc, (requests.Timeout, openai.APITimeoutError))
+    timed_out = isinstance(exc, (requests.Timeout, openai.APITimeoutError, httpx2.TimeoutException))
     what = "timed out" if timed_out else "could not complete"
     return f"{provider} request{where} {what}: {_root_cause(exc)}. Not retried: aicoder retries only HTTP 429."
+
+
+def _request_of(exc: Exception) -> Any:
+    """The request ``exc`` is about, if it says; httpx2 raises, rather than answer ``None``, when it has none."""
+    try:
+        return getattr(exc, "request", None)
+    except RuntimeError:
+        return None
 
 
 def _http_failure(exc: Exception) -> _Failure | None:
@@ -210,7 +243,7 @@ def _http_failure(exc: Exception) -> _Failure | None:
             retry=retry_state(response),
             waits=waits_of(response),
         )
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, (openai.APIStatusError, httpx2.HTTPStatusError)):
         sdk_response = exc.response
         retry = sdk_response.extensions.get(RETRY_EXTENSION)
         waits = sdk_response.extensions.get(WAITS_EXTENSION)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, TypedDict
 
+import httpx2
 import requests
 
 from aicoder.config import Config, ConfigError, check_api_key, check_base_url
 from aicoder.http.adapter import retrying_session
+from aicoder.http.clients import async_http_client
 from aicoder.http.redaction import url_secrets
 
 __all__ = ["LLMProvider", "MalformedResponseError", "Message", "MissingAPIKeyError", "completion_text", "require_key"]
@@ -65,7 +68,9 @@ class LLMProvider(ABC):
     step. ``api_key`` and ``base_url`` default to the provider's two settings in it;
     both are checked (:func:`~aicoder.config.check_api_key`,
     :func:`~aicoder.config.check_base_url`). ``session`` defaults to
-    :func:`~aicoder.http.adapter.retrying_session` for ``config``.
+    :func:`~aicoder.http.adapter.retrying_session` for ``config``. Async calls go
+    through :func:`~aicoder.http.clients.async_http_client` for ``config``, one per
+    event loop.
     """
 
     #: A short name for messages and logs.
@@ -92,10 +97,34 @@ class LLMProvider(ABC):
         self.base_url = check_base_url(url_variable, base_url or getattr(config, url_field))
         self.secrets = (self.api_key, *url_secrets(self.base_url))
         self.session = session if session is not None else retrying_session(config)
+        self.config = config
+        self._async_client: httpx2.AsyncClient | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
         self._start()
 
     def _start(self) -> None:  # noqa: B027 - an optional step, empty unless a provider needs it
         """Build what the provider sends with, once its key, base URL and session are set. For subclasses."""
+
+    def async_client(self) -> httpx2.AsyncClient:
+        """The retrying async client for the running event loop: a client's connections belong to one loop."""
+        loop = asyncio.get_running_loop()
+        if self._async_client is None or self._async_loop is not loop:
+            self._async_client, self._async_loop = async_http_client(self.config), loop
+            self._start_async(self._async_client)
+        return self._async_client
+
+    def _start_async(self, client: httpx2.AsyncClient) -> None:  # noqa: B027 - an optional step, as _start
+        """Build what the provider sends with in ``client``'s event loop. For subclasses."""
+
+    async def aclose(self) -> None:
+        """Close the async client, if one was opened (the session is its owner's)."""
+        if self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = self._async_loop = None
+
+    @abstractmethod
+    async def acreate_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
+        """:meth:`create_completion` for asyncio, through :meth:`async_client`: the same answers and errors."""
 
     @abstractmethod
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:

@@ -43,20 +43,38 @@ class OpenAIProvider(LLMProvider):
             http_client=httpx2.Client(transport=RequestsTransport(self.session), follow_redirects=True),
         )
 
+    def _start_async(self, client: httpx2.AsyncClient) -> None:
+        self.async_sdk = openai.AsyncOpenAI(
+            api_key=self.api_key, base_url=self.base_url, max_retries=0, http_client=client
+        )
+
     def create_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
         started = time.monotonic()
         try:
             completion: Any = self.client.chat.completions.create(model=model, messages=list(messages))  # type: ignore[arg-type]
         except (json.JSONDecodeError, RecursionError) as exc:  # a 200 whose body is no JSON, or nested past reason
             raise MalformedResponseError from exc
-        log.log(
-            logging.INFO if verbose else logging.DEBUG,
-            "openai chat completion model=%s in %.2f s",
-            model,
-            time.monotonic() - started,
-        )
+        return _text(completion, model, started, verbose)
+
+    async def acreate_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
+        started = time.monotonic()
+        self.async_client()  # builds async_sdk for this event loop, if it is a new one
         try:
-            content = completion.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            content = None
-        return completion_text(content)
+            completion: Any = await self.async_sdk.chat.completions.create(model=model, messages=list(messages))  # type: ignore[arg-type]
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise MalformedResponseError from exc
+        return _text(completion, model, started, verbose)
+
+
+def _text(completion: Any, model: str, started: float, verbose: bool) -> str:
+    log.log(
+        logging.INFO if verbose else logging.DEBUG,
+        "openai chat completion model=%s in %.2f s",
+        model,
+        time.monotonic() - started,
+    )
+    try:
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError, TypeError):
+        content = None
+    return completion_text(content)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx2
 import requests
 
 from aicoder.config import Config
@@ -76,6 +77,31 @@ class OpenRouterProvider(LLMProvider):
             check_deadline(response)
             return _completion_text(response)
 
+    async def acreate_completion(self, model: str, messages: Sequence[Message], verbose: bool = False) -> str:
+        started = time.monotonic()
+        connect, read = self.timeout
+        async with self.async_client().stream(
+            "POST",
+            self.url,
+            json={"model": model, "messages": list(messages)},
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=httpx2.Timeout(read, connect=connect),
+        ) as response:
+            log.log(
+                logging.INFO if verbose else logging.DEBUG,
+                "POST %s model=%s: HTTP %d in %.2f s",
+                safe_url(self.url),
+                model,
+                response.status_code,
+                time.monotonic() - started,
+            )
+            if not 200 <= response.status_code < 300:
+                raise httpx2.HTTPStatusError(
+                    f"HTTP {response.status_code}", request=response.request, response=await _start_of(response)
+                )
+            await response.aread()
+            return _completion_text(response)
+
 
 def _endpoint(base_url: str) -> str:
     """Append ``/chat/completions`` to the base URL's path, keeping any query (``?api-version=``)."""
@@ -90,7 +116,24 @@ def _keep_only_the_start(response: requests.Response) -> None:
         response._content_consumed = True  # type: ignore[attr-defined]
 
 
-def _completion_text(response: requests.Response) -> str:
+async def _start_of(response: httpx2.Response) -> httpx2.Response:
+    """An error answer with only the first :data:`~aicoder.http.hints.MAX_BODY` bytes of its body: it is only quoted."""
+    start = b""
+    async for chunk in response.aiter_bytes():
+        start += chunk
+        if len(start) >= MAX_BODY:
+            break
+    framing = ("content-encoding", "content-length", "transfer-encoding")  # of the whole body, as sent
+    return httpx2.Response(
+        response.status_code,
+        headers=[(name, value) for name, value in response.headers.multi_items() if name.lower() not in framing],
+        content=start[:MAX_BODY],
+        request=response.request,
+        extensions=response.extensions,
+    )
+
+
+def _completion_text(response: requests.Response | httpx2.Response) -> str:
     try:
         body: Any = response.json()
         content = body["choices"][0]["message"]["content"]

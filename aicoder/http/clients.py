@@ -1,0 +1,47 @@
+"""httpx2 clients for the openai SDK that retry through aicoder: the one line to add to existing SDK code.
+
+::
+
+    client = openai.OpenAI(http_client=aicoder.http_client(), max_retries=0)
+    client = openai.AsyncOpenAI(http_client=aicoder.async_http_client(), max_retries=0)
+
+Both follow redirects as the SDK's own clients do. Every answer they hand on is
+marked ``x-should-retry: false``, which the SDK obeys: a client created without
+``max_retries=0`` still never retries an answer on top of aicoder, and its
+first retry of anything else (a timeout, a connection error) logs one WARNING.
+"""
+
+from __future__ import annotations
+
+import httpx2
+import requests
+
+from aicoder.config import Config
+from aicoder.http.adapter import retrying_session
+from aicoder.http.async_transport import AsyncLinearBackoffTransport
+from aicoder.http.transport import RequestsTransport
+
+__all__ = ["async_http_client", "http_client"]
+
+
+def http_client(config: Config | None = None, session: requests.Session | None = None) -> httpx2.Client:
+    """An ``httpx2.Client`` for ``openai.OpenAI(http_client=…, max_retries=0)`` that sends through ``session``.
+
+    ``session`` defaults to :func:`~aicoder.http.adapter.retrying_session` for
+    ``config`` (default: :meth:`Config.load`), and is then closed with the client;
+    a session of the caller's is not. Retrying happens in its adapter.
+    """
+    owned = session is None
+    if session is None:
+        session = retrying_session(config)
+    return httpx2.Client(transport=RequestsTransport(session, close_session=owned), follow_redirects=True)
+
+
+def async_http_client(config: Config | None = None) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` for ``openai.AsyncOpenAI(http_client=…, max_retries=0)``.
+
+    Its transport is :class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport`
+    with the settings of ``config`` (default: :meth:`Config.load`): the same
+    retries, hints and pace as the sync adapter, every wait awaited.
+    """
+    return httpx2.AsyncClient(transport=AsyncLinearBackoffTransport(config), follow_redirects=True)

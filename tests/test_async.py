@@ -1,0 +1,326 @@
+"""The asyncio path: AsyncOpenAI and asendRequest through the same policy, pace and errors as the sync adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from aicoder import LLMClient, RateLimitError, async_http_client, http_client, instant_waits
+from aicoder.config import Config
+from aicoder.http.async_transport import AsyncLinearBackoffTransport
+from aicoder.http.cooldown import Cooldowns, destination_key, shared_cooldowns
+from aicoder.http.shared import SharedPaces
+from aicoder.http.transport import RETRY_EXTENSION
+from aicoder.llm.errors import LLMError
+from aicoder.testing import RateLimitedEndpoint
+from tests.redis_server import redis_server
+from tests.servers import Reply, completion, rate_limited, scripted_server
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-test-async-0123456789"
+FAST = Config(retry_count=2, retry_min_delay=0, retry_max_delay=0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def async_sdk(base_url: str, config: Config = FAST, max_retries: int = 0) -> AsyncIterator[openai.AsyncOpenAI]:
+    sdk = openai.AsyncOpenAI(
+        api_key=KEY, base_url=base_url, max_retries=max_retries, http_client=async_http_client(config)
+    )
+    try:
+        yield sdk
+    finally:
+        await sdk.close()
+
+
+def clients(base_url: str, model: str) -> LLMClient:
+    config = Config(
+        retry_count=2,
+        retry_min_delay=0,
+        retry_max_delay=0,
+        openai_api_key=KEY,
+        openai_base_url=base_url,
+        openrouter_api_key=KEY,
+        openrouter_base_url=base_url,
+    )
+    return LLMClient(model, config=config)
+
+
+async def test_a_429_is_retried_after_its_hint_then_the_answer_arrives() -> None:
+    with scripted_server(rate_limited({"retry-after-ms": "30"}), completion("hi")) as server:
+        started = time.monotonic()
+        async with async_sdk(f"{server.url}/v1") as sdk:
+            reply = await sdk.chat.completions.create(model="m", messages=[])
+        elapsed = time.monotonic() - started
+    assert reply.choices[0].message.content == "hi"
+    assert server.count == 2
+    assert server.received[1].at - server.received[0].at >= 0.03
+    assert elapsed < 1
+
+
+async def test_the_final_429_carries_the_retry_state_and_stops_the_sdk_retrying() -> None:
+    """Out of retries, the SDK gets the last 429, marked so that even max_retries=5 does not retry it."""
+    with scripted_server(rate_limited()) as server, pytest.raises(openai.RateLimitError) as caught:
+        async with async_sdk(f"{server.url}/v1", max_retries=5) as sdk:
+            await sdk.chat.completions.create(model="m", messages=[])
+    assert server.count == 3  # aicoder's two retries, none of the SDK's
+    assert len(caught.value.response.extensions[RETRY_EXTENSION].history) == 2
+    assert caught.value.response.headers["x-should-retry"] == "false"
+
+
+def test_the_sync_client_also_stops_the_sdk_retrying_an_answer() -> None:
+    with scripted_server(rate_limited()) as server, pytest.raises(openai.RateLimitError):  # noqa: SIM117
+        with openai.OpenAI(
+            api_key=KEY, base_url=f"{server.url}/v1", max_retries=5, http_client=http_client(FAST)
+        ) as sdk:
+            sdk.chat.completions.create(model="m", messages=[])
+    assert server.count == 3
+
+
+async def test_an_sdk_that_retries_by_itself_is_named_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("aicoder.http.transport._warned_of_sdk_retries", False)
+    with scripted_server(completion()) as server:
+        async with async_http_client(FAST) as client:
+            for count in ("0", "1", "2"):
+                await client.post(f"{server.url}/v1/x", headers={"x-stainless-retry-count": count})
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "x-stainless-retry-count: 1" in warnings[0]
+    assert "max_retries=0" in warnings[0]
+
+
+@pytest.mark.parametrize("model", ["openai/m", "openrouter/m"])
+async def test_asendrequest_fails_with_the_same_error_as_sendrequest(model: str) -> None:
+    with scripted_server(rate_limited({"retry-after-ms": "5"})) as server:
+        client = clients(f"{server.url}/v1", model)
+        with pytest.raises(RateLimitError) as sync_error:
+            await asyncio.to_thread(client.sendRequest, "s", "u")
+        shared_cooldowns().clear()  # the second starts from nothing known, as the first did
+        with pytest.raises(RateLimitError) as async_error:
+            await client.asendRequest("s", "u")
+        await client.aclose()
+    assert str(async_error.value) == str(sync_error.value)
+    assert async_error.value.attempts == 3
+    assert KEY not in str(async_error.value)
+    assert server.count == 6
+
+
+@pytest.mark.parametrize("model", ["openai/m", "openrouter/m"])
+async def test_asendrequest_answers_and_names_other_errors(model: str) -> None:
+    with scripted_server(completion("async hello"), Reply(500, b'{"error": {"message": "boom"}}')) as server:
+        client = clients(f"{server.url}/v1", model)
+        assert await client.asendRequest("s", "u") == "async hello"
+        with pytest.raises(LLMError) as caught:
+            await client.asendRequest("s", "u")
+        await client.aclose()
+    assert "HTTP 500" in str(caught.value)
+    assert '"boom"' in str(caught.value)
+    assert "Not retried" in str(caught.value)
+
+
+async def test_an_attempt_past_its_deadline_times_out() -> None:
+    with scripted_server(Reply(200, b"{}", delay=1.0)) as server:
+        config = Config(request_timeout=0.2, openrouter_api_key=KEY, openrouter_base_url=f"{server.url}/v1")
+        client = LLMClient("m", config=config)
+        started = time.monotonic()
+        with pytest.raises(LLMError, match="timed out: ReadTimeout"):
+            await client.asendRequest("s", "u")
+        elapsed = time.monotonic() - started
+        await client.aclose()
+    assert elapsed < 0.8
+
+
+async def test_sync_and_async_requests_share_one_pace() -> None:
+    """A hold an async request learns holds a sync request to the same destination."""
+    hold = rate_limited({"retry-after-ms": "800"})
+    with scripted_server(completion(), hold, completion(), completion()) as server:
+        url = f"{server.url}/v1"
+        config = Config(retry_count=2, retry_min_delay=0, retry_max_delay=0, retry_max_hint=60)
+        async with async_sdk(url, config) as sdk:
+            with instant_waits() as waits:
+                await sdk.chat.completions.create(model="m", messages=[])  # the probe
+                await sdk.chat.completions.create(model="m", messages=[])  # held, then retried
+                with openai.OpenAI(api_key=KEY, base_url=url, max_retries=0, http_client=http_client(FAST)) as sync:
+                    sync.chat.completions.create(model="m", messages=[])
+    assert server.count == 4
+    assert waits[0] == pytest.approx(0.8)  # the async retry waits for the hint
+    assert waits[-1] > 0.5  # the sync request waits for the same hold: the clock has not moved
+
+
+async def test_instant_waits_skips_async_waits() -> None:
+    with scripted_server(rate_limited({"Retry-After": "3"}), completion()) as server:
+        started = time.monotonic()
+        async with async_sdk(f"{server.url}/v1") as sdk:
+            with instant_waits() as waits:
+                await sdk.chat.completions.create(model="m", messages=[])
+    assert waits[0] == 3.0  # the hint, then (as in sync code) the hold it set for every request there
+    assert waits[1] == pytest.approx(2.0, abs=0.1)
+    assert time.monotonic() - started < 1
+
+
+async def test_a_cancelled_backoff_ends_at_once() -> None:
+    with scripted_server(rate_limited({"retry-after-ms": "5000"})) as server:
+        async with async_sdk(f"{server.url}/v1", Config(retry_count=2, retry_max_hint=60)) as sdk:
+            task = asyncio.create_task(sdk.chat.completions.create(model="m", messages=[]))
+            while server.count < 1:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - started < 0.05
+        assert server.count == 1
+
+
+async def test_a_cancelled_turn_ends_at_once_and_is_not_counted_as_sent() -> None:
+    cooldowns = Cooldowns()
+    key = destination_key("https://api.test", {"authorization": f"Bearer {KEY}"})
+    probe = cooldowns.take_turn(key)
+    cooldowns.observe(probe, 200, {})
+    pace = cooldowns.pace(key)
+    assert pace is not None
+    pace.hold(time.monotonic() + 5)
+    sends = len(pace.feedback._sends)
+    task = asyncio.create_task(cooldowns.atake_turn(key))
+    await asyncio.sleep(0.02)
+    destination = probe.destination
+    assert len(destination.pending) == 1
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 0.05
+    assert not destination.pending
+    assert len(pace.feedback._sends) == sends
+
+
+async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:
+    cooldowns = Cooldowns()
+    key = destination_key("https://api.test", {})
+    cooldowns.observe(cooldowns.take_turn(key), 200, {})
+    pace = cooldowns.pace(key)
+    assert pace is not None
+    pace.hold(time.monotonic() + 0.2)
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while len(lags) < 15:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - before - 0.01)
+
+    turns = await asyncio.gather(ticker(), *(cooldowns.atake_turn(key) for _ in range(256)))
+    assert max(lags) < 0.05
+    assert min(turn.sent_at for turn in turns[1:]) >= pace.held_until - 0.2 + 0.19
+
+
+async def test_the_built_in_endpoint_serves_async_tests(aicoder_endpoint: RateLimitedEndpoint) -> None:
+    """The pytest fixtures work in async tests: 30 concurrent requests against 50/s, none lost."""
+    config = Config(openrouter_api_key=KEY, openrouter_base_url=aicoder_endpoint.base_url)
+    client = LLMClient("m", config=config)
+    answers = await asyncio.gather(*(client.asendRequest("s", f"u{n}") for n in range(30)))
+    await client.aclose()
+    assert len(answers) == 30
+    assert aicoder_endpoint.stats().ok == 30
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    with redis_server(tmp_path) as (url, _):
+        yield url
+
+
+async def test_a_cancelled_turn_is_withdrawn_from_redis(redis_url: str) -> None:
+    shared = SharedPaces(redis_url)
+    try:
+        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        key = destination_key("https://api.test", {"authorization": f"Bearer {KEY}"})
+        cooldowns.observe(cooldowns.take_turn(key), 200, {})
+        pace = cooldowns.pace(key)
+        assert pace is not None
+        assert pace.hold(time.monotonic() + 5, time.monotonic())
+        task = asyncio.create_task(cooldowns.atake_turn(key))
+        sends = f"aicoder:{{{key.fingerprint}}}:sends"
+        while shared.client.zcard(sends) < 2:  # the probe's ticket, and the waiting turn's
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)  # the withdrawal runs once the reservation's thread is done
+        assert shared.client.zcard(sends) == 1
+    finally:
+        shared.close()
+
+
+async def test_async_requests_take_their_turns_from_redis(redis_url: str) -> None:
+    """Through a shared pace, a hold learnt by the sync adapter holds async requests of another 'process'."""
+    shared = SharedPaces(redis_url)
+    try:
+        with scripted_server(completion(), rate_limited({"retry-after-ms": "300"}), completion()) as server:
+            transport = AsyncLinearBackoffTransport(FAST, cooldowns=Cooldowns(shared=shared, probe_timeout=0.01))
+            started = time.monotonic()
+            async with openai.AsyncOpenAI(
+                api_key=KEY,
+                base_url=f"{server.url}/v1",
+                max_retries=0,
+                http_client=httpx2.AsyncClient(transport=transport),
+            ) as sdk:
+                await sdk.chat.completions.create(model="m", messages=[])
+                await sdk.chat.completions.create(model="m", messages=[])
+            assert server.count == 3
+            assert server.received[2].at - server.received[1].at >= 0.29
+            assert time.monotonic() - started < 2
+    finally:
+        shared.close()
+
+
+def test_ctrl_c_ends_asyncio_run_promptly(tmp_path: Path) -> None:
+    """A task waiting out a long hint is cancelled by Ctrl-C at once; asyncio.run ends with KeyboardInterrupt."""
+    with scripted_server(rate_limited({"retry-after": "60"})) as server:
+        script = tmp_path / "run.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import asyncio, openai
+                from aicoder import Config, async_http_client
+                config = Config(retry_count=3, retry_max_hint=120)
+                sdk = openai.AsyncOpenAI(api_key="{KEY}", base_url="{server.url}/v1", max_retries=0,
+                                         http_client=async_http_client(config))
+                asyncio.run(sdk.chat.completions.create(model="m", messages=[]))
+                """
+            )
+        )
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        process = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while server.count < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.count == 1
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.0
+    assert process.returncode != 0
+    assert b"KeyboardInterrupt" in stderr
