@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import json
 import logging
 import os
 import signal
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx2
@@ -86,6 +88,17 @@ async def test_the_final_429_carries_the_retry_state_and_stops_the_sdk_retrying(
     assert caught.value.response.headers["x-should-retry"] == "false"
 
 
+async def test_a_final_429_whose_body_was_not_read_reaches_the_sdk_whole() -> None:
+    """A compressed 429 body is not read for hints; handed on, the SDK still reads and decodes it."""
+    body = gzip.compress(json.dumps({"error": {"message": "slow down, compressed"}}).encode())
+    reply = Reply(429, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    with scripted_server(reply) as server, pytest.raises(openai.RateLimitError) as caught:
+        async with async_sdk(f"{server.url}/v1") as sdk:
+            await sdk.chat.completions.create(model="m", messages=[])
+    assert "slow down, compressed" in str(caught.value)
+    assert server.count == 3
+
+
 def test_the_sync_client_also_stops_the_sdk_retrying_an_answer() -> None:
     with scripted_server(rate_limited()) as server, pytest.raises(openai.RateLimitError):  # noqa: SIM117
         with openai.OpenAI(
@@ -107,6 +120,18 @@ async def test_an_sdk_that_retries_by_itself_is_named_once(
     assert len(warnings) == 1
     assert "x-stainless-retry-count: 1" in warnings[0]
     assert "max_retries=0" in warnings[0]
+
+
+async def test_the_async_client_goes_through_the_environments_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the SDK's own client does: HTTP_PROXY is honoured, and a 429 from there is retried."""
+    with scripted_server(rate_limited({"retry-after-ms": "1"}), completion("via proxy")) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with async_sdk("http://api.invalid/v1") as sdk:
+            reply = await sdk.chat.completions.create(model="m", messages=[])
+    assert reply.choices[0].message.content == "via proxy"
+    assert [received.path for received in proxy.received] == ["http://api.invalid/v1/chat/completions"] * 2
 
 
 @pytest.mark.parametrize("model", ["openai/m", "openrouter/m"])
@@ -235,14 +260,18 @@ async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:
     assert min(turn.sent_at for turn in turns[1:]) >= pace.held_until - 0.2 + 0.19
 
 
-async def test_the_built_in_endpoint_serves_async_tests(aicoder_endpoint: RateLimitedEndpoint) -> None:
-    """The pytest fixtures work in async tests: 30 concurrent requests against 50/s, none lost."""
+async def test_the_built_in_endpoint_serves_async_tests(
+    aicoder_endpoint_factory: Callable[..., RateLimitedEndpoint],
+) -> None:
+    """The pytest fixtures work in async tests: 30 concurrent requests against 200/s, none lost, no 429."""
+    aicoder_endpoint = aicoder_endpoint_factory(rate=200, burst=5)
     config = Config(openrouter_api_key=KEY, openrouter_base_url=aicoder_endpoint.base_url)
     client = LLMClient("m", config=config)
     answers = await asyncio.gather(*(client.asendRequest("s", f"u{n}") for n in range(30)))
     await client.aclose()
     assert len(answers) == 30
     assert aicoder_endpoint.stats().ok == 30
+    assert aicoder_endpoint.stats().rate_limited == 0
 
 
 @pytest.fixture

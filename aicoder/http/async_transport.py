@@ -26,8 +26,7 @@ from aicoder.config import Config
 from aicoder.http import waiting
 from aicoder.http.adapter import TransportSettings
 from aicoder.http.cooldown import Cooldowns, Turn, destination_key
-from aicoder.http.hints import MAX_BODY
-from aicoder.http.policy import LinearRetry
+from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import NO_SDK_RETRY, RETRY_EXTENSION, WAITS_EXTENSION, sdk_retry_guard
 
 __all__ = ["AsyncLinearBackoffTransport"]
@@ -84,33 +83,34 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
         """Send ``request``, retrying 429s, and return the final response, its body still to be streamed."""
         sdk_retry_guard(request.headers)
         body = await request.aread()  # read whole, so that every attempt sends it again
-        retry, cooldowns = self.retry, self.cooldowns
+        retry = self.retry
         waited: list[float] = []
         turn = None
-        if cooldowns is not None:
+        if self.cooldowns is not None:
             key = destination_key(str(request.url), request.headers)
-            turn = await cooldowns.atake_turn(key, body=body, max_wait=retry.max_hint)
+            turn = await self.cooldowns.atake_turn(key, body=body, max_wait=retry.max_hint)
         remote = turn is not None and turn.destination.pace.REMOTE
         while True:
             response = await self._attempt(request, turn)
             if response.status_code not in LinearRetry.RETRY_STATUSES:
                 if turn is not None:
-                    assert cooldowns is not None
-                    await _maybe_off_loop(remote, cooldowns.observe, turn, response.status_code, response.headers)
+                    await _maybe_off_loop(remote, turn.cooldowns.observe, turn, response.status_code, response.headers)
                 return _handed_on(response, retry, waited)
-            content = await self._small_body(response)
-            answer = _as_urllib3(request, response, content)
             try:
+                content = await self._small_body(response)
+                answer = _as_urllib3(request, response, content)
                 retry = await _maybe_off_loop(remote, _increment, retry, request, answer, turn)
             except MaxRetryError:  # out of retries, or the server asks for more than LLM_RETRY_MAX_HINT
                 return _handed_on(response, retry, waited, content)
+            except BaseException:
+                await response.aclose()
+                raise
             await response.aclose()
             seconds = retry.waits[-1].seconds
             if turn is None:
                 await waiting.asleep(seconds)
             else:
-                assert cooldowns is not None
-                seconds = await cooldowns.await_turn(turn, delay=seconds, max_wait=retry.max_hint)
+                seconds = await turn.cooldowns.await_turn(turn, delay=seconds, max_wait=retry.max_hint)
             waited.append(seconds)
 
     async def _attempt(self, request: httpx2.Request, turn: Turn | None) -> httpx2.Response:
@@ -139,13 +139,7 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
 
     async def _small_body(self, response: httpx2.Response) -> bytes | None:
         """A 429's body, for its hints, if it says it is small and plain (as :func:`read_small_body` reads)."""
-        if not self.retry.respect_retry_after_header:
-            return None
-        headers = response.headers
-        if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
-            return None
-        length = headers.get("content-length", "")
-        if not (length.isascii() and length.isdigit() and int(length) <= MAX_BODY):
+        if not self.retry.respect_retry_after_header or not small_and_plain(response.headers):
             return None
         return await response.aread()
 

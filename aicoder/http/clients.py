@@ -5,7 +5,8 @@
     client = openai.OpenAI(http_client=aicoder.http_client(), max_retries=0)
     client = openai.AsyncOpenAI(http_client=aicoder.async_http_client(), max_retries=0)
 
-Both follow redirects as the SDK's own clients do. Every answer they hand on is
+Both follow redirects, and take proxies from the environment (``HTTPS_PROXY``,
+``NO_PROXY``, …), as the SDK's own clients do. Every answer they hand on is
 marked ``x-should-retry: false``, which the SDK obeys: a client created without
 ``max_retries=0`` still never retries an answer on top of aicoder, and its
 first retry of anything else (a timeout, a connection error) logs one WARNING.
@@ -18,7 +19,7 @@ import requests
 
 from aicoder.config import Config
 from aicoder.http.adapter import retrying_session
-from aicoder.http.async_transport import AsyncLinearBackoffTransport
+from aicoder.http.async_transport import DEFAULT_LIMITS, AsyncLinearBackoffTransport
 from aicoder.http.transport import RequestsTransport
 
 __all__ = ["async_http_client", "http_client"]
@@ -42,6 +43,25 @@ def async_http_client(config: Config | None = None) -> httpx2.AsyncClient:
 
     Its transport is :class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport`
     with the settings of ``config`` (default: :meth:`Config.load`): the same
-    retries, hints and pace as the sync adapter, every wait awaited.
+    retries, hints and pace as the sync adapter, every wait awaited. Through a
+    proxy from the environment, it is one more such transport, on the same pace.
     """
-    return httpx2.AsyncClient(transport=AsyncLinearBackoffTransport(config), follow_redirects=True)
+    config = config if config is not None else Config.load()
+    return httpx2.AsyncClient(
+        transport=AsyncLinearBackoffTransport(config), mounts=_proxy_mounts(config), follow_redirects=True
+    )
+
+
+def _proxy_mounts(config: Config) -> dict[str, httpx2.AsyncBaseTransport | None]:
+    """The environment's proxies, by URL pattern (``None``: no proxy), as httpx2 mounts them for a client
+    given no transport of its own, so for the SDK's; given one, it leaves them out."""
+    from httpx2._utils import get_environment_proxies  # httpx2's own rules: the ones the SDK's client follows
+
+    return {
+        pattern: None
+        if proxy is None
+        else AsyncLinearBackoffTransport(
+            config, transport=httpx2.AsyncHTTPTransport(proxy=proxy, limits=DEFAULT_LIMITS)
+        )
+        for pattern, proxy in get_environment_proxies().items()
+    }

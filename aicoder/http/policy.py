@@ -40,6 +40,7 @@ __all__ = [
     "Wait",
     "read_small_body",
     "retry_waits",
+    "small_and_plain",
     "take_read_body",
 ]
 
@@ -254,11 +255,7 @@ def read_small_body(response: BaseHTTPResponse) -> bytes | None:
     response's content (see :meth:`LinearBackoffAdapter.send`). Any other body is
     left unread, and only the headers give hints.
     """
-    headers = response.headers
-    if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
-        return None
-    length = headers.get("content-length", "")
-    if not (length.isascii() and length.isdigit() and int(length) <= MAX_BODY):
+    if not small_and_plain(response.headers):
         return None
     try:
         body = response.read(decode_content=False, cache_content=True)
@@ -266,6 +263,15 @@ def read_small_body(response: BaseHTTPResponse) -> bytes | None:
         return None
     _read_bodies[response] = body
     return body
+
+
+def small_and_plain(headers: Mapping[str, str]) -> bool:
+    """Whether a body declares a length of at most :data:`~aicoder.http.hints.MAX_BODY` and no compression:
+    the only 429 bodies read for hints, by the adapter and the async transport alike."""
+    if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return False
+    length = headers.get("content-length", "")
+    return length.isascii() and length.isdigit() and int(length) <= MAX_BODY
 
 
 _TOO_LONG = "hint past LLM_RETRY_MAX_HINT"
