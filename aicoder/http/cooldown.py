@@ -327,9 +327,9 @@ class Cooldowns:
     def _wait_until_sent(self, turn: Turn) -> float:
         """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds."""
         now = start = turn.granted_at
-        while (left := self._left(turn, now, start)) > 0:
-            self._sleep(left)
-            now += left
+        while (target := self._due(turn, now, start)) is not None:
+            self._sleep(target - now)
+            now = target
         return now - start
 
     async def _await_until_sent(self, turn: Turn) -> float:
@@ -340,21 +340,20 @@ class Cooldowns:
             while True:
                 # Once it has waited, a turn in a shared pace may ask Redis whether it moved: off the loop.
                 asks = remote and now > start
-                if asks:
-                    left = await self._off_loop(turn, self._left, turn, now, start)
-                else:
-                    left = self._left(turn, now, start)
-                if left <= 0:
+                target = (
+                    await self._off_loop(turn, self._due, turn, now, start) if asks else self._due(turn, now, start)
+                )
+                if target is None:
                     break
-                await self._asleep(left)
-                now += left
+                await self._asleep(target - now)
+                now = target
         except asyncio.CancelledError:
             self.cancel(turn)
             raise
         return now - start
 
-    def _left(self, turn: Turn, now: float, start: float) -> float:
-        """Seconds until ``turn``'s time, as of ``now``; 0 once it has come, and it then counts as sent.
+    def _due(self, turn: Turn, now: float, start: float) -> float | None:
+        """When ``turn``'s time comes, if after ``now``; else ``None``: it has come, and counts as sent.
 
         Where the pace is shared with other processes, a hold or cut made there may
         have moved the turn too: when it comes, it asks, unless this process asked
@@ -368,11 +367,11 @@ class Cooldowns:
                 self._reschedule(destination, now, followed=True)
             target = turn.sent_at
             if target > now:
-                return target - now
+                return target
             destination.pending.discard(turn)
             destination.pace.sent(target)
             turn.queued += now - start
-            return 0.0
+            return None
 
     async def _off_loop(self, turn: Turn, call: Callable[..., _T], *args: object) -> _T:
         """Run ``call`` (which may wait on Redis) in a worker thread. Cancelled meanwhile, the task stops
@@ -396,7 +395,11 @@ class Cooldowns:
                 return
             destination.pending.discard(turn)
             ticket, turn.ticket = turn.ticket, None
-        if ticket is not None:
+        if ticket is None:
+            return
+        try:  # in asyncio code, the round trip to Redis is no wait of the loop's
+            asyncio.get_running_loop().run_in_executor(None, destination.pace.cancel, ticket)
+        except RuntimeError:  # no loop running here
             destination.pace.cancel(ticket)
 
     def _book(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> None:
