@@ -2,7 +2,7 @@
 
 The SDK speaks httpx2; aicoder's retries live in a ``requests`` adapter.
 :class:`RequestsTransport` is an httpx2 transport whose one method,
-``handle_request``, sends with ``Session.send``, so every SDK call passes through
+``handle_request``, sends with the session's adapter for the URL, so every SDK call passes through
 the session's adapters, and their retries, exactly once. Response bodies are
 handed on as streams: a streamed completion arrives chunk by chunk.
 """
@@ -167,17 +167,18 @@ class RequestsTransport(httpx2.BaseTransport):
         self._settings: dict[str, dict[str, Any]] = {}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Send ``request`` with ``Session.send`` and return the response, its body still unread."""
+        """Send ``request`` with the session's adapter for its URL; return the response, its body still unread."""
         sdk_retry_guard(request.headers)
         # The body is read whole (the SDK's are small JSON) so that urllib3 can resend it on a retry.
         body = request.read()
         with map_exceptions(request):
             prepared = _prepare(request, body)
             settings = self._settings_for(prepared)
-            response = self.session.send(
+            # Straight to the session's adapter for the URL: Session.send would add only what the bridge
+            # leaves to httpx2 (redirects, cookies) and the hooks of a request prepared without them.
+            response = self.session.get_adapter(prepared.url or "").send(
                 prepared,
                 stream=True,
-                allow_redirects=False,
                 timeout=_timeout(request.extensions.get("timeout")),
                 proxies=settings["proxies"],
                 verify=settings["verify"],
@@ -238,8 +239,8 @@ def _prepare(request: httpx2.Request, body: bytes) -> requests.PreparedRequest:
         prepared.headers["Content-Length"] = str(len(body))
     prepared.body = body or None
     prepared.hooks = default_hooks()
-    # Session.send looks ahead at a redirect (without following it: the httpx2 client does), and
-    # stores its cookies in the request's jar on the way; without one, it crashes.
+    # A mounted adapter of the user's may look ahead at a redirect as Session.send does, storing its
+    # cookies in the request's jar on the way; without one, that crashes.
     prepared._cookies = RequestsCookieJar()  # type: ignore[attr-defined]  # requests' own field, not in its stubs
     return prepared
 
