@@ -23,6 +23,7 @@ from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 __all__ = [
     "AdapterOptions",
     "LinearBackoffAdapter",
+    "TransportOptions",
     "TransportSettings",
     "check_deadline",
     "limit_of",
@@ -42,9 +43,9 @@ class LinearBackoffAdapter(HTTPAdapter):
 
     Mount it on any session: ``session.mount("https://", LinearBackoffAdapter())``.
     The policy comes from ``config`` (default: :meth:`Config.load`, the one step
-    that reads the environment and ``.env``); ``count``,
-    ``min_delay``, ``max_delay``, ``max_hint``, ``respect_retry_after`` and
-    ``coordinate`` override it one by one. The pool arguments are
+    that reads the environment and ``.env``); the options (:class:`TransportOptions`:
+    ``count``, ``min_delay``, ``max_delay``, ``max_hint``, ``respect_retry_after``,
+    ``coordinate``, ``cooldowns``, ``request_timeout``) override it one by one. The pool arguments are
     :class:`~requests.adapters.HTTPAdapter`'s; make ``pool_maxsize`` at least the
     number of threads sharing the session.
 
@@ -60,29 +61,12 @@ class LinearBackoffAdapter(HTTPAdapter):
         self,
         config: Config | None = None,
         *,
-        count: int | None = None,
-        min_delay: float | None = None,
-        max_delay: float | None = None,
-        max_hint: float | None = None,
-        respect_retry_after: bool | None = None,
-        coordinate: bool | None = None,
-        cooldowns: Cooldowns | None = None,
-        request_timeout: float | None = None,
         pool_connections: int = 10,
         pool_maxsize: int = 10,
         pool_block: bool = False,
+        **options: Unpack[TransportOptions],
     ) -> None:
-        settings = TransportSettings.resolve(
-            config,
-            count=count,
-            min_delay=min_delay,
-            max_delay=max_delay,
-            max_hint=max_hint,
-            respect_retry_after=respect_retry_after,
-            coordinate=coordinate,
-            cooldowns=cooldowns,
-            request_timeout=request_timeout,
-        )
+        settings = TransportSettings.resolve(config, **options)
         self.coordinate, self.redis_url = settings.coordinate, settings.redis_url
         self.cooldowns, self.request_timeout = settings.cooldowns, settings.request_timeout
         super().__init__(pool_connections, pool_maxsize, max_retries=settings.retry, pool_block=pool_block)
@@ -171,6 +155,22 @@ class LinearBackoffAdapter(HTTPAdapter):
         return self.max_retries
 
 
+class TransportOptions(TypedDict, total=False):
+    """The settings a retrying transport, sync or async, takes one by one; each given overrides its ``Config`` field.
+
+    ``None`` is as absent: the field from ``config``.
+    """
+
+    count: int | None
+    min_delay: float | None
+    max_delay: float | None
+    max_hint: float | None
+    respect_retry_after: bool | None
+    coordinate: bool | None
+    cooldowns: Cooldowns | None
+    request_timeout: float | None
+
+
 class TransportSettings(NamedTuple):
     """What a retrying transport, sync (:class:`LinearBackoffAdapter`) or async, runs with: one set of rules."""
 
@@ -181,22 +181,13 @@ class TransportSettings(NamedTuple):
     request_timeout: float
 
     @classmethod
-    def resolve(
-        cls,
-        config: Config | None = None,
-        *,
-        count: int | None = None,
-        min_delay: float | None = None,
-        max_delay: float | None = None,
-        max_hint: float | None = None,
-        respect_retry_after: bool | None = None,
-        coordinate: bool | None = None,
-        cooldowns: Cooldowns | None = None,
-        request_timeout: float | None = None,
-    ) -> TransportSettings:
-        """The settings from ``config`` (default: :meth:`Config.load`), each argument given overriding its own."""
+    def resolve(cls, config: Config | None = None, **options: Unpack[TransportOptions]) -> TransportSettings:
+        """The settings from ``config`` (default: :meth:`Config.load`), each option given overriding its own."""
         if config is None:
             config = Config.load()
+        count, min_delay, max_delay = options.get("count"), options.get("min_delay"), options.get("max_delay")
+        max_hint, respect_retry_after = options.get("max_hint"), options.get("respect_retry_after")
+        coordinate, request_timeout = options.get("coordinate"), options.get("request_timeout")
         retry = LinearRetry(
             config.retry_count if count is None else count,
             config.retry_min_delay if min_delay is None else min_delay,
@@ -215,7 +206,7 @@ class TransportSettings(NamedTuple):
             if request_timeout is None
             else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
         )
-        chosen = (cooldowns or shared_cooldowns(redis_url)) if coordinate else None
+        chosen = (options.get("cooldowns") or shared_cooldowns(redis_url)) if coordinate else None
         return cls(retry, coordinate, redis_url, chosen, timeout)
 
 
@@ -228,17 +219,9 @@ def _with_read_body(response: requests.Response) -> requests.Response:
     return response
 
 
-class AdapterOptions(TypedDict, total=False):
+class AdapterOptions(TransportOptions, total=False):
     """:class:`LinearBackoffAdapter` arguments that :func:`retrying_session` passes on."""
 
-    count: int
-    min_delay: float
-    max_delay: float
-    max_hint: float
-    respect_retry_after: bool
-    coordinate: bool
-    cooldowns: Cooldowns
-    request_timeout: float
     pool_connections: int
     pool_maxsize: int
     pool_block: bool

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import httpx2
 from urllib3 import HTTPHeaderDict, HTTPResponse
@@ -24,8 +24,8 @@ from urllib3.exceptions import MaxRetryError
 
 from aicoder.config import Config
 from aicoder.http import waiting
-from aicoder.http.adapter import TransportSettings
-from aicoder.http.cooldown import Cooldowns, Turn, destination_key
+from aicoder.http.adapter import TransportOptions, TransportSettings
+from aicoder.http.cooldown import Turn, destination_key
 from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import NO_SDK_RETRY, RETRY_EXTENSION, WAITS_EXTENSION, sdk_retry_guard
 
@@ -54,26 +54,9 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
         config: Config | None = None,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
-        count: int | None = None,
-        min_delay: float | None = None,
-        max_delay: float | None = None,
-        max_hint: float | None = None,
-        respect_retry_after: bool | None = None,
-        coordinate: bool | None = None,
-        cooldowns: Cooldowns | None = None,
-        request_timeout: float | None = None,
+        **options: Unpack[TransportOptions],
     ) -> None:
-        settings = TransportSettings.resolve(
-            config,
-            count=count,
-            min_delay=min_delay,
-            max_delay=max_delay,
-            max_hint=max_hint,
-            respect_retry_after=respect_retry_after,
-            coordinate=coordinate,
-            cooldowns=cooldowns,
-            request_timeout=request_timeout,
-        )
+        settings = TransportSettings.resolve(config, **options)
         self.retry: LinearRetry = settings.retry
         self.cooldowns = settings.cooldowns
         self.request_timeout = settings.request_timeout

@@ -179,7 +179,8 @@ class RequestsTransport(httpx2.BaseTransport):
             response = self.session.get_adapter(prepared.url or "").send(
                 prepared,
                 stream=True,
-                timeout=_timeout(request.extensions.get("timeout")),
+                # requests takes None in either place at run time, as Session.send passed it; its stubs do not say so.
+                timeout=_timeout(request.extensions.get("timeout")),  # type: ignore[arg-type]
                 proxies=settings["proxies"],
                 verify=settings["verify"],
                 cert=settings["cert"],

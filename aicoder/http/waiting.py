@@ -25,24 +25,23 @@ _recorded: list[float] | None = None
 
 def sleep(seconds: float) -> None:
     """Wait ``seconds``, or record them and return at once inside :func:`instant_waits`."""
-    with _lock:
-        recorded = _recorded
-        if recorded is not None:
-            recorded.append(seconds)
-            return
-    if seconds > 0:
+    if not _recorded_instead(seconds) and seconds > 0:
         time.sleep(seconds)
 
 
 async def asleep(seconds: float) -> None:
     """:func:`sleep` for asyncio: await ``seconds`` (cancelling the task ends it at once), or record them."""
-    with _lock:
-        recorded = _recorded
-        if recorded is not None:
-            recorded.append(seconds)
-            return
-    if seconds > 0:
+    if not _recorded_instead(seconds) and seconds > 0:
         await asyncio.sleep(seconds)
+
+
+def _recorded_instead(seconds: float) -> bool:
+    """Inside :func:`instant_waits`, record ``seconds`` and return ``True``: the wait is skipped."""
+    with _lock:
+        if _recorded is None:
+            return False
+        _recorded.append(seconds)
+        return True
 
 
 def wait_for(event: threading.Event, timeout: float) -> None:

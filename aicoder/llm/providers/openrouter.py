@@ -60,14 +60,7 @@ class OpenRouterProvider(LLMProvider):
             timeout=self.timeout,
             stream=True,
         ) as response:
-            log.log(
-                logging.INFO if verbose else logging.DEBUG,
-                "POST %s model=%s: HTTP %d in %.2f s",
-                safe_url(self.url),
-                model,
-                response.status_code,
-                time.monotonic() - started,
-            )
+            self._log_answer(model, response.status_code, started, verbose)
             if not 200 <= response.status_code < 300:
                 # requests raises for 4xx and 5xx only; a 1xx, 3xx or 999 is no completion either.
                 _keep_only_the_start(response)
@@ -87,20 +80,23 @@ class OpenRouterProvider(LLMProvider):
             headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=httpx2.Timeout(read, connect=connect),
         ) as response:
-            log.log(
-                logging.INFO if verbose else logging.DEBUG,
-                "POST %s model=%s: HTTP %d in %.2f s",
-                safe_url(self.url),
-                model,
-                response.status_code,
-                time.monotonic() - started,
-            )
+            self._log_answer(model, response.status_code, started, verbose)
             if not 200 <= response.status_code < 300:
                 raise httpx2.HTTPStatusError(
                     f"HTTP {response.status_code}", request=response.request, response=await _start_of(response)
                 )
             await response.aread()
             return _completion_text(response)
+
+    def _log_answer(self, model: str, status: int, started: float, verbose: bool) -> None:
+        log.log(
+            logging.INFO if verbose else logging.DEBUG,
+            "POST %s model=%s: HTTP %d in %.2f s",
+            safe_url(self.url),
+            model,
+            status,
+            time.monotonic() - started,
+        )
 
 
 def _endpoint(base_url: str) -> str:
