@@ -148,6 +148,21 @@ def test_what_the_server_took_while_busy_is_its_rate() -> None:
     assert feedback.rate == pytest.approx(20 / 2.01 * (1 - SAFETY_MARGIN), rel=1e-3)
 
 
+def test_a_few_requests_between_refusals_bound_the_cut_but_measure_nothing() -> None:
+    """5 steady requests between two refusals: one more or less is a fifth of the count, too coarse to be the
+    server's rate. The cut goes no lower than they show, but the search for more stays at full speed."""
+    feedback = Feedback()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        feedback.sent(at)
+    feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03)
+    for at in [0.03 + 0.1 * n for n in range(1, 6)] + [0.54]:
+        feedback.sent(at)
+    assert feedback.refused(now=0.55, sent_at=0.54, granted_at=0.5)
+    assert not feedback.measured
+    assert feedback.scale == Feedback.SCALE
+    assert feedback.rate is not None and feedback.rate >= 5 / 0.51 * (1 - SAFETY_MARGIN) - 1e-9
+
+
 def test_an_idle_spell_makes_the_accepted_count_a_floor_only() -> None:
     """After a pause the server's bucket may have filled: what it took is a floor, not its rate."""
     feedback = Feedback()

@@ -85,7 +85,8 @@ class Feedback:
       empty at both ends, so the requests it took in between (the latest such span
       with a few of them), over the time between, are its rate, or less if its
       bucket filled up meanwhile. When requests went steadily in between, it never
-      filled up: that *is* its rate, and the new rate goes just under it. Otherwise
+      filled up: that *is* its rate, and the new rate goes just under it, provided
+      there were enough of them (``MIN_MEASURED``) for one more or less not to matter. Otherwise
       the rate lies between what it took and what it refused, and the cut goes to
       their geometric mean if that is lower, which narrows the range quickly.
 
@@ -112,6 +113,9 @@ class Feedback:
     MEASURED_SCALE = SCALE / 8
     SLOW_START, DOUBLING, SLOW_START_END = 10.0, 0.1, 10_000.0
     MIN_ACCEPTED = 4
+    #: A span of fewer accepted requests than this is too coarse to be the server's rate: one request more or
+    #: less is over 10 % of it. It still bounds the cut, but the search for more stays brisk.
+    MIN_MEASURED = 10
     SAMPLES = 256
     #: The send rate is measured over the last few sends, and over no less than a few milliseconds.
     MEASURED_SENDS, MIN_WINDOW = 4, 0.02
@@ -298,7 +302,7 @@ class Feedback:
                 rate = accepted / (sent_at - start)
                 moments = [start, *sends[first:last], sent_at]
                 longest_pause = max(later - earlier for earlier, later in itertools.pairwise(moments))
-                return rate, longest_pause <= 2 / rate
+                return rate, longest_pause <= 2 / rate and accepted >= self.MIN_MEASURED
         return None, False
 
 
