@@ -43,10 +43,11 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
 
     Use it as ``httpx2.AsyncClient(transport=AsyncLinearBackoffTransport())``, or
     take :func:`~aicoder.http.clients.async_http_client`. The settings come from
-    ``config`` (default: :meth:`Config.load`), each keyword overriding its own, as
-    for the adapter. ``transport`` sends each attempt (default: a new
-    ``httpx2.AsyncHTTPTransport`` with the SDK's connection limits, closed with this one). Each attempt ends
-    within ``request_timeout``, from sending to the body's last byte.
+    ``config`` (default: :meth:`Config.load`), each option (:class:`TransportOptions`)
+    overriding its own, as for the adapter. ``transport`` sends each attempt
+    (default: a new ``httpx2.AsyncHTTPTransport`` with the SDK's connection limits,
+    closed with this one). Each attempt ends within ``request_timeout``, from
+    sending to the body's last byte.
     """
 
     def __init__(

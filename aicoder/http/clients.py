@@ -5,8 +5,9 @@
     client = openai.OpenAI(http_client=aicoder.http_client(), max_retries=0)
     client = openai.AsyncOpenAI(http_client=aicoder.async_http_client(), max_retries=0)
 
-Both follow redirects, and take proxies from the environment (``HTTPS_PROXY``,
-``NO_PROXY``, …), as the SDK's own clients do. Every answer they hand on is
+Both follow redirects, wait up to 600 s for an answer (5 s to connect), and take
+proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``, …), as the SDK's own
+clients do. Every answer they hand on is
 marked ``x-should-retry: false``, which the SDK obeys: a client created without
 ``max_retries=0`` still never retries an answer on top of aicoder, and its
 first retry of anything else (a timeout, a connection error) logs one WARNING.
@@ -24,6 +25,9 @@ from aicoder.http.transport import RequestsTransport
 
 __all__ = ["async_http_client", "http_client"]
 
+#: The openai SDK's own clients' timeout; the SDK passes its own with each request anyway.
+SDK_TIMEOUT = httpx2.Timeout(600.0, connect=5.0)
+
 
 def http_client(config: Config | None = None, session: requests.Session | None = None) -> httpx2.Client:
     """An ``httpx2.Client`` for ``openai.OpenAI(http_client=…, max_retries=0)`` that sends through ``session``.
@@ -35,7 +39,8 @@ def http_client(config: Config | None = None, session: requests.Session | None =
     owned = session is None
     if session is None:
         session = retrying_session(config)
-    return httpx2.Client(transport=RequestsTransport(session, close_session=owned), follow_redirects=True)
+    transport = RequestsTransport(session, close_session=owned)
+    return httpx2.Client(transport=transport, timeout=SDK_TIMEOUT, follow_redirects=True)
 
 
 def async_http_client(config: Config | None = None) -> httpx2.AsyncClient:
@@ -48,7 +53,10 @@ def async_http_client(config: Config | None = None) -> httpx2.AsyncClient:
     """
     config = config if config is not None else Config.load()
     return httpx2.AsyncClient(
-        transport=AsyncLinearBackoffTransport(config), mounts=_proxy_mounts(config), follow_redirects=True
+        transport=AsyncLinearBackoffTransport(config),
+        mounts=_proxy_mounts(config),
+        timeout=SDK_TIMEOUT,
+        follow_redirects=True,
     )
 
 
