@@ -30,9 +30,9 @@ turns from one schedule:
   to its in-process pace, with one WARNING; a background thread reconnects and
   says so once. While cut off, a process takes its share of every rate learnt
   (the quotas' and the feedback rate): one over the number of live clients,
-  which the processes count through heartbeats. Back, it gives a Redis that
-  lost everything what it knew, and no turn or cut comes from Redis before the
-  turns it granted itself have gone.
+  which the processes count through heartbeats. Once Redis is back, a process
+  gives it what it knew, in case Redis lost everything; Redis grants no turn and
+  makes no cut before the turns the process granted itself have gone.
 """
 
 from __future__ import annotations
