@@ -11,7 +11,7 @@ from typing import Any
 import httpx2
 import openai
 
-from aicoder.http.transport import RequestsTransport
+from aicoder.http.clients import http_client
 from aicoder.llm.providers.base import LLMProvider, MalformedResponseError, Message, completion_text
 
 __all__ = ["OpenAIProvider"]
@@ -39,8 +39,8 @@ class OpenAIProvider(LLMProvider):
             base_url=self.base_url,
             max_retries=0,
             # Redirects are followed as the SDK's own client follows them: 307/308 keep method and body,
-            # and Authorization is dropped when the origin changes.
-            http_client=httpx2.Client(transport=RequestsTransport(self.session), follow_redirects=True),
+            # and Authorization is dropped when the origin changes. The session stays the provider's.
+            http_client=http_client(session=self.session),
         )
 
     def _start_async(self, client: httpx2.AsyncClient) -> None:
