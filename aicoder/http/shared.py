@@ -40,13 +40,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aicoder.http.pace import Feedback, Grant, Pace
 from aicoder.http.quotas import Quota
+from aicoder.http.redaction import safe_url
 from aicoder.http.tokens import RequestCost
 
 if TYPE_CHECKING:
@@ -258,8 +258,8 @@ class SharedPaces:
     """A connection to Redis, its scripts, its health, and this process's heartbeat. Thread-safe.
 
     ``url`` is ``redis://``, ``rediss://`` or ``unix://``; ``client`` replaces the
-    connection (for tests). ``ttl`` is how long a destination's state outlives its
-    last request.
+    connection (for tests). ``TTL`` is how long a destination's state outlives its
+    last request, in seconds.
     """
 
     TTL = 600
@@ -271,7 +271,7 @@ class SharedPaces:
     TIMEOUT = 0.25
     SAMPLES = Feedback.SAMPLES
 
-    def __init__(self, url: str, *, client: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, url: str, *, client: Any = None) -> None:
         if client is None:
             import redis
             from redis.backoff import NoBackoff
@@ -284,7 +284,6 @@ class SharedPaces:
             )
         self.url = url
         self.client = client
-        self._clock = clock
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -336,7 +335,7 @@ class SharedPaces:
                 log.warning(
                     "Redis at %s is unreachable (%s): pacing in this process alone, as one of %d clients, "
                     "until it is back",
-                    _safe(self.url),
+                    safe_url(self.url),
                     type(error).__name__,
                     self.live_clients,
                 )
@@ -353,18 +352,12 @@ class SharedPaces:
                 with self._lock:
                     if not self._healthy:
                         self._healthy = True
-                        log.warning("Redis at %s is back: the pace is shared again", _safe(self.url))
+                        log.warning("Redis at %s is back: the pace is shared again", safe_url(self.url))
             with self._lock:
                 if not self._stopped:
                     self._lock.wait(self.HEARTBEAT if self._healthy else self.RECONNECT)
                 if self._stopped:
                     return
-
-
-def _safe(url: str) -> str:
-    from aicoder.http.redaction import safe_url
-
-    return safe_url(url)
 
 
 class SharedPace:
