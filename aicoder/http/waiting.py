@@ -66,23 +66,27 @@ class Signal(threading.Event):
             with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve, future)
 
+    async def wait_async(self, timeout: float) -> None:
+        """Await until set, at most ``timeout`` seconds, without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._waiters_lock:
+            if self.is_set():
+                return
+            self._waiters.append((loop, future))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout)
+        finally:
+            with self._waiters_lock, contextlib.suppress(ValueError):
+                self._waiters.remove((loop, future))
+
 
 async def await_for(event: Signal, timeout: float) -> None:
-    """:func:`wait_for` for asyncio: await ``event``, at most ``timeout`` seconds, without blocking the loop."""
-    if _recorded is not None:
-        return
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-    with event._waiters_lock:
-        if event.is_set():
-            return
-        event._waiters.append((loop, future))
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(future, timeout)
-    finally:
-        with event._waiters_lock, contextlib.suppress(ValueError):
-            event._waiters.remove((loop, future))
+    """:func:`wait_for` for asyncio: await ``event``, at most ``timeout`` seconds; not at all inside
+    :func:`instant_waits`."""
+    if _recorded is None:
+        await event.wait_async(timeout)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
