@@ -24,6 +24,7 @@ from aicoder import LLMClient, RateLimitError, async_http_client, http_client, i
 from aicoder.config import Config
 from aicoder.http.async_transport import AsyncLinearBackoffTransport
 from aicoder.http.cooldown import Cooldowns, destination_key, shared_cooldowns
+from aicoder.http.pace import Pace
 from aicoder.http.shared import SharedPaces
 from aicoder.http.transport import RETRY_EXTENSION
 from aicoder.llm.errors import LLMError
@@ -238,6 +239,33 @@ async def test_a_cancelled_turn_ends_at_once_and_is_not_counted_as_sent() -> Non
     assert time.monotonic() - started < 0.05
     assert not destination.pending
     assert len(pace.feedback._sends) == sends
+
+
+async def test_a_regrown_rate_wakes_tasks_awaiting_their_old_turns() -> None:
+    """Tasks queued at 0.2 s intervals come at 0.05 s intervals once the rate has grown to 20 a second."""
+    cooldowns = Cooldowns(probe_timeout=0.01)
+    key = destination_key("https://api.test", {})
+    cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits
+    pace = cooldowns.pace(key)
+    assert isinstance(pace, Pace)
+    now = time.monotonic()
+    for n in range(4):
+        pace.sent(now - 0.4 + n * 0.1)
+    assert pace.refused(now, now - 0.1, now, hint=0.2)  # at most 5 a second
+    first = cooldowns.take_turn(key)
+    started = time.monotonic()
+
+    async def take_turn() -> float:
+        await cooldowns.atake_turn(key)
+        return time.monotonic() - started
+
+    waiting = [asyncio.create_task(take_turn()) for _ in range(3)]  # 0.2, 0.4 and 0.6 s away
+    await asyncio.sleep(0.01)
+    pace.feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": pace.feedback.cut_at}, time.monotonic())
+    cooldowns.observe(first, 200, {})
+    came = await asyncio.gather(*waiting)
+    assert came[0] >= 0.18  # the first keeps its time
+    assert came[-1] < 0.4  # the last came 0.1 s after it, not 0.4 s
 
 
 async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:

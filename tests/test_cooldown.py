@@ -14,9 +14,9 @@ import requests
 
 from aicoder.config import Config
 from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
-from aicoder.http.cooldown import Cooldowns, DestinationKey, destination_key, shared_cooldowns
+from aicoder.http.cooldown import Cooldowns, DestinationKey, Turn, destination_key, shared_cooldowns
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import SAFETY_MARGIN
+from aicoder.http.pace import SAFETY_MARGIN, Pace
 from aicoder.testing import RateLimitedEndpoint
 
 KEY = DestinationKey("http://api.test", "sk")
@@ -205,6 +205,42 @@ def test_a_429_moves_turns_already_handed_out() -> None:
     cooldowns.observe(first, 429, {}, ServerHint(0.3, "retry-after-ms"))
     waiter.join()
     assert done[0] >= 0.3
+
+
+def slowed_to_five_a_second(cooldowns: Cooldowns) -> Turn:
+    """Cut ``KEY``'s feedback rate to 5 a second; return the turn granted next, now."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, {})  # says nothing of its limits
+    pace = cooldowns.pace(KEY)
+    assert isinstance(pace, Pace)
+    now = time.monotonic()
+    for n in range(4):
+        pace.sent(now - 0.4 + n * 0.1)
+    assert pace.refused(now, now - 0.1, now, hint=0.2)  # at most 5 a second
+    return cooldowns.take_turn(KEY)
+
+
+def test_a_regrown_rate_wakes_threads_asleep_until_their_old_turns() -> None:
+    """Threads queued at 0.2 s intervals come at 0.05 s intervals once the rate has grown to 20 a second."""
+    cooldowns = Cooldowns(probe_timeout=0.01)
+    first = slowed_to_five_a_second(cooldowns)
+    started = time.monotonic()
+    done: list[float] = []
+    waiters = [
+        threading.Thread(target=lambda: (cooldowns.take_turn(KEY), done.append(time.monotonic() - started)))
+        for _ in range(3)
+    ]
+    for waiter in waiters:
+        waiter.start()
+        time.sleep(0.005)  # queued in this order: 0.2, 0.4 and 0.6 s away
+    pace = cooldowns.pace(KEY)
+    assert isinstance(pace, Pace)
+    pace.feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": pace.feedback.cut_at}, time.monotonic())
+    cooldowns.observe(first, 200, {})
+    for waiter in waiters:
+        waiter.join()
+    assert done[0] >= 0.18  # the first keeps its time
+    assert done[-1] < 0.4  # the last came 0.1 s after it, not 0.4 s
 
 
 # --- interruption ---

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from aicoder.http.pace import MAX_PACED_WINDOW, SAFETY_MARGIN, Feedback, Lane, Pace
+from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, Feedback, Lane, Pace
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
@@ -251,3 +251,45 @@ def test_a_hold_moves_turns_already_handed_out() -> None:
     pace.feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)  # at most 4 a second
     pace.hold(1.0)
     assert pace.reschedule([0.1, 0.2]) == pytest.approx([1.0, 1.25])
+
+
+def regrow_until_hurried(pace: Pace, queued: list[float]) -> int:
+    """Send the ``queued`` turns in order, each a held-back success, until the pace asks for a hurry; return how
+    many went."""
+    for sent, at in enumerate(queued, 1):
+        pace.sent(at)
+        if pace.accepted(at, held_back=True):
+            return sent
+    return len(queued)
+
+
+def test_a_regrown_rate_brings_turns_already_handed_out_forward() -> None:
+    """A queue granted at a cut's rate follows the rate once it has regrown by HURRY_STEP: the first turn keeps its
+    time, the others follow one new interval apart, none later than before, and the next grant follows them."""
+    pace = Pace()
+    fed(pace, [0.0, 0.01, 0.02, 0.03])
+    pace.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)  # at most 4 a second
+    queued = turns(pace, 40, now=0.04)
+    assert queued[1] - queued[0] == pytest.approx(0.25)
+    sent = regrow_until_hurried(pace, queued)
+    assert sent < len(queued)
+    rate = pace.rate
+    assert rate is not None and rate >= 4 * (1 + HURRY_STEP)
+    left = queued[sent:]
+    moved = pace.hurry(left)
+    assert moved[0] == left[0]
+    assert [b - a for a, b in itertools.pairwise(moved)] == pytest.approx([1 / rate] * (len(left) - 1))
+    assert all(new <= old for new, old in zip(moved, left, strict=True))
+    assert pace.next_turn(moved[0], None).at == pytest.approx(moved[-1] + 1 / rate)
+    assert not pace.accepted(moved[0], held_back=True)  # spaced at the new rate: no hurry until it grows again
+
+
+def test_turns_paced_by_quotas_are_never_hurried() -> None:
+    """Where quotas set a lane, the turns keep their times however the feedback rate grows."""
+    pace = Pace()
+    pace.learn(0.0, [per_minute("requests", 6000, 5999, 0.01)])
+    fed(pace, [0.0, 0.01, 0.02, 0.03])
+    pace.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)
+    queued = turns(pace, 40, now=0.04)
+    assert regrow_until_hurried(pace, queued) == len(queued)
+    assert pace.rate is not None and pace.rate >= 4 * (1 + HURRY_STEP)  # it grew as much as where it hurries

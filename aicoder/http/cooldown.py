@@ -98,7 +98,7 @@ def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationK
 class _Destination:
     """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
 
-    __slots__ = ("first_answer", "followed_at", "key", "learned_at", "pace", "pending")
+    __slots__ = ("first_answer", "followed_at", "hurried", "key", "learned_at", "pace", "pending")
 
     def __init__(self, key: DestinationKey, pace: Pace | SharedPace) -> None:
         self.key = key
@@ -107,6 +107,8 @@ class _Destination:
         self.learned_at = self.followed_at = -math.inf
         #: Turns handed out whose time has not come yet: a hold or a cut moves them.
         self.pending: set[Turn] = set()
+        #: Set, and replaced, when pending turns are brought forward: it wakes those asleep until their old times.
+        self.hurried = waiting.Signal()
         #: Set once the first request's answer (or failure) is in; ``None`` after that.
         self.first_answer: waiting.Signal | None = waiting.Signal()
 
@@ -325,12 +327,30 @@ class Cooldowns:
         return max(delay, 0.0) + await self._await_until_sent(turn)
 
     def _wait_until_sent(self, turn: Turn) -> float:
-        """Sleep until ``turn``'s time, following it if a hold or a cut moves it meanwhile; return the seconds."""
+        """Sleep until ``turn``'s time, following it if a hold, a cut or a hurry moves it meanwhile; return the
+        seconds."""
         now = start = turn.granted_at
-        while (target := self._due(turn, now, start)) is not None:
-            self._sleep(target - now)
-            now = target
+        while (due := self._due(turn, now, start)) is not None:
+            target, hurried = due
+            now = self._clock() if self._sleep_until(target - now, hurried) else target
         return now - start
+
+    def _sleep_until(self, seconds: float, hurried: threading.Event) -> bool:
+        """Sleep ``seconds``, or less if ``hurried`` is set meanwhile; return whether it was.
+
+        An injected ``sleep`` (a test's clock) always sleeps the whole time.
+        """
+        if self._sleep is waiting.sleep:
+            return waiting.sleep_unless(seconds, hurried)
+        self._sleep(seconds)
+        return False
+
+    async def _asleep_until(self, seconds: float, hurried: waiting.Signal) -> bool:
+        """:meth:`_sleep_until` for asyncio."""
+        if self._asleep is waiting.asleep:
+            return await waiting.asleep_unless(seconds, hurried)
+        await self._asleep(seconds)
+        return False
 
     async def _await_until_sent(self, turn: Turn) -> float:
         """:meth:`_wait_until_sent` for asyncio. Cancelled, the turn is given up: it never counts as sent."""
@@ -340,20 +360,19 @@ class Cooldowns:
             while True:
                 # Once it has waited, a turn in a shared pace may ask Redis whether it moved: off the loop.
                 asks = remote and now > start
-                target = (
-                    await self._off_loop(turn, self._due, turn, now, start) if asks else self._due(turn, now, start)
-                )
-                if target is None:
+                due = await self._off_loop(turn, self._due, turn, now, start) if asks else self._due(turn, now, start)
+                if due is None:
                     break
-                await self._asleep(target - now)
-                now = target
+                target, hurried = due
+                now = self._clock() if await self._asleep_until(target - now, hurried) else target
         except asyncio.CancelledError:
             self.cancel(turn)
             raise
         return now - start
 
-    def _due(self, turn: Turn, now: float, start: float) -> float | None:
-        """When ``turn``'s time comes, if after ``now``; else ``None``: it has come, and counts as sent.
+    def _due(self, turn: Turn, now: float, start: float) -> tuple[float, waiting.Signal] | None:
+        """When ``turn``'s time comes, if after ``now``, and what is set if it is brought forward; else ``None``:
+        it has come, and counts as sent.
 
         Where the pace is shared with other processes, a hold or cut made there may
         have moved the turn too: when it comes, it asks, unless this process asked
@@ -367,7 +386,7 @@ class Cooldowns:
                 self._reschedule(destination, now, followed=True)
             target = turn.sent_at
             if target > now:
-                return target
+                return target, destination.hurried
             destination.pending.discard(turn)
             destination.pace.sent(target)
             turn.queued += now - start
@@ -464,8 +483,8 @@ class Cooldowns:
                     )
                 if (held or cut) and destination.pending:
                     self._reschedule(destination, now)
-            elif status < 400:
-                pace.accepted(now, turn.held_back)
+            elif status < 400 and pace.accepted(now, turn.held_back) and destination.pending:
+                self._hurry(destination, now)
             self._answered(destination)
         if holds is not None:
             holding(holds)  # outside the lock: hooks are the user's code
@@ -484,6 +503,15 @@ class Cooldowns:
         for turn, at in zip(pending, times, strict=True):
             if not followed or at != turn.sent_at:
                 turn.sent_at, turn.granted_at = at, now
+
+    @staticmethod
+    def _hurry(destination: _Destination, now: float) -> None:
+        """Bring the turns not yet due forward to a rate that has grown, and wake their sleepers. Lock held."""
+        pending = sorted((turn for turn in destination.pending if turn.sent_at > now), key=lambda turn: turn.sent_at)
+        for turn, at in zip(pending, destination.pace.hurry([turn.sent_at for turn in pending]), strict=True):
+            turn.sent_at, turn.granted_at = at, now
+        hurried, destination.hurried = destination.hurried, waiting.Signal()
+        hurried.set()
 
     def failed(self, turn: Turn) -> None:
         """The request got no answer at all; let those waiting on a first answer go."""

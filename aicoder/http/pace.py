@@ -36,6 +36,8 @@ __all__ = ["Feedback", "Grant", "Lane", "Pace"]
 SAFETY_MARGIN = 0.01
 #: Longer windows (per hour, per day) are a budget, not a pace: only running out of them holds requests.
 MAX_PACED_WINDOW = 60.0
+#: Turns handed out come sooner once the feedback rate has grown this much since they were spaced (:meth:`Pace.hurry`).
+HURRY_STEP = 0.02
 
 
 class Lane:
@@ -332,6 +334,8 @@ class Pace:
         self.lanes: dict[str, Lane] = {}
         self.mirrors: dict[str, Lane] = {}
         self.feedback = Feedback(min_rate)
+        #: The feedback rate the turns handed out are spaced at: the latest cut's, or the latest hurry's.
+        self._spaced_at = math.inf
 
     @property
     def knows_rate(self) -> bool:
@@ -420,11 +424,41 @@ class Pace:
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
         """A request granted its turn at ``granted_at`` and sent at ``sent_at`` was refused; return whether
         that cut the rate (see :meth:`Feedback.refused`)."""
-        return self.feedback.refused(now, sent_at, granted_at, hint)
+        cut = self.feedback.refused(now, sent_at, granted_at, hint)
+        if cut:
+            self._spaced_at = self.feedback.rate or math.inf
+        return cut
 
-    def accepted(self, now: float, held_back: bool) -> None:
-        """A request succeeded; ``held_back`` if the feedback rate set its turn."""
+    def accepted(self, now: float, held_back: bool) -> bool:
+        """A request succeeded; ``held_back`` if the feedback rate set its turn.
+
+        Returns whether the feedback rate has now grown enough (``HURRY_STEP``) for
+        the turns already handed out to come sooner (:meth:`hurry`).
+        """
         self.feedback.accepted(now, held_back)
+        rate = self.feedback.rate
+        alone = self.feedback.lane is not None and not self.lanes and not self.mirrors
+        return alone and rate is not None and rate >= self._spaced_at * (1 + HURRY_STEP)
+
+    def hurry(self, times: Sequence[float]) -> list[float]:
+        """Bring turns already handed out (sorted ``times``) forward to the feedback rate, which has grown.
+
+        A deep queue granted at the rate of a cut would otherwise keep that spacing
+        until it drains, however fast the rate regrows meanwhile. Only when the
+        feedback rate alone paces the destination (:meth:`accepted` says when): the
+        first turn keeps its time, the others follow it one new interval apart, never
+        later than before, never before the hold.
+        """
+        feedback, lane = self.feedback, self.feedback.lane
+        assert feedback.rate is not None and lane is not None
+        self._spaced_at = feedback.rate
+        interval = 1 / feedback.rate
+        moved: list[float] = []
+        for at in times:
+            moved.append(min(at, max(moved[-1] + interval, self.held_until)) if moved else at)
+        if moved:
+            lane.tat = moved[-1] + interval
+        return moved
 
     @property
     def rate(self) -> float | None:

@@ -574,10 +574,18 @@ class SharedPace:
                 state[moment] += now - remote_now
         self.local.feedback.adopt(state, now)
 
-    def accepted(self, now: float, held_back: bool) -> None:
-        """Regrow the rate after a success it held back: here at once, in Redis with the next reservation."""
+    def accepted(self, now: float, held_back: bool) -> bool:
+        """Regrow the rate after a success it held back: here at once, in Redis with the next reservation.
+
+        Returns ``False``: the shared schedule keeps the turns it has handed out (no :meth:`Pace.hurry`).
+        """
         self.local.accepted(now, held_back)
         self._regrowths += held_back
+        return False
+
+    def hurry(self, times: Sequence[float]) -> list[float]:
+        """The turns' times, unchanged: :meth:`accepted` never asks for a hurry here."""
+        return list(times)
 
     def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""

@@ -1,9 +1,10 @@
 """The one place aicoder waits, and the switch that lets test suites skip the waiting.
 
-Every wait goes through :func:`sleep` (backoffs, holds, turns) or
-:func:`wait_for` (a first request's answer that others wait for), or in asyncio
-code their twins :func:`asleep` and :func:`await_for`, which never block the
-event loop. Inside :func:`instant_waits` nothing waits: each sleep is recorded
+Every wait goes through :func:`sleep` (backoffs, holds), :func:`sleep_unless`
+(turns, which a faster pace may bring forward) or :func:`wait_for` (a first
+request's answer that others wait for), or in asyncio code their twins
+:func:`asleep`, :func:`asleep_unless` and :func:`await_for`, which never block
+the event loop. Inside :func:`instant_waits` nothing waits: each sleep is recorded
 instead, and a wait for an answer returns at once, so a test can run the real
 retry logic at full speed and still assert on the waits it would have taken.
 """
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["Signal", "asleep", "await_for", "instant_waits", "sleep", "wait_for"]
+__all__ = ["Signal", "asleep", "asleep_unless", "await_for", "instant_waits", "sleep", "sleep_unless", "wait_for"]
 
 _lock = threading.Lock()
 _recorded: list[float] | None = None
@@ -42,6 +43,21 @@ def _recorded_instead(seconds: float) -> bool:
             return False
         _recorded.append(seconds)
         return True
+
+
+def sleep_unless(seconds: float, event: threading.Event) -> bool:
+    """:func:`sleep`, but end early if ``event`` is set meanwhile; return whether it was."""
+    if _recorded_instead(seconds) or seconds <= 0:
+        return False
+    return event.wait(seconds)
+
+
+async def asleep_unless(seconds: float, event: Signal) -> bool:
+    """:func:`sleep_unless` for asyncio."""
+    if _recorded_instead(seconds) or seconds <= 0:
+        return False
+    await event.wait_async(seconds)
+    return event.is_set()
 
 
 def wait_for(event: threading.Event, timeout: float) -> None:
