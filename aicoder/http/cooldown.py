@@ -12,6 +12,9 @@ the destination's :class:`~aicoder.http.pace.Pace`:
   whatever dialect (:mod:`aicoder.http.quotas`), for requests and for tokens.
 - **Feedback.** A 429 that arrives while paced means the model is wrong: the
   rate is cut, then regrows (CUBIC), so servers that say nothing converge too.
+  Turns already handed out follow it both ways: a cut moves them later, and
+  regrowth brings them sooner (:meth:`~aicoder.http.pace.Pace.hurry`), waking
+  their sleepers.
 - **First contact.** While the first request to a new destination is in flight,
   others wait for its answer (at most ``probe_timeout`` seconds) so the limits
   are known before a crowd is sent.
