@@ -335,10 +335,10 @@ class Cooldowns:
         now = start = turn.granted_at
         while (due := self._due(turn, now, start)) is not None:
             target, hurried = due
-            now = self._clock() if self._sleep_until(target - now, hurried) else target
+            now = self._clock() if self._sleep_for_turn(target - now, hurried) else target
         return now - start
 
-    def _sleep_until(self, seconds: float, hurried: threading.Event) -> bool:
+    def _sleep_for_turn(self, seconds: float, hurried: threading.Event) -> bool:
         """Sleep ``seconds``, or less if ``hurried`` is set meanwhile; return whether it was.
 
         An injected ``sleep`` (a test's clock) always sleeps the whole time.
@@ -348,8 +348,8 @@ class Cooldowns:
         self._sleep(seconds)
         return False
 
-    async def _asleep_until(self, seconds: float, hurried: waiting.Signal) -> bool:
-        """:meth:`_sleep_until` for asyncio."""
+    async def _asleep_for_turn(self, seconds: float, hurried: waiting.Signal) -> bool:
+        """:meth:`_sleep_for_turn` for asyncio."""
         if self._asleep is waiting.asleep:
             return await waiting.asleep_unless(seconds, hurried)
         await self._asleep(seconds)
@@ -367,7 +367,7 @@ class Cooldowns:
                 if due is None:
                     break
                 target, hurried = due
-                now = self._clock() if await self._asleep_until(target - now, hurried) else target
+                now = self._clock() if await self._asleep_for_turn(target - now, hurried) else target
         except asyncio.CancelledError:
             self.cancel(turn)
             raise
