@@ -4,13 +4,15 @@ Not part of the unit suite. Needs the ``bench`` extra::
 
     .venv/bin/python tests/perf/bench_async.py --json docs/perf/async.json   # about 10 minutes
 
-Four parts, each printed as a Markdown table:
+Five parts, each printed as a Markdown table:
 
 - **Batches.** ``openai.AsyncOpenAI(http_client=aicoder.async_http_client(), max_retries=0)``
   and ``openai.AsyncOpenAI(max_retries=5)``: 256 requests from 64 or 256 tasks at once (each
   task sends requests until none are left, as the threads of the sync benchmark do), at 10 and
   50 requests a second, against the built-in endpoint (in a separate process) in the
   openai, token-limited and hint-only dialects; with the event loop's lag measured throughout.
+- **Through Redis.** The same batches from 256 tasks with ``LLM_RETRY_REDIS_URL`` set (a fresh
+  redis-server on 127.0.0.1): the pace kept in Redis, its round trips run off the loop.
 - **Holds and cancellation.** 256 tasks waiting on a hold: the loop's lag meanwhile, and how long
   each takes to end once cancelled.
 - **Memory** per 1,000 requests in flight, waiting for their turn (tracemalloc).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import statistics
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from aicoder import Config, LLMClient, async_http_client
 from aicoder.http.cooldown import destination_key, shared_cooldowns
+from aicoder.testing.redis import local_redis
 from tests.perf.bench import BURST, MESSAGES, endpoint_process
 
 DIALECTS = ("openai", "openai-tokens", "retry-after-ms")
@@ -49,8 +53,9 @@ TICK = 0.01
 Client = tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]
 
 
-def aicoder_client(base_url: str) -> Client:
-    sdk = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0, http_client=async_http_client(Config()))
+def aicoder_client(base_url: str, config: Config | None = None) -> Client:
+    client = async_http_client(config or Config())
+    sdk = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0, http_client=client)
     return (lambda: sdk.chat.completions.create(model="bench", messages=MESSAGES)), sdk.close  # type: ignore[arg-type]
 
 
@@ -122,12 +127,19 @@ async def _batch(
     return failures, wall, lag
 
 
-def run_batch(name: str, dialect: str, rate: float, tasks: int, requests: int) -> dict[str, Any]:
+def run_batch(
+    name: str, dialect: str, rate: float, tasks: int, requests: int, redis_url: str | None = None
+) -> dict[str, Any]:
+    factory = CONTENDERS[name]
+    if redis_url is not None:
+        assert factory is aicoder_client
+        name = f"{name}, pace in Redis"
+        factory = functools.partial(aicoder_client, config=Config(redis_url=redis_url))
     with endpoint_process(1e9, 10**9) as (warm_url, _):  # imports and first calls stay out of the timing
-        asyncio.run(_batch(CONTENDERS[name], warm_url, 1, 1))
+        asyncio.run(_batch(factory, warm_url, 1, 1))
     shared_cooldowns().clear()
     with endpoint_process(rate, BURST, dialect) as (base_url, served):
-        failures, wall, lag = asyncio.run(_batch(CONTENDERS[name], base_url, tasks, requests))
+        failures, wall, lag = asyncio.run(_batch(factory, base_url, tasks, requests))
     ideal = (requests - BURST) / rate
     per_success = served.rate_limited / max(served.ok, 1)
     row = {
@@ -143,7 +155,7 @@ def run_batch(name: str, dialect: str, rate: float, tasks: int, requests: int) -
         "lag_p99_ms": round(lag.percentile(99) * 1000, 2),
     }
     met = failures == 0 and wall / ideal <= GOAL[0] and per_success <= GOAL[1]
-    row["goal"] = ("met" if met else "**missed**") if name in OURS else ""
+    row["goal"] = ("met" if met else "**missed**") if name.startswith(OURS) else ""
     print(
         f"| {dialect} | {rate:g} | {tasks} | {name} | {failures} | {row['wall_over_ideal']:.3f} | "
         f"{per_success:.2f} | {row['lag_p50_ms']:.1f} / {row['lag_p99_ms']:.1f} | {row['goal']} |",
@@ -240,15 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=256, help="requests per batch")
     parser.add_argument("--overhead", type=int, default=2000, help="requests per side and round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["batches", "holds", "memory", "overhead"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["batches", "redis", "holds", "memory", "overhead"])
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"machine": f"{_cores()} cores, Python {sys.version.split()[0]}"}
     missed = 0
+    columns = "failures | wall ÷ ideal | 429s per success | loop lag p50 / p99 (ms) | goal"
     if "batches" not in args.skip:
         print(f"\n### {args.requests} requests from {' or '.join(map(str, args.tasks))} tasks at once\n")
         print(f"goal: 0 failures, wall ÷ ideal ≤ {GOAL[0]}, 429s per success ≤ {GOAL[1]}\n")
-        columns = "failures | wall ÷ ideal | 429s per success | loop lag p50 / p99 (ms) | goal"
         print(f"| dialect | rate/s | tasks | contender | {columns} |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         rows = []
@@ -261,6 +273,17 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(run_batch(name, dialect, rate, tasks, args.requests))
         missed += sum(row["goal"] == "**missed**" for row in rows)
         results["batches"] = rows
+    if "redis" not in args.skip:
+        print(f"\n### Through Redis: {args.requests} requests from 256 tasks, the pace in Redis\n")
+        print(f"goal: as above\n\n| dialect | rate/s | tasks | contender | {columns} |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        rows = []
+        with local_redis() as (redis_url, _):
+            for dialect in args.dialects:
+                for rate in args.rates:
+                    rows.append(run_batch(OURS[0], dialect, rate, 256, args.requests, redis_url))
+        missed += sum(row["goal"] == "**missed**" for row in rows)
+        results["redis"] = rows
     if "holds" not in args.skip:
         held = asyncio.run(_held(256, 2.0))
         ok = held["lag_p99_ms"] <= LAG_GOAL * 1000 and held["cancel_max_ms"] <= CANCEL_GOAL * 1000
