@@ -24,11 +24,11 @@ from aicoder import LLMClient, RateLimitError, async_http_client, http_client, i
 from aicoder.config import Config
 from aicoder.http.async_transport import AsyncLinearBackoffTransport
 from aicoder.http.cooldown import Cooldowns, destination_key, shared_cooldowns
-from aicoder.http.pace import Pace
 from aicoder.http.shared import SharedPaces
 from aicoder.http.transport import RETRY_EXTENSION
 from aicoder.llm.errors import LLMError
 from aicoder.testing import RateLimitedEndpoint
+from tests.pacing import regrown_to_twenty_a_second, slowed_to_five_a_second
 from tests.redis_server import redis_server
 from tests.servers import Reply, completion, rate_limited, scripted_server
 
@@ -245,14 +245,7 @@ async def test_a_regrown_rate_wakes_tasks_awaiting_their_old_turns() -> None:
     """Tasks queued at 0.2 s intervals come at 0.05 s intervals once the rate has grown to 20 a second."""
     cooldowns = Cooldowns(probe_timeout=0.01)
     key = destination_key("https://api.test", {})
-    cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits
-    pace = cooldowns.pace(key)
-    assert isinstance(pace, Pace)
-    now = time.monotonic()
-    for n in range(4):
-        pace.sent(now - 0.4 + n * 0.1)
-    assert pace.refused(now, now - 0.1, now, hint=0.2)  # at most 5 a second
-    first = cooldowns.take_turn(key)
+    first = slowed_to_five_a_second(cooldowns, key)
     started = time.monotonic()
 
     async def take_turn() -> float:
@@ -261,8 +254,7 @@ async def test_a_regrown_rate_wakes_tasks_awaiting_their_old_turns() -> None:
 
     waiting = [asyncio.create_task(take_turn()) for _ in range(3)]  # 0.2, 0.4 and 0.6 s away
     await asyncio.sleep(0.01)
-    pace.feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": pace.feedback.cut_at}, time.monotonic())
-    cooldowns.observe(first, 200, {})
+    regrown_to_twenty_a_second(cooldowns, key, first)
     came = await asyncio.gather(*waiting)
     assert came[0] >= 0.18  # the first keeps its time
     assert came[-1] < 0.4  # the last came 0.1 s after it, not 0.4 s

@@ -14,10 +14,11 @@ import requests
 
 from aicoder.config import Config
 from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
-from aicoder.http.cooldown import Cooldowns, DestinationKey, Turn, destination_key, shared_cooldowns
+from aicoder.http.cooldown import Cooldowns, DestinationKey, destination_key, shared_cooldowns
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import SAFETY_MARGIN, Pace
+from aicoder.http.pace import SAFETY_MARGIN
 from aicoder.testing import RateLimitedEndpoint
+from tests.pacing import regrown_to_twenty_a_second, slowed_to_five_a_second
 
 KEY = DestinationKey("http://api.test", "sk")
 
@@ -207,23 +208,10 @@ def test_a_429_moves_turns_already_handed_out() -> None:
     assert done[0] >= 0.3
 
 
-def slowed_to_five_a_second(cooldowns: Cooldowns) -> Turn:
-    """Cut ``KEY``'s feedback rate to 5 a second; return the turn granted next, now."""
-    probe = cooldowns.take_turn(KEY)
-    cooldowns.observe(probe, 200, {})  # says nothing of its limits
-    pace = cooldowns.pace(KEY)
-    assert isinstance(pace, Pace)
-    now = time.monotonic()
-    for n in range(4):
-        pace.sent(now - 0.4 + n * 0.1)
-    assert pace.refused(now, now - 0.1, now, hint=0.2)  # at most 5 a second
-    return cooldowns.take_turn(KEY)
-
-
 def test_a_regrown_rate_wakes_threads_asleep_until_their_old_turns() -> None:
     """Threads queued at 0.2 s intervals come at 0.05 s intervals once the rate has grown to 20 a second."""
     cooldowns = Cooldowns(probe_timeout=0.01)
-    first = slowed_to_five_a_second(cooldowns)
+    first = slowed_to_five_a_second(cooldowns, KEY)
     started = time.monotonic()
     done: list[float] = []
     waiters = [
@@ -233,10 +221,7 @@ def test_a_regrown_rate_wakes_threads_asleep_until_their_old_turns() -> None:
     for waiter in waiters:
         waiter.start()
         time.sleep(0.005)  # queued in this order: 0.2, 0.4 and 0.6 s away
-    pace = cooldowns.pace(KEY)
-    assert isinstance(pace, Pace)
-    pace.feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": pace.feedback.cut_at}, time.monotonic())
-    cooldowns.observe(first, 200, {})
+    regrown_to_twenty_a_second(cooldowns, KEY, first)
     for waiter in waiters:
         waiter.join()
     assert done[0] >= 0.18  # the first keeps its time

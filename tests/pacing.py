@@ -1,0 +1,33 @@
+"""A destination whose feedback rate has been cut, then regrown: the setting of the hurry's tests."""
+
+from __future__ import annotations
+
+import time
+
+from aicoder.http.cooldown import Cooldowns, DestinationKey, Turn
+from aicoder.http.pace import Pace
+
+
+def slowed_to_five_a_second(cooldowns: Cooldowns, key: DestinationKey) -> Turn:
+    """Cut ``key``'s feedback rate to 5 a second; return the turn granted next, now."""
+    probe = cooldowns.take_turn(key)
+    cooldowns.observe(probe, 200, {})  # says nothing of its limits
+    now = time.monotonic()
+    pace = paced(cooldowns, key)
+    for n in range(4):
+        pace.sent(now - 0.4 + n * 0.1)
+    assert pace.refused(now, now - 0.1, now, hint=0.2)  # at most 5 a second
+    return cooldowns.take_turn(key)
+
+
+def regrown_to_twenty_a_second(cooldowns: Cooldowns, key: DestinationKey, turn: Turn) -> None:
+    """Grow ``key``'s feedback rate to 20 a second (as if learnt elsewhere), then answer ``turn`` with a 200."""
+    feedback = paced(cooldowns, key).feedback
+    feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": feedback.cut_at}, time.monotonic())
+    cooldowns.observe(turn, 200, {})
+
+
+def paced(cooldowns: Cooldowns, key: DestinationKey) -> Pace:
+    pace = cooldowns.pace(key)
+    assert isinstance(pace, Pace)
+    return pace
