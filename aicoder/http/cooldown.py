@@ -500,8 +500,7 @@ class Cooldowns:
         pace; only the turns it moved are granted anew.
         """
         # Followed, a turn due now has not gone yet: it is asking whether it may.
-        due = [turn for turn in destination.pending if turn.sent_at > now or (followed and turn.sent_at == now)]
-        pending = sorted(due, key=lambda turn: turn.sent_at)
+        pending = _waiting(destination, now, including_now=followed)
         times = destination.pace.reschedule([turn.sent_at for turn in pending], [turn.ticket for turn in pending])
         for turn, at in zip(pending, times, strict=True):
             if not followed or at != turn.sent_at:
@@ -510,8 +509,10 @@ class Cooldowns:
     @staticmethod
     def _hurry(destination: _Destination, now: float) -> None:
         """Bring the turns not yet due forward to a rate that has grown, and wake their sleepers. Lock held."""
-        pending = sorted((turn for turn in destination.pending if turn.sent_at > now), key=lambda turn: turn.sent_at)
-        for turn, at in zip(pending, destination.pace.hurry([turn.sent_at for turn in pending]), strict=True):
+        pace = destination.pace
+        assert isinstance(pace, Pace)  # a shared pace never asks for a hurry (SharedPace.accepted)
+        pending = _waiting(destination, now)
+        for turn, at in zip(pending, pace.hurry([turn.sent_at for turn in pending]), strict=True):
             turn.sent_at, turn.granted_at = at, now
         hurried, destination.hurried = destination.hurried, waiting.Signal()
         hurried.set()
@@ -537,6 +538,12 @@ class Cooldowns:
         if destination.first_answer is not None:
             destination.first_answer.set()
             destination.first_answer = None
+
+
+def _waiting(destination: _Destination, now: float, *, including_now: bool = False) -> list[Turn]:
+    """``destination``'s pending turns due after ``now`` (or at it, ``including_now``), soonest first. Lock held."""
+    due = [turn for turn in destination.pending if turn.sent_at > now or (including_now and turn.sent_at == now)]
+    return sorted(due, key=lambda turn: turn.sent_at)
 
 
 _T = TypeVar("_T")

@@ -583,10 +583,6 @@ class SharedPace:
         self._regrowths += held_back
         return False
 
-    def hurry(self, times: Sequence[float]) -> list[float]:
-        """The turns' times, unchanged: :meth:`accepted` never asks for a hurry here."""
-        return list(times)
-
     def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
         named = [ticket for ticket in tickets if ticket is not None]
