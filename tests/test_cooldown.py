@@ -141,22 +141,24 @@ def test_a_hint_holds_first_attempts_too(cooldowns: Cooldowns, fake: FakeTime) -
     assert turns(cooldowns, fake, 1) == [3.0]
 
 
-def test_a_whole_second_hint_holds_the_others_a_second_less(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """``Retry-After: 3`` may mean 2.01 s: others hold only for the 2 s that are certain."""
+def test_a_whole_second_hint_holds_the_others_in_full(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """``Retry-After: 3`` is a floor, though it may be rounded: no request goes before the 3 s are over."""
     turn = cooldowns.take_turn(KEY)
     cooldowns.observe(turn, 429, {}, ServerHint(3.0, "retry-after", coarse=True))
-    assert turns(cooldowns, fake, 1) == [2.0]
+    assert turns(cooldowns, fake, 1) == [3.0]
 
 
 def test_a_one_second_hint_is_not_a_pace(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """``Retry-After: 1`` does not become "one request a second": later turns are far closer together."""
+    """``Retry-After: 1`` holds for a second, but does not become "one request a second" after it."""
     probe = cooldowns.take_turn(KEY)
     cooldowns.observe(probe, 200, {})
     granted = turns(cooldowns, fake, 6)
     turn = cooldowns.take_turn(KEY)
+    refused_at = fake.now - 1000.0
     cooldowns.observe(turn, 429, {}, ServerHint(1.0, "retry-after", coarse=True))
     later = turns(cooldowns, fake, 5)
-    assert all(b - a < 0.5 for a, b in itertools.pairwise([granted[-1], *later]))
+    assert later[0] == pytest.approx(refused_at + 1.0) and refused_at >= granted[-1]
+    assert all(b - a < 0.5 for a, b in itertools.pairwise(later))
 
 
 def test_requests_go_at_the_per_minute_rate(cooldowns: Cooldowns, fake: FakeTime) -> None:

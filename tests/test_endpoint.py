@@ -97,7 +97,7 @@ def send_until_refused(endpoint: RateLimitedEndpoint) -> requests.Response:
     [
         ("openai", "body: error.message", "x-ratelimit-limit-requests"),
         ("openai-tokens", "body: error.message", "x-ratelimit-limit-tokens"),
-        ("openrouter", "x-ratelimit-reset", None),
+        ("openrouter", "x-ratelimit-reset (Unix time)", None),
         ("anthropic", "retry-after", "anthropic-ratelimit-requests-limit"),
         ("github", "retry-after", "x-ratelimit-reset"),
         ("ietf", "retry-after", "ratelimit-policy"),

@@ -46,16 +46,61 @@ def test_http_date() -> None:
     assert said(hint(Retry_After=date)) == (12.0, "retry-after", True)
 
 
-def test_milliseconds_win_over_seconds() -> None:
-    """retry-after-ms is more precise and is preferred."""
-    assert said(hint(retry_after_ms="200", Retry_After="1")) == (0.2, "retry-after-ms", False)
+def test_the_latest_stated_time_wins() -> None:
+    """A time the server states is a floor: of retry-after-ms and Retry-After, the later one, whole seconds or not."""
+    assert said(hint(retry_after_ms="200", Retry_After="1")) == (1.0, "retry-after", True)
+    assert said(hint(retry_after_ms="1500", Retry_After="1")) == (1.5, "retry-after-ms", False)
+    assert said(hint(retry_after_ms="1000", Retry_After="1")) == (1.0, "retry-after-ms", False)  # a tie: the first
 
 
-def test_a_precise_hint_within_a_second_of_a_coarse_one_wins() -> None:
-    """``Retry-After: 2`` with "try again in 1.5s" in the body: the same wait, said precisely."""
+def test_a_precise_hint_never_shortens_a_coarse_one() -> None:
+    """``Retry-After: 2`` with "try again in 1.5s" in the body: 2 s, as Anthropic says earlier retries fail."""
     body = json.dumps({"error": {"message": "Please try again in 1.5s.", "type": "tokens"}})
-    assert said(hint(body, Retry_After="2")) == (1.5, "body: error.message", False)
-    assert said(hint(body, Retry_After="20")) == (20.0, "retry-after", True)  # a different wait: the header wins
+    assert said(hint(body, Retry_After="2")) == (2.0, "retry-after", True)
+    assert said(hint(body, Retry_After="1")) == (1.5, "body: error.message", False)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "seconds", "source"),
+    [
+        ("retry-after", str(int(NOW + 30)), 30.0, "retry-after (Unix time)"),
+        ("retry-after", str(int((NOW + 2.5) * 1000)), 2.5, "retry-after (Unix time)"),
+        ("retry-after-ms", str(int((NOW + 2.5) * 1000)), 2.5, "retry-after-ms (Unix time)"),
+        # a bucket of 60 that is full in 7 s (whole seconds: up to 8) has one request in 8 / 60 s
+        ("x-ratelimit-reset-requests", str(int(NOW + 7)), 0.133, "x-ratelimit-reset-requests (Unix time)"),
+        ("ratelimit-reset", str(int(NOW + 4)), 4.0, "ratelimit-reset (Unix time)"),
+    ],
+)
+def test_a_unix_time_where_a_duration_is_expected(name: str, value: str, seconds: float, source: str) -> None:
+    """A number from 10⁹ on can only be a Unix time (from 10¹², in ms), in any header family, and the source says so."""
+    headers = {name: value}
+    if name.startswith("x-ratelimit"):
+        headers |= {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"}
+    if name.startswith("ratelimit"):
+        headers |= {"ratelimit-limit": "60", "ratelimit-remaining": "0"}
+    found = hint(**{key.replace("-", "_"): item for key, item in headers.items()})
+    assert found is not None and (round(found.seconds, 3), found.source) == (seconds, source)
+
+
+def test_a_unix_time_already_past_is_no_hint() -> None:
+    """An epoch behind the clock says nothing, and is never read as a wait of decades."""
+    assert hint(Retry_After=str(int(NOW - 5))) is None
+    assert hint(x_ratelimit_reset_requests=str(int(NOW - 5)), x_ratelimit_remaining_requests="0") is None
+
+
+def test_litellm_fixed_window_429() -> None:
+    """A LiteLLM proxy's 429: ``retry-after`` of the whole window, ``reset_at`` in UTC, the same in the body."""
+    reset_at = "2027-01-15 08:00:09 UTC"  # NOW is 2027-01-15 08:00:00 UTC
+    body = json.dumps({"error": {"message": f"Rate limit exceeded for api_key: k. Limit resets at: {reset_at}"}})
+
+    def litellm(headers: dict[str, str], body: str | None = None) -> ServerHint | None:
+        return server_hint(CaseInsensitiveDict(headers), body, now=lambda: NOW)  # names with "_", as LiteLLM's
+
+    assert said(litellm({"reset_at": reset_at})) == (9.0, "reset_at", True)
+    assert said(litellm({}, body)) == (9.0, "body: error.message", True)
+    whole_window = {"retry-after": "10", "reset_at": reset_at, "rate_limit_type": "requests"}
+    assert said(litellm(whole_window, body)) == (10.0, "retry-after", True)
+    assert said(litellm({"llm_provider-retry-after": "12"})) == (12.0, "llm_provider-retry-after", True)
 
 
 @pytest.mark.parametrize("zero", ["0", "0.0"])
@@ -75,10 +120,10 @@ def test_openai_token_429_waits_for_its_own_cost() -> None:
         "x_ratelimit_reset_requests": "6m0s",  # the limit not exhausted: its long reset must not count
         "x_ratelimit_limit_tokens": "30000",
         "x_ratelimit_remaining_tokens": "0",
-        "x_ratelimit_reset_tokens": "58s",
+        "x_ratelimit_reset_tokens": "58.5s",
     }
     found = hint(cost=RequestCost(500, 1000), **headers)
-    assert said(found) == (2.9, "x-ratelimit-reset-tokens", False)
+    assert said(found) == (2.925, "x-ratelimit-reset-tokens", False)
     assert found is not None and found.dialect == "openai"
 
 
@@ -89,12 +134,12 @@ def test_the_body_type_names_the_exhausted_dimension() -> None:
         body,
         x_ratelimit_limit_requests="60",
         x_ratelimit_remaining_requests="0",
-        x_ratelimit_reset_requests="30s",
+        x_ratelimit_reset_requests="30.5s",
         x_ratelimit_limit_tokens="1000",
         x_ratelimit_remaining_tokens="0",
         x_ratelimit_reset_tokens="60s",
     )
-    assert said(found) == (0.5, "x-ratelimit-reset-requests", False)
+    assert said(found) == (round(30.5 / 60, 6), "x-ratelimit-reset-requests", False)
 
 
 def test_gemini_retry_info_in_a_list() -> None:
@@ -155,7 +200,7 @@ def test_openrouter_metadata_headers_in_the_body() -> None:
         }
     )
     found = hint(body)
-    assert said(found) == (9 * 3600.0, "x-ratelimit-reset", False)
+    assert said(found) == (9 * 3600.0, "x-ratelimit-reset (Unix time)", False)
     assert found is not None and found.retry_at == NOW + 9 * 3600
 
 
@@ -166,7 +211,8 @@ def test_anthropic_reset_without_retry_after() -> None:
         anthropic_ratelimit_requests_remaining="0",
         anthropic_ratelimit_requests_reset="2027-01-15T08:01:00Z",  # a minute after NOW
     )
-    assert said(found) == (1.0, "anthropic-ratelimit-requests-reset", False)  # 1/60 of a whole-second reset
+    # 1/60 of a whole-second reset, taken at its slowest: 61 s
+    assert said(found) == (round(61 / 60, 6), "anthropic-ratelimit-requests-reset", False)
 
 
 def test_ietf_ratelimit_reset() -> None:

@@ -249,7 +249,7 @@ def test_a_hold_moves_turns_already_handed_out() -> None:
     for at in (0.0, 0.01, 0.02, 0.03):
         pace.feedback.sent(at)
     pace.feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)  # at most 4 a second
-    pace.hold(1.0)
+    pace.hold(1.0, 0.0)
     assert pace.reschedule([0.1, 0.2]) == pytest.approx([1.0, 1.25])
 
 

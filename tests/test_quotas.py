@@ -35,9 +35,15 @@ def test_openai_six_headers() -> None:
 
 
 def test_openai_exhausted_bucket_waits_for_the_cost_not_for_full() -> None:
-    """A bucket at 0 of 30,000 tokens, full in 58 s: 1,500 tokens come back in 2.9 s, not 58."""
+    """A bucket at 0 of 30,000 tokens, full in 58.5 s: 1,500 tokens come back in 2.925 s, not 58.5."""
+    found = quotas(x_ratelimit_limit_tokens="30000", x_ratelimit_remaining_tokens="0", x_ratelimit_reset_tokens="58.5s")
+    assert found["openai", "tokens/60"].wait(1500) == pytest.approx(2.925)
+
+
+def test_a_whole_second_reset_is_taken_at_its_slowest() -> None:
+    """Full in "58s" may mean 58.99 s: 1,500 of 30,000 tokens are surely back after 1/20 of 59 s, not of 58."""
     found = quotas(x_ratelimit_limit_tokens="30000", x_ratelimit_remaining_tokens="0", x_ratelimit_reset_tokens="58s")
-    assert found["openai", "tokens/60"].wait(1500) == pytest.approx(2.9)
+    assert found["openai", "tokens/60"].wait(1500) == pytest.approx(2.95)
 
 
 def test_azure_placeholders_say_nothing() -> None:
@@ -120,7 +126,8 @@ def test_anthropic_headers() -> None:
     requests = found["anthropic", "requests/60"]
     assert requests.reset == pytest.approx(1.0)  # NOW is 2027-01-15T08:00:00Z
     assert requests.coarse and not found["anthropic", "input-tokens/60"].coarse
-    assert requests.wait(1) == pytest.approx(1.0 / 50)  # a bucket: one request back after 1/50 of its reset
+    # a bucket: one request back after 1/50 of its reset, which whole seconds may have rounded down by one
+    assert requests.wait(1) == pytest.approx(2.0 / 50)
 
 
 def test_ietf_structured_fields() -> None:
@@ -137,6 +144,34 @@ def test_ietf_older_drafts() -> None:
     assert draft6["ietf", "requests/1"].wait(1) == 7.0
     draft7 = quotas(RateLimit="limit=100, remaining=50, reset=5")
     assert draft7["ietf", "requests"].remaining == 50
+
+
+def test_litellm_per_key_limits() -> None:
+    """A LiteLLM proxy's per-key window: a limit and what remains, in a window whose length it does not say."""
+    headers = {
+        "x-ratelimit-api_key-limit-requests": "100",
+        "x-ratelimit-api_key-remaining-requests": "37",
+        "x-ratelimit-api_key-remaining-tokens": "9000",
+        "x-ratelimit-api_key-limit-tokens": "10000",
+        "x-litellm-key-rpm-limit": "100",
+        "x-litellm-key-tpm-limit": "None",  # unset
+    }
+    found = read_quotas(CaseInsensitiveDict(headers), now=lambda: NOW)
+    by_source = {quota.source: quota for quota in found}
+    requests = by_source["x-ratelimit-api_key-remaining-requests"]
+    assert (requests.dimension, requests.limit, requests.remaining, requests.refill) == ("requests", 100, 37, "window")
+    assert requests.rate is None and requests.dialect == "litellm"
+    assert by_source["x-ratelimit-api_key-remaining-tokens"].remaining == 9000
+    assert by_source["x-litellm-key-rpm-limit"].limit == 100
+    assert len(found) == 3
+
+
+def test_a_limit_counted_past_zero_is_not_enforced() -> None:
+    """LiteLLM's router counts ``remaining`` down past zero, to -202: the limit it declares binds nothing."""
+    assert quotas(x_ratelimit_limit_requests="600", x_ratelimit_remaining_requests="-202") == {}
+    assert quotas(x_ratelimit_limit="600", x_ratelimit_remaining="-7") == {}
+    placeholder = quotas(x_ratelimit_limit_requests="600", x_ratelimit_remaining_requests="-1")  # Azure's "unknown"
+    assert placeholder[("openai", "requests/60")].limit == 600
 
 
 def test_no_rate_headers_no_quotas() -> None:

@@ -6,8 +6,8 @@ bound for the same destination (origin and credentials) asks :class:`Cooldowns`
 for a turn before it is sent, first attempts and retries alike. The turns follow
 the destination's :class:`~aicoder.http.pace.Pace`:
 
-- **Hold.** A 429 with a hint holds the destination until the hint expires (a
-  whole-second hint, one second less: the server may have rounded up).
+- **Hold.** A 429 with a hint holds the destination until the latest time the
+  server stated, in full: a stated time is a floor, whole seconds included.
 - **Pace.** Turns are handed out at the rate the server's quotas describe, in
   whatever dialect (:mod:`aicoder.http.quotas`), for requests and for tokens.
 - **Feedback.** A 429 that arrives while paced means the model is wrong: the
@@ -469,15 +469,11 @@ class Cooldowns:
                 # Slow start is for a destination whose limits are unknown, not one that has already refused.
                 pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
             if status == 429:
-                held = False
-                if hint is not None:
-                    # A whole-second hint may be rounded up: hold the others only for the part that is certain.
-                    hold = max(hint.seconds - 1, 0.0) if hint.coarse else hint.seconds
-                    held = hold > 0 and pace.hold(now + hold, now)
-                    if held:
-                        holds = HoldDetails(destination.key.origin, hold, hint.source)
-                precise = None if hint is None or hint.coarse else hint.seconds
-                cut = pace.refused(now, turn.sent_at, turn.granted_at, precise)
+                # Learnt before the hold: the span the hold adds says nothing of the server's rate.
+                cut = pace.refused(now, turn.sent_at, turn.granted_at, hint.next_token if hint is not None else None)
+                held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
+                if held and hint is not None:
+                    holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)
                 if cut:
                     log.info(
                         "Rate limited while paced: requests to %s now go at most %.3g a second",

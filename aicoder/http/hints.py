@@ -1,26 +1,32 @@
 """How long a 429 asks the client to wait before *this* request may go, in whatever dialect it speaks.
 
-The first of these that says a usable wait wins:
+A time the server states is a floor: of every time it states, in any of these
+sources, the latest wins, and nothing is sent before it:
 
 1. ``retry-after-ms``: milliseconds (OpenAI, Azure OpenAI);
 2. ``Retry-After``: seconds or an HTTP-date (RFC 9110), precise to the second;
+   a LiteLLM proxy's ``llm_provider-retry-after`` (the provider's, passed on) and
+   ``reset_at`` (``2026-11-29 20:26:55 UTC``);
 3. the body, read from its first 64 KiB: Gemini's ``RetryInfo.retryDelay``
    (``"38.601s"``), OpenAI's "Please try again in 1.5s", Azure's "retry after 37
-   seconds", and OpenRouter's ``error.metadata.headers``;
+   seconds", LiteLLM's "Limit resets at: 2026-11-29 20:26:55 UTC", and
+   OpenRouter's ``error.metadata.headers``;
 4. the quota that ran out (:mod:`aicoder.http.quotas`): with OpenAI's six
    ``x-ratelimit-*`` headers, the dimension at ``remaining`` 0 or the one the
    body's ``type`` names, and the time until this request's cost fits, not
-   until the whole bucket is full.
+   until the whole bucket is full; for a window, its reset.
 
-A whole-second hint (``Retry-After: 1``) is *coarse*: the server may have rounded
-up or down. When a precise hint lies within a second of it, the precise one wins.
-Zero, negative, malformed, non-finite and already-past values count as no hint,
-never as "go now": the next source is tried. Nothing here raises on what a server
-sends. Only header and field *names* leave this module, never their values.
+A bare number of seconds (or milliseconds) from 10⁹ on is a Unix time, whatever
+the header: the source then says ``(Unix time)``. A whole-second hint
+(``Retry-After: 1``) is *coarse*: the server may have rounded it. Zero, negative,
+malformed, non-finite and already-past values count as no hint, never as "go
+now". Nothing here raises on what a server sends. Only header and field *names*
+leave this module, never their values.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import re
@@ -29,7 +35,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aicoder.http.quotas import Quota, parse_duration, parse_number, read_quotas
+from aicoder.http.quotas import (
+    EPOCH_MILLISECONDS,
+    UNIX_TIME,
+    Quota,
+    parse_duration,
+    parse_number,
+    read_quotas,
+    seconds_until,
+)
 from aicoder.http.tokens import RequestCost
 
 __all__ = ["MAX_BODY", "ServerHint", "body_prefix", "parse_duration", "server_hint"]
@@ -43,6 +57,17 @@ _BODY_HINT = re.compile(
     re.IGNORECASE,
 )
 _PHRASE_DIALECT = {"try again in": "openai", "retry in": "gemini", "retry after": "azure"}
+#: LiteLLM's "Limit resets at: 2026-11-29 20:26:55 UTC" (also in its ``reset_at`` header).
+_RESETS_AT = re.compile(
+    r"resets at:?\s+([0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)\s*(UTC|Z)\b"
+)
+#: Where the wait in seconds is said, most explicit first: the header, and what it holds (1 s or 1 ms).
+_RETRY_AFTER = (
+    ("retry-after-ms", 1e-3),
+    ("retry-after", 1.0),
+    ("llm_provider-retry-after-ms", 1e-3),
+    ("llm_provider-retry-after", 1.0),
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +76,9 @@ class ServerHint:
 
     ``source`` is the header or body field, ``dialect`` the family it belongs to,
     ``retry_at`` the wall-clock time it names (Unix seconds). ``coarse`` marks a
-    whole-second value the server may have rounded.
+    whole-second value the server may have rounded. ``window`` marks the reset of
+    a window (after it, the whole window is there again), not the time a bucket's
+    next token comes.
     """
 
     seconds: float
@@ -59,6 +86,13 @@ class ServerHint:
     dialect: str = ""
     coarse: bool = False
     retry_at: float | None = None
+    window: bool = False
+
+    @property
+    def next_token(self) -> float | None:
+        """The seconds until the server's next token, if that is what this hint says precisely: then the
+        server takes at most one request in that time."""
+        return None if self.coarse or self.window else self.seconds
 
     @property
     def header(self) -> str:
@@ -80,15 +114,11 @@ def server_hint(
     token cost: with it, a token quota's wait is the time until *this* request fits.
     ``now`` is the wall clock, for dates and Unix times.
     """
-    found = None
+    latest = None
     for hint in _hints(headers, body, now, cost):
-        if found is None:
-            if not hint.coarse:
-                return hint
-            found = hint
-        elif not hint.coarse and abs(hint.seconds - found.seconds) < 1:
-            return hint  # the same wait, said more precisely
-    return found
+        if latest is None or hint.seconds > latest.seconds:
+            latest = hint
+    return latest
 
 
 def _hints(
@@ -96,22 +126,32 @@ def _hints(
 ) -> Iterator[ServerHint]:
     """Every usable hint, most explicit first."""
     wall = now()
-    milliseconds = parse_number(headers.get("retry-after-ms"))
-    if milliseconds:
-        yield ServerHint(milliseconds / 1000, "retry-after-ms", "retry-after-ms", retry_at=wall + milliseconds / 1000)
+    for name, unit in _RETRY_AFTER:
+        value = headers.get(name)
+        if value is None:
+            continue
+        dialect = "retry-after" if unit == 1.0 else "retry-after-ms"
+        found = seconds_until(value, lambda: wall, unit)
+        if found is not None:
+            seconds, unix_time = found
+            number = parse_number(value) or 0.0
+            # Whole seconds, as a wait or a Unix time, may be rounded; milliseconds are precise.
+            coarse = unit == 1.0 and number < EPOCH_MILLISECONDS and number.is_integer()
+            source = name + (UNIX_TIME if unix_time else "")
+            yield ServerHint(seconds, source, dialect, coarse, retry_at=wall + seconds)
+            continue
+        date = _http_date(value, wall) if unit == 1.0 else None
+        if date:
+            yield ServerHint(date, name, dialect, coarse=True, retry_at=wall + date)
 
-    retry_after = headers.get("retry-after")
-    if retry_after is not None:
-        seconds = parse_number(retry_after)
-        coarse = seconds is not None and seconds.is_integer()
-        if seconds is None:
-            seconds, coarse = _http_date(retry_after, wall), True
-        if seconds:
-            yield ServerHint(seconds, "retry-after", "retry-after", coarse=coarse, retry_at=wall + seconds)
+    reset_at = _utc_time(headers.get("reset_at") or "", wall)
+    if reset_at:
+        yield ServerHint(reset_at, "reset_at", "litellm", coarse=True, retry_at=wall + reset_at, window=True)
 
-    said = _BodySays.read(body)
+    said = _BodySays.read(body, wall)
     if said.hint is not None:
-        yield ServerHint(said.hint[0], said.hint[1], said.hint[2], retry_at=wall + said.hint[0])
+        seconds, source, dialect, coarse = said.hint
+        yield ServerHint(seconds, source, dialect, coarse, wall + seconds, window=dialect == "litellm")
 
     quotas = read_quotas(headers, lambda: wall)
     if said.headers:
@@ -121,7 +161,21 @@ def _hints(
         seconds, quota = exhausted
         # A bucket's wait is a fraction of its reset, and so is the reset's rounding; a window's is all of it.
         coarse = quota.coarse and (quota.refill == "window" or quota.remaining is None)
-        yield ServerHint(seconds, quota.source, quota.dialect, coarse=coarse, retry_at=wall + seconds)
+        window = quota.refill == "window"
+        yield ServerHint(seconds, quota.source, quota.dialect, coarse, retry_at=wall + seconds, window=window)
+
+
+def _utc_time(value: str, now: float) -> float | None:
+    """Seconds from ``now`` until a time such as ``2026-11-29 20:26:55 UTC`` (LiteLLM's), if it is ahead."""
+    if not 16 <= len(value) <= 40 or not value.isascii():
+        return None
+    text = value.strip().removesuffix("UTC").removesuffix("Z").strip()
+    try:
+        moment = datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    seconds = moment.timestamp() - now
+    return seconds if seconds > 0 else None
 
 
 def _exhausted(
@@ -172,19 +226,20 @@ def body_prefix(body: bytes | str | None) -> str:
 class _BodySays:
     """What an error body says about waiting: a hint, the exhausted dimension, rate-limit headers."""
 
-    hint: tuple[float, str, str] | None = None
+    #: The wait, where it was said, the dialect, and whether it is whole seconds.
+    hint: tuple[float, str, str, bool] | None = None
     dimension: str | None = None
     headers: Mapping[str, str] | None = None
 
     @classmethod
-    def read(cls, body: bytes | str | None) -> _BodySays:
+    def read(cls, body: bytes | str | None, now: float) -> _BodySays:
         text = body_prefix(body)
         if not text:
             return cls()
         try:
             data: Any = json.loads(text)
         except (ValueError, RecursionError):
-            return cls(hint=_phrase_hint(text))
+            return cls(hint=_phrase_hint(text, now))
         items = (data if isinstance(data, list) else [data])[:8]
         errors = [item.get("error", item) for item in items if isinstance(item, dict)]
         errors = [error for error in errors if isinstance(error, dict)]
@@ -199,11 +254,11 @@ class _BodySays:
                 headers = _text_headers(metadata["headers"])
             message = error.get("message")
             if hint is None and isinstance(message, str):
-                hint = _phrase_hint(message)
+                hint = _phrase_hint(message, now)
         return cls(hint, dimension, headers)
 
 
-def _retry_info(error: Mapping[str, Any]) -> tuple[float, str, str] | None:
+def _retry_info(error: Mapping[str, Any]) -> tuple[float, str, str, bool] | None:
     """Google's ``RetryInfo`` detail: ``{"@type": "….RetryInfo", "retryDelay": "38.601s"}``."""
     details = error.get("details")
     if not isinstance(details, list):
@@ -213,15 +268,17 @@ def _retry_info(error: Mapping[str, Any]) -> tuple[float, str, str] | None:
             delay = detail.get("retryDelay")
             seconds = parse_duration(delay) if isinstance(delay, str) else None
             if seconds:
-                return seconds, "body: RetryInfo.retryDelay", "gemini"
+                return seconds, "body: RetryInfo.retryDelay", "gemini", False
     return None
 
 
-def _phrase_hint(text: str) -> tuple[float, str, str] | None:
-    """ "Please try again in 1.5s", "retry after 37 seconds", "Please retry in 38.6s"."""
+def _phrase_hint(text: str, now: float) -> tuple[float, str, str, bool] | None:
+    """ "Please try again in 1.5s", "retry after 37 seconds", "Please retry in 38.6s", "Limit resets at: …"."""
     match = _BODY_HINT.search(text)
     if match is None:
-        return None
+        resets = _RESETS_AT.search(text)
+        seconds = _utc_time(resets[1], now) if resets else None
+        return (seconds, "body: error.message", "litellm", True) if seconds else None
     if match["go"]:
         seconds = parse_duration(match["go"])
     else:
@@ -231,7 +288,7 @@ def _phrase_hint(text: str) -> tuple[float, str, str] | None:
         seconds = float(match["amount"]) * scale
     if not seconds:
         return None
-    return seconds, "body: error.message", _PHRASE_DIALECT[match["phrase"].lower()]
+    return seconds, "body: error.message", _PHRASE_DIALECT[match["phrase"].lower()], False
 
 
 def _text_headers(raw: Mapping[Any, Any]) -> Mapping[str, str]:

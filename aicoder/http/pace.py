@@ -96,6 +96,12 @@ class Feedback:
     was paced at the old rate) and cuts nothing, so a crowd of refusals is one cut,
     not forty.
 
+    **Silence is no measure.** A span in which this client itself held (waiting out
+    a time the server stated) says nothing of the server's rate: the send rate and
+    what the server accepted are measured only over the sends since the latest hold
+    ended (``since``). A 429 for the first request after a hold says the hold was
+    short, not that the rate is wrong, and cuts nothing: the new hold answers it.
+
     **Regrowth.** After a cut the rate regrows along CUBIC's curve,
     ``w_max * (1 + C * (n - K)**3)``: flat near the rate that was refused, steeper
     beyond it, never faster than twice the measured send rate. botocore counts ``n``
@@ -219,34 +225,39 @@ class Feedback:
         """A request sent at ``sent_at`` was refused: a sample for what the server accepted."""
         self._refusals.append(sent_at)
 
-    def send_rate(self, now: float) -> float | None:
-        """Requests a second over the last few sends, up to ``now``: a pause lowers it at once."""
-        past = (at for at in reversed(self._sends) if at <= now)  # a shared pace also knows the turns to come
+    def send_rate(self, now: float, since: float = -math.inf) -> float | None:
+        """Requests a second over the last few sends from ``since`` up to ``now``: a pause lowers it at once."""
+        # A shared pace also knows the turns to come.
+        past = (at for at in reversed(self._sends) if since <= at <= now)
         recent = list(itertools.islice(past, self.MEASURED_SENDS))
         if len(recent) < 2:
             return None
         return len(recent) / max(now - recent[-1], self.MIN_WINDOW)
 
-    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None = None) -> bool:
+    def refused(
+        self, now: float, sent_at: float, granted_at: float, hint: float | None = None, since: float = -math.inf
+    ) -> bool:
         """Learn from a 429 for a request granted its turn at ``granted_at`` and sent at ``sent_at``.
 
-        ``hint`` is the server's precise wait, if it gave one. Returns whether the rate was cut.
+        ``hint`` is the time until the server's next token, if it said so precisely;
+        ``since``, when the latest hold before the request ended. Returns whether the rate was cut.
         """
+        first_after_hold = since > -math.inf and not any(since <= at < sent_at for at in self._sends)
         self.refusal(sent_at)
-        if granted_at < self.cut_at:
+        if granted_at < self.cut_at or first_after_hold:
             return False
         rate = self.rate
         if self.slow_start is not None:
             rate = self.slow_rate(now)
             self.stop_slow_start()
-        measured = self.send_rate(now)
+        measured = self.send_rate(now, since)
         current = rate if measured is None else measured if rate is None else min(rate, measured)
         if current is None:  # one lone request so far: no rate to cut from yet
             return False
         new, w_max, scale = current * self.BETA, current, self.SCALE
         if hint:  # the server's next token comes within one interval: it allows at most 1 / hint
             new, w_max = min(new, 1 / hint), min(w_max, 1 / hint)
-        accepted, saturated = self._accepted_rate(sent_at)
+        accepted, saturated = self._accepted_rate(sent_at, since)
         if accepted is not None and accepted < current:
             if saturated:  # what the server took while kept busy is its rate: go just under it, regrow around it
                 new, w_max, scale = accepted * (1 - SAFETY_MARGIN), accepted, self.MEASURED_SCALE
@@ -282,8 +293,9 @@ class Feedback:
         else:
             self.lane.rate = rate
 
-    def _accepted_rate(self, sent_at: float) -> tuple[float | None, bool]:
-        """Requests the server took per second since the latest refusal that leaves enough to tell.
+    def _accepted_rate(self, sent_at: float, since: float) -> tuple[float | None, bool]:
+        """Requests the server took per second since the latest refusal that leaves enough to tell, and
+        no earlier than ``since``.
 
         Also whether requests went steadily meanwhile, with no pause longer than two
         of its intervals: then its bucket never filled up, and what it took is all
@@ -296,8 +308,8 @@ class Feedback:
         end = bisect.bisect_left(refusals, sent_at)
         for index in range(end - 1, -1, -1):
             start = refusals[index]
-            if start < sends[0]:
-                break  # older than the samples kept
+            if start < sends[0] or start < since:
+                break  # older than the samples kept, or the span would hold a silence of this client's
             first, last = bisect.bisect_right(sends, start), bisect.bisect_left(sends, sent_at)
             accepted = (last - first) - (end - index - 1)
             if accepted >= self.MIN_ACCEPTED and sent_at > start:
@@ -328,7 +340,9 @@ class Pace:
 
     def __init__(self, min_rate: float = 1 / 120) -> None:
         #: No turn before this time: the latest hint's expiry.
-        self.held_until = 0.0
+        self.held_until = -math.inf
+        #: When the hold before the latest one ended: the sends since then measure the server, not a silence.
+        self.quiet_until = -math.inf
         #: The part of the quotas' rates this process may use: 1, unless it paces alone for several clients.
         self.share = 1.0
         self.lanes: dict[str, Lane] = {}
@@ -390,7 +404,7 @@ class Pace:
                 mirror.rate, mirror.burst = rate, quota.limit
                 mirror.tat = max(mirror.tat, now + (quota.limit - quota.remaining) / rate)
             elif quota.refill == "window" and quota.reset and quota.remaining is not None and quota.remaining < 1:
-                self.held_until = max(self.held_until, now + quota.reset)  # spent: nothing fits until it resets
+                self.hold(now + quota.reset, now)  # spent: nothing fits until it resets
         for dimension, rate in rates.items():
             lane = self.lanes.get(dimension)
             if lane is None:
@@ -424,7 +438,8 @@ class Pace:
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
         """A request granted its turn at ``granted_at`` and sent at ``sent_at`` was refused; return whether
         that cut the rate (see :meth:`Feedback.refused`)."""
-        cut = self.feedback.refused(now, sent_at, granted_at, hint)
+        since = self.held_until if self.held_until <= sent_at else self.quiet_until
+        cut = self.feedback.refused(now, sent_at, granted_at, hint, since)
         if cut:
             self._spaced_at = self.feedback.rate or math.inf
         return cut
@@ -465,10 +480,12 @@ class Pace:
         """The feedback rate, requests a second, if 429s have set one."""
         return self.feedback.rate
 
-    def hold(self, until: float, now: float = 0.0) -> bool:
+    def hold(self, until: float, now: float) -> bool:
         """No turn before ``until`` (``now`` is the time it is said at); return whether that is later than before."""
         if until <= self.held_until:
             return False
+        if self.held_until <= now:
+            self.quiet_until = self.held_until
         self.held_until = until
         return True
 

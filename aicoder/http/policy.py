@@ -160,15 +160,13 @@ class LinearRetry(Retry):
     def next_wait(self, hint: ServerHint | None, number: int, paced: bool = False) -> Wait:
         """The wait before retry ``number``: the server's hint if it gave one, else the schedule.
 
-        A ``paced`` retry is bound for a destination whose rate is known (from its
-        quotas, or measured between its 429s), and waits its turn at that rate anyway:
-        that is a better backoff than a guess. So it needs no schedule of its own, and
-        of a whole-second hint, which may be rounded up, only the part that is
-        certain: a second less, as every other request bound there waits.
+        A hint is a floor, whole seconds included: the retry never goes before the time
+        the server stated. A ``paced`` retry is bound for a destination whose rate is
+        known (from its quotas, or measured between its 429s), and waits its turn at
+        that rate anyway: that is a better backoff than a guess, so it needs no
+        schedule of its own.
         """
         if hint is not None:
-            if paced and hint.coarse:
-                return Wait(max(hint.seconds - 1, 0.0), hint.source)
             return Wait(hint.seconds, hint.source)
         if paced:
             return Wait(0.0, "pace")

@@ -17,11 +17,18 @@ dialect                   headers (``*`` = limit, remaining, reset)             
 ``ietf``                  ``RateLimit`` + ``RateLimit-Policy`` (draft 8 and later),       seconds
                           ``RateLimit-Limit/Remaining/Reset`` (draft 6)
 ``ratelimitbysize``       ``ratelimitbysize-*`` (Mistral, tokens per minute)              seconds
+
+``litellm``               ``x-ratelimit-{key}-{limit,remaining}-{requests,tokens}`` (a     none
+                          LiteLLM proxy's per-key, per-user, per-team limits; fixed
+                          windows), ``x-litellm-key-{rpm,tpm}-limit``
 ========================  ==============================================================  =========
 
-A Unix time and a duration in the same header are told apart by size: from 10⁹
-on, a number is seconds since 1970, from 10¹² on, milliseconds. Zero, negative
-and placeholder values (Azure's ``-1``) say nothing, and are dropped. Numbers
+A Unix time and a duration are told apart by size, in every header that holds a
+bare number of seconds: from 10⁹ on, a number is seconds since 1970, from 10¹² on,
+milliseconds (a wait of 31 years is no wait). Such a quota's ``source`` says so:
+``x-ratelimit-reset-requests (Unix time)``. Zero and placeholder values (Azure's
+``-1``) say nothing, and are dropped; a ``remaining`` below ``-1`` says the server
+counts past its limit without enforcing it, and the limit is dropped too. Numbers
 are ASCII digits only. Nothing here raises on a malformed value: it is ignored.
 """
 
@@ -37,7 +44,16 @@ from typing import Literal, NamedTuple
 
 from requests.structures import CaseInsensitiveDict
 
-__all__ = ["Quota", "parse_duration", "parse_number", "read_quotas"]
+__all__ = [
+    "EPOCH_MILLISECONDS",
+    "EPOCH_SECONDS",
+    "UNIX_TIME",
+    "Quota",
+    "parse_duration",
+    "parse_number",
+    "read_quotas",
+    "seconds_until",
+]
 
 Refill = Literal["bucket", "window"]
 
@@ -48,8 +64,8 @@ _DURATIONS = re.compile(f"[ \t]*(?:{_DURATION.pattern})+[ \t]*")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 #: Longer durations are parsed afresh each time, so a hostile server cannot fill the cache with big strings.
 _CACHED_DURATION_LENGTH = 32
-_EPOCH_SECONDS = 1e9
-_EPOCH_MILLISECONDS = 1e12
+EPOCH_SECONDS = 1e9
+EPOCH_MILLISECONDS = 1e12
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "month": 30 * 86400.0}
 _DIMENSIONS = {
     "requests": "requests",
@@ -58,7 +74,9 @@ _DIMENSIONS = {
     "input-tokens": "input-tokens",
     "output-tokens": "output-tokens",
 }
-_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "anthropic-ratelimit-", "ratelimit")
+_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "anthropic-ratelimit-", "ratelimit", "x-litellm-key-")
+#: What a quota's or a hint's ``source`` adds when its header held a Unix time, not a duration.
+UNIX_TIME = " (Unix time)"
 _OPENAI_NAME = re.compile(
     r"x-ratelimit-(limit|remaining|reset)-(requests|req|tokens|input-tokens|output-tokens)"
     r"(?:-(second|minute|hour|day|month))?"
@@ -66,6 +84,10 @@ _OPENAI_NAME = re.compile(
 _ANTHROPIC_NAME = re.compile(
     r"anthropic-ratelimit-(requests|tokens|input-tokens|output-tokens)-(limit|remaining|reset)"
 )
+_LITELLM_NAME = re.compile(r"x-ratelimit-([a-z0-9_]+)-(limit|remaining)-(requests|tokens)")
+_LITELLM_KEY_LIMIT = re.compile(r"x-litellm-key-(rpm|tpm)-limit")
+#: A remaining count this far below zero is a server counting past a limit it does not enforce.
+_UNENFORCED = re.compile(r"[ \t]*-[0-9]+[ \t]*")
 _WINDOW_PARAMETER = re.compile(r";[ \t]*w=([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -109,17 +131,21 @@ class Quota(NamedTuple):
     def wait(self, need: float) -> float | None:
         """Seconds until ``need`` units fit: 0 if they fit now, ``None`` if the server did not say enough.
 
-        With ``remaining`` unknown, that is until the quota is whole again.
+        With ``remaining`` unknown, that is until the quota is whole again. Never
+        before a time the server stated, whichever way it rounded a whole-second reset.
         """
         if self.remaining is None:
             return self.reset
         if self.remaining >= need:
             return 0.0
         if self.refill == "bucket":
-            rate = self.refill_rate or self.rate
+            # A reset in whole seconds may be rounded down by up to one: the slowest refill it allows is the floor.
+            reset = self.reset + 1 if self.reset and self.coarse else self.reset
+            lacking = (self.limit or 0) - self.remaining
+            rate = lacking / reset if reset and lacking > 0 else self.rate
             if rate:
                 wait = (need - self.remaining) / rate
-                return min(wait, self.reset) if self.reset else wait
+                return min(wait, reset) if reset else wait
         return self.reset
 
 
@@ -153,6 +179,8 @@ def _family(name: str) -> str | None:
         return None
     if _OPENAI_NAME.fullmatch(lowered):
         return "openai"
+    if _LITELLM_NAME.fullmatch(lowered) or _LITELLM_KEY_LIMIT.fullmatch(lowered):
+        return "litellm"
     if lowered.startswith(("x-ratelimit-", "x-rate-limit-")):
         return "x-ratelimit"
     if lowered.startswith("anthropic-ratelimit-"):
@@ -174,17 +202,21 @@ def _openai(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quo
             kind, dimension, period = match
             groups.setdefault((_DIMENSIONS[dimension], period), {})[kind] = name
     for (dimension, period), names in groups.items():
+        remaining_text = fields.get(names.get("remaining", ""))
+        if _unenforced(remaining_text):
+            continue
+        reset, said = _reset(fields.get(names.get("reset", "")), now)
         source = names.get("reset") or names.get("remaining") or names["limit"]
         quota = _quota(
             dimension,
             limit=parse_number(fields.get(names.get("limit", ""))),
-            remaining=parse_number(fields.get(names.get("remaining", ""))),
-            reset=parse_duration(fields.get(names.get("reset", ""))),
+            remaining=parse_number(remaining_text),
+            reset=reset,
             # OpenAI documents its limits as per minute, refilled continuously (reset: until the bucket is full).
             window=_PERIODS[period] if period else 60.0,
             refill="window" if period else "bucket",
             dialect="periodic" if period else "openai",
-            source=source,
+            source=source + said,
         )
         if quota is not None:
             yield quota
@@ -202,7 +234,7 @@ def _x_ratelimit(fields: Mapping[str, str], now: Callable[[], float]) -> Iterabl
         limit_text = fields.get(prefix + "limit")
         remaining_text = fields.get(prefix + "remaining")
         reset_text = fields.get(prefix + "reset")
-        if limit_text is None and remaining_text is None and reset_text is None:
+        if (limit_text is None and remaining_text is None and reset_text is None) or _unenforced(remaining_text):
             continue
         window = None
         if limit_text is not None:  # Envoy and IETF draft 3 add the policy: "10, 10;w=1"
@@ -210,17 +242,18 @@ def _x_ratelimit(fields: Mapping[str, str], now: Callable[[], float]) -> Iterabl
             window = parse_number(policy.group(1)) if policy else None
             limit_text = limit_text.split(",", 1)[0]
         reset_number = parse_number(reset_text)
+        reset, said = _reset(reset_text, now)
         quota = _quota(
             "requests",
             limit=parse_number(limit_text),
             remaining=parse_number(remaining_text),
-            reset=_seconds_or_time(reset_text, now),
+            reset=reset,
             window=window,
             refill="window",
             dialect="x-ratelimit",
-            source=prefix + ("reset" if reset_text is not None else "remaining"),
+            source=prefix + ("reset" if reset_text is not None else "remaining") + said,
             # A Unix time in milliseconds is precise; seconds, as a time or a duration, are whole or not.
-            coarse=reset_number is not None and reset_number < _EPOCH_MILLISECONDS and reset_number.is_integer(),
+            coarse=reset_number is not None and reset_number < EPOCH_MILLISECONDS and reset_number.is_integer(),
         )
         if quota is not None:
             yield quota
@@ -257,17 +290,18 @@ def _ietf(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota
     states = _structured_items(fields.get("ratelimit"))
     if states and all("q" not in params and "r" not in params for _, params in states):
         # Draft 7: RateLimit: limit=100, remaining=50, reset=5 (one item per key).
-        merged = {name: parse_number(value) for name, value in _key_values(fields["ratelimit"]).items()}
-        if merged:
+        values = _key_values(fields["ratelimit"])
+        if values:
+            reset, said = _reset(values.get("reset"), now)
             quota = _quota(
                 "requests",
-                limit=merged.get("limit"),
-                remaining=merged.get("remaining"),
-                reset=merged.get("reset"),
+                limit=parse_number(values.get("limit")),
+                remaining=parse_number(values.get("remaining")),
+                reset=reset,
                 window=None,
                 refill="window",
                 dialect="ietf",
-                source="ratelimit",
+                source="ratelimit" + said,
             )
             if quota is not None:
                 yield quota
@@ -277,15 +311,16 @@ def _ietf(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota
         policy = named_policies.get(name, {})
         if policy.get("qu", "requests").strip('"') != "requests":
             continue
+        reset, said = _reset(params.get("t"), now)
         quota = _quota(
             "requests",
             limit=parse_number(policy.get("q")),
             remaining=parse_number(params.get("r")),
-            reset=parse_number(params.get("t")),
+            reset=reset,
             window=parse_number(policy.get("w")),
             refill="window",
             dialect="ietf",
-            source="ratelimit",
+            source="ratelimit" + said,
         )
         if quota is not None:
             yield quota
@@ -294,15 +329,16 @@ def _ietf(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota
         # RateLimit-Policy: 10;w=1 (or the policy after the limit: "10, 10;w=1").
         limit_text = fields.get("ratelimit-limit")
         window = _WINDOW_PARAMETER.search(fields.get("ratelimit-policy") or limit_text or "")
+        reset, said = _reset(fields.get("ratelimit-reset"), now)
         quota = _quota(
             "requests",
             limit=parse_number(limit_text.split(",", 1)[0] if limit_text else None),
             remaining=parse_number(fields.get("ratelimit-remaining")),
-            reset=parse_number(fields.get("ratelimit-reset")),
+            reset=reset,
             window=parse_number(window.group(1)) if window else None,
             refill="window",
             dialect="ietf",
-            source="ratelimit-reset",
+            source="ratelimit-reset" + said,
         )
         if quota is not None:
             yield quota
@@ -310,18 +346,47 @@ def _ietf(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota
 
 def _ratelimitbysize(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota]:
     """Mistral's ``ratelimitbysize-limit/remaining/reset``: tokens per minute."""
+    reset, said = _reset(fields.get("ratelimitbysize-reset"), now)
     quota = _quota(
         "tokens",
         limit=parse_number(fields.get("ratelimitbysize-limit")),
         remaining=parse_number(fields.get("ratelimitbysize-remaining")),
-        reset=parse_number(fields.get("ratelimitbysize-reset")),
+        reset=reset,
         window=60.0,
         refill="window",
         dialect="ratelimitbysize",
-        source="ratelimitbysize-reset",
+        source="ratelimitbysize-reset" + said,
     )
     if quota is not None:
         yield quota
+
+
+def _litellm(fields: Mapping[str, str], now: Callable[[], float]) -> Iterable[Quota]:
+    """A LiteLLM proxy's ``x-ratelimit-{key}-{limit,remaining}-{requests,tokens}``, one pair per limit it
+    enforces (``api_key``, ``user``, ``team``, …), in fixed windows whose length it does not say; and
+    ``x-litellm-key-{rpm,tpm}-limit``, the key's configured limits."""
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for name in fields:
+        match = _LITELLM_NAME.fullmatch(name)
+        if match:
+            key, kind, dimension = match.groups()
+            groups.setdefault((key, dimension), {})[kind] = name
+        elif key_limit := _LITELLM_KEY_LIMIT.fullmatch(name):
+            dimension = "requests" if key_limit[1] == "rpm" else "tokens"
+            groups.setdefault(("", dimension), {})["limit"] = name
+    for (_, dimension), names in groups.items():
+        quota = _quota(
+            dimension,
+            limit=parse_number(fields.get(names.get("limit", ""))),
+            remaining=parse_number(fields.get(names.get("remaining", ""))),
+            reset=None,
+            window=None,
+            refill="window",
+            dialect="litellm",
+            source=names.get("remaining") or names["limit"],
+        )
+        if quota is not None:
+            yield quota
 
 
 def _quota(
@@ -357,6 +422,7 @@ _READERS: dict[str, Callable[[Mapping[str, str], Callable[[], float]], Iterable[
     "anthropic": _anthropic,
     "ietf": _ietf,
     "ratelimitbysize": _ratelimitbysize,
+    "litellm": _litellm,
 }
 
 
@@ -398,16 +464,35 @@ def _parse_duration(value: str) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
-def _seconds_or_time(value: str | None, now: Callable[[], float]) -> float | None:
-    """Seconds from now in ``value``: a duration, or a Unix time in seconds or milliseconds."""
+def seconds_until(value: str | None, now: Callable[[], float], unit: float = 1.0) -> tuple[float, bool] | None:
+    """Seconds from now in ``value``, a bare number of ``unit`` seconds or a Unix time (in seconds from 10⁹ on,
+    in milliseconds from 10¹² on), and whether it was a Unix time; ``None`` if malformed or past."""
     number = parse_number(value)
     if number is None:
         return None
-    if number >= _EPOCH_MILLISECONDS:
-        number = number / 1000 - now()
-    elif number >= _EPOCH_SECONDS:
-        number -= now()
-    return number if number > 0 else None
+    if number >= EPOCH_MILLISECONDS:
+        seconds, unix_time = number / 1000 - now(), True
+    elif number >= EPOCH_SECONDS:
+        seconds, unix_time = number - now(), True
+    else:
+        seconds, unix_time = number * unit, False
+    return (seconds, unix_time) if seconds > 0 else None
+
+
+def _reset(value: str | None, now: Callable[[], float]) -> tuple[float | None, str]:
+    """A reset in seconds from now (:func:`seconds_until`, or a duration such as ``6m0s``), and what its
+    source adds: :data:`UNIX_TIME` if it was one."""
+    found = seconds_until(value, now)
+    if found is not None:
+        return found[0], UNIX_TIME if found[1] else ""
+    if parse_number(value) is not None:  # a Unix time already past, or 0
+        return None, ""
+    return parse_duration(value), ""
+
+
+def _unenforced(remaining: str | None) -> bool:
+    """Whether a ``remaining`` count is below ``-1`` (a placeholder): the server lets requests past the limit."""
+    return remaining is not None and _UNENFORCED.fullmatch(remaining) is not None and int(remaining) < -1
 
 
 def _rfc3339(value: str | None, now: Callable[[], float]) -> float | None:

@@ -96,7 +96,11 @@ local function apply(now, first)
       local stored = tonumber(redis.call('HGET', KEYS[1], field) or '0')
       if now + value > stored then
         redis.call('HSET', KEYS[1], field, string.format('%.17g', now + value))
-        if field == 'hold' then held = 1 end
+        if field == 'hold' then
+          held = 1
+          -- the hold before it, if it has ended: the sends since then measure the server, not a silence
+          if stored > 0 and stored <= now then redis.call('HSET', KEYS[1], 'quiet', string.format('%.17g', stored)) end
+        end
       end
     elseif how == 'init' then
       if not redis.call('HGET', KEYS[1], field) then redis.call('HSET', KEYS[1], field, ARGV[i + 1]) end
@@ -521,7 +525,7 @@ class SharedPace:
             item for field, value, how in told for item in (field, repr(value - shift if how == "max" else value), how)
         ]
 
-    def hold(self, until: float, now: float = 0.0) -> bool:
+    def hold(self, until: float, now: float) -> bool:
         moved = self.local.hold(until, now)
         hold = [self.shared.TTL, "hold", repr(max(until - now, 0.0)), "max"]
         answer = self.shared.run("learn", [self._pace, self._sends], hold)
@@ -556,7 +560,9 @@ class SharedPace:
             self._adopt(state, remote_now, now)
             return False
         feedback = Feedback.restore(state, _scores(answer[3]), _scores(answer[4]), self.local.feedback.min_rate)
-        if not feedback.refused(remote_now, remote[0], remote[1], hint):
+        hold, quiet = (float(stored.get(field, "-inf")) for field in ("hold", "quiet"))
+        since = hold if hold <= remote[0] else quiet
+        if not feedback.refused(remote_now, remote[0], remote[1], hint, since):
             return False
         written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
         written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}

@@ -174,7 +174,7 @@ async def _held(tasks: int, hold: float) -> dict[str, float]:
     cooldowns.observe(probe, 200, {})
     pace = cooldowns.pace(key)
     assert pace is not None
-    pace.hold(time.monotonic() + hold)
+    pace.hold(time.monotonic() + hold, time.monotonic())
     ended: list[float] = []
 
     async def wait_turn() -> None:
@@ -208,7 +208,7 @@ async def _memory(tasks: int, base_url: str) -> float:
     key = destination_key(f"{base_url}/chat/completions", {"authorization": f"Bearer {KEY}"})
     pace = shared_cooldowns().pace(key)
     assert pace is not None
-    pace.hold(time.monotonic() + 60)
+    pace.hold(time.monotonic() + 60, time.monotonic())
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]

@@ -1,0 +1,214 @@
+"""A time the server states is a floor: no request, retry or first attempt, goes before it, on any path.
+
+One table of real 429 formats runs through the adapter, the SDK bridge, the asyncio transport and the
+pace in Redis. Waits are recorded, not slept (:func:`aicoder.testing.instant_waits`): a request that
+would go early shows a wait shorter than the time the server stated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import email.utils
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+from requests.structures import CaseInsensitiveDict
+
+from aicoder import async_http_client, http_client, instant_waits
+from aicoder.config import Config
+from aicoder.http.adapter import retrying_session
+from aicoder.http.cooldown import Cooldowns, DestinationKey
+from aicoder.http.hints import server_hint
+from aicoder.http.policy import LinearRetry
+from tests.redis_server import redis_server
+from tests.servers import Reply, completion, scripted_server
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@dataclass(frozen=True)
+class Stated:
+    """A 429 as a server sends it at ``t0`` (wall clock), and the least seconds after ``t0`` it forbids sending."""
+
+    headers: dict[str, str]
+    body: str
+    floor: float
+
+
+def _rfc3339(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def anthropic_retry_after(t0: float) -> Stated:
+    """Anthropic's ``retry-after: 2`` beside a bucket reset a second away: 2 s ("earlier retries will fail")."""
+    headers = {
+        "retry-after": "2",
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": _rfc3339(math.ceil(t0) + 1),
+    }
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "This request would exceed the limit"}}
+    return Stated(headers, json.dumps(body), 2.0)
+
+
+def anthropic_resets_only(t0: float) -> Stated:
+    """A bucket of 5, empty, full at a whole-second time that may be rounded down: one request's worth comes a
+    fifth of the way to a second past it, at the slowest refill the reset allows."""
+    full = math.ceil(t0) + 2
+    headers = {
+        "anthropic-ratelimit-requests-limit": "5",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": _rfc3339(full),
+    }
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "This request would exceed the limit"}}
+    return Stated(headers, json.dumps(body), (full + 1 - t0) / 5)
+
+
+def github(t0: float) -> Stated:
+    """GitHub's primary limit: ``x-ratelimit-remaining: 0`` and the window's reset as a Unix time in seconds."""
+    reset = math.ceil(t0) + 3
+    headers = {
+        "x-ratelimit-limit": "60",
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-used": "60",
+        "x-ratelimit-reset": str(reset),
+        "x-ratelimit-resource": "core",
+    }
+    return Stated(headers, json.dumps({"message": "API rate limit exceeded"}), reset - t0)
+
+
+def ietf(t0: float) -> Stated:
+    """The IETF draft's ``RateLimit`` with nothing left for 3 s, and ``Retry-After: 3``."""
+    headers = {"RateLimit-Policy": '"minute";q=60;w=60', "RateLimit": '"minute";r=0;t=3', "Retry-After": "3"}
+    return Stated(headers, "", 3.0)
+
+
+def http_date(t0: float) -> Stated:
+    """``Retry-After`` as an HTTP-date, whole seconds."""
+    moment = math.ceil(t0) + 3
+    return Stated({"Retry-After": email.utils.formatdate(moment, usegmt=True)}, "", moment - t0)
+
+
+def fixed_window(t0: float) -> Stated:
+    """A LiteLLM proxy's fixed window: ``retry-after`` of the whole window, ``reset_at``, and the body's reset."""
+    reset_at = _utc(math.ceil(t0) + 9)
+    headers = {"retry-after": "10", "rate_limit_type": "requests", "reset_at": reset_at}
+    message = f"Rate limit exceeded for api_key: k. Limit type: requests. Limit resets at: {reset_at}"
+    return Stated(headers, json.dumps({"error": {"message": message, "type": "throttling_error"}}), 10.0)
+
+
+SCENARIOS: dict[str, Callable[[float], Stated]] = {
+    "anthropic retry-after": anthropic_retry_after,
+    "anthropic resets only": anthropic_resets_only,
+    "github": github,
+    "ietf": ietf,
+    "http date": http_date,
+    "fixed window": fixed_window,
+}
+
+
+def refusal(stated: Stated) -> Reply:
+    return Reply(429, stated.body.encode(), {"Content-Type": "application/json", **stated.headers})
+
+
+# --- the decision, on a clock of the test's ---
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_hint_is_never_before_the_stated_time(scenario: str) -> None:
+    """The wait read from the 429, for the retry and for every request held behind it, reaches the stated time."""
+    t0 = 1_800_000_000.25
+    stated = SCENARIOS[scenario](t0)
+    hint = server_hint(CaseInsensitiveDict(stated.headers), stated.body, now=lambda: t0)
+    assert hint is not None and hint.seconds >= stated.floor - 1e-9
+    assert LinearRetry().next_wait(hint, 1, paced=True).seconds >= stated.floor - 1e-9
+
+    clock = [100.0]
+    cooldowns = Cooldowns(clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    key = DestinationKey("http://api.test", "k")
+    cooldowns.observe(cooldowns.take_turn(key), 429, stated.headers, hint)
+    cooldowns.take_turn(key)
+    assert clock[0] - 100.0 >= stated.floor - 1e-9
+
+
+# --- every path, against a real socket ---
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(Path(tmp_path_factory.mktemp("redis"))) as (url, _):
+        yield url
+
+
+def _config(base_url: str, redis: str | None = None) -> Config:
+    return Config(
+        openrouter_api_key="sk-floor",
+        openrouter_base_url=base_url,
+        retry_count=2,
+        retry_min_delay=0,
+        retry_max_delay=0,
+        redis_url=redis,
+    )
+
+
+def _adapter(base_url: str, config: Config) -> Callable[[], None]:
+    session = retrying_session(config)
+
+    def send() -> None:
+        answer = session.post(f"{base_url}/chat/completions", json={"messages": MESSAGES})
+        assert answer.status_code == 200
+
+    return send
+
+
+def _bridge(base_url: str, config: Config) -> Callable[[], None]:
+    sdk = openai.OpenAI(api_key="sk-floor", base_url=base_url, max_retries=0, http_client=http_client(config))
+    return lambda: sdk.chat.completions.create(model="m", messages=MESSAGES) and None  # type: ignore[arg-type]
+
+
+def _async(base_url: str, config: Config) -> Callable[[], None]:
+    async def send() -> None:
+        async with openai.AsyncOpenAI(
+            api_key="sk-floor", base_url=base_url, max_retries=0, http_client=async_http_client(config)
+        ) as sdk:
+            await sdk.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+
+    return lambda: asyncio.run(send())
+
+
+PATHS: dict[str, Callable[[str, Config], Callable[[], None]]] = {
+    "adapter": _adapter,
+    "bridge": _bridge,
+    "asyncio": _async,
+    "redis": _adapter,
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_send_before_the_stated_time(scenario: str, path: str, request: pytest.FixtureRequest) -> None:
+    """The refused request's retry, and a new request after it, each wait until the time the 429 stated."""
+    redis = request.getfixturevalue("redis_url") if path == "redis" else None
+    t0 = time.time()
+    stated = SCENARIOS[scenario](t0)
+    with scripted_server(refusal(stated), completion(), completion()) as server:
+        send = PATHS[path](f"{server.url}/v1", _config(f"{server.url}/v1", redis))
+        with instant_waits() as retry_waits:
+            send()
+        with instant_waits() as later_waits:
+            send()
+        slack = time.time() - t0  # what the waits may fall short by: the time the test itself took
+    assert server.count == 3
+    assert max(retry_waits) >= stated.floor - slack
+    assert max(later_waits, default=0.0) >= stated.floor - slack
