@@ -125,6 +125,43 @@ def test_a_crowd_of_refusals_is_one_cut() -> None:
     assert feedback.rate == rate
 
 
+def a_window_spent_and_waited_out(pace: Pace) -> float:
+    """100 requests in a second, a 429 asking for the whole 10-s window, and its hold: return the hold's end."""
+    for index in range(100):
+        pace.sent(index / 100)
+    assert pace.refused(now=1.0, sent_at=1.0, granted_at=1.0, hint=None)
+    pace.sent(1.0)
+    assert pace.hold(11.0, now=1.0)
+    return 11.0
+
+
+def test_a_hold_is_no_measure_of_the_server() -> None:
+    """The 10 s this client held says nothing of the server: the rate is never read from a span across it."""
+    pace = Pace()
+    held_until = a_window_spent_and_waited_out(pace)
+    rate = pace.rate
+    assert rate is not None and rate > 30  # 0.7 of what went in the burst, not 100 requests over 11 s
+    pace.sent(held_until)
+    assert not pace.refused(now=held_until + 0.01, sent_at=held_until, granted_at=held_until - 1, hint=None)
+    assert pace.rate == rate  # the first request after a hold was refused: the hold was short, the rate is not wrong
+    for index in range(1, 8):
+        pace.sent(held_until + index * 0.05)
+    assert pace.refused(now=held_until + 0.4, sent_at=held_until + 0.35, granted_at=held_until + 0.35, hint=None)
+    # Measured after the hold alone: the six it took between the two refusals, in 0.35 s, bound the cut.
+    assert pace.rate == pytest.approx((1 - SAFETY_MARGIN) * 6 / 0.35)
+
+
+def test_a_probe_after_a_hold_refused_again_never_collapses_the_rate() -> None:
+    """The logged collapse: a probe refused right after a hold cut to 0.7 x (4 sends / 9 s) = 0.31 a second."""
+    pace = Pace()
+    held_until = a_window_spent_and_waited_out(pace)
+    rate = pace.rate
+    pace.sent(held_until)
+    pace.refused(now=held_until + 0.01, sent_at=held_until, granted_at=held_until, hint=None)
+    pace.hold(held_until + 10, now=held_until + 0.01)
+    assert pace.rate == rate and pace.quiet_until == held_until
+
+
 def test_a_precise_hint_caps_the_cut() -> None:
     """The server's next token comes within one interval: 0.1 s means at most 10 a second."""
     feedback = Feedback()

@@ -310,3 +310,28 @@ def test_processes_share_one_pace(redis_url: str) -> None:
         stats = endpoint.stats()
     assert statuses == [200] * 36
     assert stats.rate_limited <= 4
+
+
+@pytest.mark.parametrize("where", ["in process", "in redis"])
+def test_a_probe_refused_after_a_hold_cuts_nothing(where: str, request: pytest.FixtureRequest) -> None:
+    """The same story in one process and through Redis: a burst, a 429 and its hold, then the probe after the
+    hold refused again. The first 429 cuts; the second says the hold was short and cuts nothing, where a rate
+    measured across the hold would have collapsed to a few requests a second."""
+    shared = SharedPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
+    cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+    key = destination_key(f"https://{where.replace(' ', '-')}.test/v1", {})
+    try:
+        cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits: slow start
+        burst = [cooldowns.take_turn(key) for _ in range(12)]
+        for turn in burst[:-1]:
+            cooldowns.observe(turn, 200, {})
+        cooldowns.observe(burst[-1], 429, {}, ServerHint(0.3, "retry-after", coarse=True))
+        pace = cooldowns.pace(key)
+        assert pace is not None and pace.rate is not None
+        cut = pace.rate
+        probe = cooldowns.take_turn(key)  # at the hold's end
+        cooldowns.observe(probe, 429, {}, ServerHint(0.3, "retry-after", coarse=True))
+        assert pace.rate == pytest.approx(cut) and cut > 10
+    finally:
+        if shared is not None:
+            shared.close()
