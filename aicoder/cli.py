@@ -18,7 +18,7 @@ from aicoder.http.schedule import linear_delays
 from aicoder.instrumentation import PrometheusHook, get_hooks, set_hooks
 from aicoder.llm.api_client import LLMClient
 from aicoder.simulate import SimulationResult, simulate
-from aicoder.testing.endpoint import DIALECTS
+from aicoder.testing.endpoint import DIALECTS, WINDOW
 
 __all__ = ["main", "run"]
 
@@ -429,10 +429,11 @@ def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple
         ("succeeded", lambda r: f"{r.succeeded}"),
         ("failed", lambda r: f"{r.failed}"),
         ("429s received", lambda r: f"{r.rate_limited}"),
+        ("sent early", lambda r: f"{r.early}"),
         ("retries", lambda r: f"{r.retries}"),
         ("wall time", lambda r: f"{r.wall_seconds:.2f} s"),
         ("ideal time", lambda r: f"{r.ideal_seconds:.2f} s"),
-        ("efficiency", lambda r: f"{r.efficiency:.0%}"),
+        ("efficiency", lambda r: f"{r.efficiency:.0%}" if r.completed_ideal_seconds else "n/a"),
     ]
     if len(results) > 1:
         print("  " + " " * 14 + "".join(f" {label:>18}" for label, _ in results))
@@ -440,9 +441,14 @@ def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple
         print(f"  {name:<14}" + "".join(f" {cell(result):>18}" for _, result in results))
     print()
     share = " * (1 - foreign share)" if args.foreign else ""
+    ideal = f"(requests - burst) / (rate{share})"
+    if args.dialect == "litellm":
+        ideal = f"the start of the last {WINDOW:g}-s window the requests need"
+    elif args.dialect == "litellm-unenforced":
+        ideal = "0 (nothing is enforced)"
     print(
-        f"ideal time = (requests - burst) / (rate{share}); "
-        "efficiency = the ideal time of the requests that succeeded / wall time"
+        f"ideal time = {ideal}; efficiency = the ideal time of the requests that succeeded / wall time; "
+        "sent early = requests that reached the endpoint before a time one of its 429s stated"
     )
     for label, result in results:
         if result.first_error is not None:

@@ -24,7 +24,7 @@ from aicoder.config import Config
 from aicoder.http.adapter import retrying_session
 from aicoder.http.tokens import estimate_cost
 from aicoder.llm.api_client import LLMClient
-from aicoder.testing.endpoint import RateLimitedEndpoint
+from aicoder.testing.endpoint import FIXED_WINDOW_DIALECTS, WINDOW, RateLimitedEndpoint
 
 __all__ = ["SimulationResult", "ideal_seconds", "simulate"]
 
@@ -46,6 +46,8 @@ class SimulationResult:
     ideal_seconds: float
     latencies: tuple[float, ...] = field(repr=False)
     first_error: str | None = None
+    #: Requests the endpoint received before a time one of its 429s had stated.
+    early: int = 0
 
     #: The least time the requests that succeeded could have taken.
     completed_ideal_seconds: float = 0.0
@@ -65,6 +67,7 @@ class SimulationResult:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "rate_limited": self.rate_limited,
+            "early_sends": self.early,
             "retries": self.retries,
             "wall_seconds": round(self.wall_seconds, 3),
             "ideal_seconds": round(self.ideal_seconds, 3),
@@ -75,9 +78,17 @@ class SimulationResult:
         }
 
 
-def ideal_seconds(requests: int, rate: float, burst: int, foreign: float = 0.0) -> float:
+def ideal_seconds(
+    requests: int, rate: float, burst: int, foreign: float = 0.0, dialect: str = "openai", window: float = WINDOW
+) -> float:
     """The least time ``requests`` can take under a ``rate``/``burst`` token bucket of which another
-    client takes the share ``foreign``: ``(N - burst) / (rate * (1 - foreign))``."""
+    client takes the share ``foreign``: ``(N - burst) / (rate * (1 - foreign))``. Under the ``litellm``
+    dialect's fixed windows of ``rate * window`` requests, the start of the last window they need; with
+    ``litellm-unenforced``, no time at all."""
+    if dialect == "litellm-unenforced":
+        return 0.0
+    if dialect in FIXED_WINDOW_DIALECTS:
+        return (math.ceil(requests / max(1, round(rate * window))) - 1) * window
     return max(0, requests - burst) / (rate * (1 - foreign))
 
 
@@ -143,10 +154,11 @@ def simulate(
         rate_limited=stats.rate_limited,
         retries=stats.total - requests,
         wall_seconds=wall,
-        ideal_seconds=ideal_seconds(requests, rate, burst, foreign),
+        ideal_seconds=ideal_seconds(requests, rate, burst, foreign, dialect),
         latencies=tuple(batch.latencies),
         first_error=batch.errors[0] if batch.errors else None,
-        completed_ideal_seconds=ideal_seconds(succeeded, rate, burst, foreign),
+        completed_ideal_seconds=ideal_seconds(succeeded, rate, burst, foreign, dialect),
+        early=stats.early,
     )
 
 

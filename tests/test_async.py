@@ -283,15 +283,17 @@ async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:
 async def test_the_built_in_endpoint_serves_async_tests(
     aicoder_endpoint_factory: Callable[..., RateLimitedEndpoint],
 ) -> None:
-    """The pytest fixtures work in async tests: 30 concurrent requests against 200/s, none lost, no 429."""
+    """The pytest fixtures work in async tests: 30 concurrent requests against 200/s, none lost, none early."""
     aicoder_endpoint = aicoder_endpoint_factory(rate=200, burst=5)
     config = Config(openrouter_api_key=KEY, openrouter_base_url=aicoder_endpoint.base_url)
     client = LLMClient("m", config=config)
     answers = await asyncio.gather(*(client.asendRequest("s", f"u{n}") for n in range(30)))
     await client.aclose()
     assert len(answers) == 30
-    assert aicoder_endpoint.stats().ok == 30
-    assert aicoder_endpoint.stats().rate_limited == 0
+    stats = aicoder_endpoint.stats()
+    assert stats.ok == 30 and stats.early == 0
+    # What the first answer says remains is spent from 200/s up, into the endpoint's burst of 5: a 429 or two.
+    assert stats.rate_limited <= 2
 
 
 @pytest.fixture

@@ -161,19 +161,35 @@ def test_a_one_second_hint_is_not_a_pace(cooldowns: Cooldowns, fake: FakeTime) -
     assert all(b - a < 0.5 for a, b in itertools.pairwise(later))
 
 
+def per_minute_rate(limit: int, reset: str) -> dict[str, str]:
+    """A per-minute limit with nothing said of what remains: a rate and nothing to spend."""
+    return {"x-ratelimit-limit-requests": str(limit), "x-ratelimit-reset-requests": reset}
+
+
 def test_requests_go_at_the_per_minute_rate(cooldowns: Cooldowns, fake: FakeTime) -> None:
-    """600 requests a minute, with room for all: one every 0.1 s, none at once."""
+    """600 requests a minute, nothing said to remain: one every 0.1 s, none at once."""
     probe = cooldowns.take_turn(KEY)
-    cooldowns.observe(probe, 200, per_minute(600, 599, "100ms"))
+    cooldowns.observe(probe, 200, per_minute_rate(600, "100ms"))
     granted = turns(cooldowns, fake, 4)
     interval = 0.1 / (1 - SAFETY_MARGIN)
     assert [b - a for a, b in itertools.pairwise(granted)] == pytest.approx([interval] * 3, abs=1e-6)
 
 
+def test_what_remains_is_spent_from_the_rate_up(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """600 a minute with 5 left: those 5 come sooner and sooner (slow start from the rate), the next at the rate."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, per_minute(600, 5, "100ms"))
+    granted = turns(cooldowns, fake, 7)
+    interval = 0.1 / (1 - SAFETY_MARGIN)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert all(gap < interval for gap in gaps[:4]) and gaps[:4] == sorted(gaps[:4], reverse=True)
+    assert gaps[-1] == pytest.approx(interval, abs=1e-6)
+
+
 def test_a_retry_waits_its_backoff_then_queues(cooldowns: Cooldowns, fake: FakeTime) -> None:
     """A retry sleeps its own backoff first, holding no place in the queue meanwhile."""
     probe = cooldowns.take_turn(KEY)
-    cooldowns.observe(probe, 200, per_minute(60, 59, "1s"))
+    cooldowns.observe(probe, 200, per_minute_rate(60, "1s"))
     assert cooldowns.wait_turn(probe, delay=5.0) == pytest.approx(5.0)
     assert turns(cooldowns, fake, 1)[0] == pytest.approx(5.0 + 1 / (1 - SAFETY_MARGIN), abs=1e-6)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 
 import httpx2
 import openai
@@ -12,6 +13,7 @@ import requests
 
 from aicoder.http.hints import server_hint
 from aicoder.testing import RateLimitedEndpoint, TokenBucket
+from aicoder.testing.endpoint import EARLY_GRACE
 
 BODY = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello there"}]}
 
@@ -122,6 +124,52 @@ def test_every_dialect_speaks_as_documented(dialect: str, source: str | None, on
     else:
         assert hint is not None and hint.source == source
         assert 0 < hint.seconds <= 1.0  # the next request fits within a second at 4 a second
+
+
+def test_litellm_is_a_fixed_window_that_asks_for_all_of_it() -> None:
+    """``litellm``: rate x window requests per fixed window, remaining on every answer, then a 429 asking for
+    the whole window, with reset_at and the same reset in its body, as a LiteLLM proxy answers."""
+    with RateLimitedEndpoint(rate=2, dialect="litellm", window=2) as endpoint:
+        answers = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY) for _ in range(5)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 200, 429]
+    assert [answer.headers["x-ratelimit-api_key-remaining-requests"] for answer in answers[:4]] == ["3", "2", "1", "0"]
+    refused = answers[-1]
+    assert refused.headers["retry-after"] == "2" and refused.headers["reset_at"].endswith(" UTC")
+    assert "Limit resets at: " + refused.headers["reset_at"] in refused.json()["error"]["message"]
+    hint = server_hint(refused.headers, refused.content)
+    assert hint is not None and hint.seconds == 2.0 and hint.source == "retry-after"
+
+
+def test_litellm_opens_a_new_window_when_the_last_has_passed() -> None:
+    """A window begins at the first request after the last one ended, with the whole limit again."""
+    with RateLimitedEndpoint(rate=10, dialect="litellm", window=0.2) as endpoint:
+        first = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY).status_code for _ in range(3)]
+        time.sleep(0.25)
+        second = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY).status_code for _ in range(3)]
+    assert first == second == [200, 200, 429]
+
+
+def test_an_unenforced_limit_counts_past_zero_and_refuses_nothing() -> None:
+    """``litellm-unenforced``: the router's declared limit, its remaining count running below zero."""
+    with RateLimitedEndpoint(rate=0.1, dialect="litellm-unenforced", window=10) as endpoint:
+        answers = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert [answer.headers["x-ratelimit-remaining-requests"] for answer in answers] == ["0", "-1", "-2"]
+    assert answers[0].headers["x-ratelimit-limit-requests"] == "1"
+
+
+def test_a_request_before_a_stated_time_is_counted_early() -> None:
+    """After a 429 stating about 200 ms, a request past the grace but inside them is early; one after is not."""
+    with RateLimitedEndpoint(rate=5, burst=1, dialect="retry-after-ms") as endpoint:
+        statuses = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY).status_code for _ in range(2)]
+        time.sleep(EARLY_GRACE + 0.02)
+        requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+        early = endpoint.stats().early
+        time.sleep(0.25)
+        requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+        stats = endpoint.stats()
+    assert statuses == [200, 429]
+    assert early == 1 and stats.early == 1
 
 
 def test_token_limit_binds_in_the_tokens_dialect() -> None:

@@ -48,12 +48,45 @@ def test_lane_burst_lets_units_ahead_of_the_pace() -> None:
 # --- quotas ---
 
 
-def test_a_per_minute_limit_is_a_rate_not_a_burst() -> None:
-    """600 requests a minute with all 600 left: ten a second, evenly, never 600 at once."""
+def test_a_per_minute_limit_is_a_rate() -> None:
+    """600 requests a minute, nothing said of what remains: ten a second, evenly, never 600 at once."""
     pace = Pace()
-    pace.learn(0.0, [per_minute("requests", 600, 600, 0.0001)])
+    pace.learn(0.0, [Quota("requests", 600, None, None, 60.0, "bucket", "openai", "x-ratelimit-limit-requests")])
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
     assert turns(pace, 4) == pytest.approx([0.0, interval, 2 * interval, 3 * interval])
+
+
+def test_what_remains_is_spent_then_the_rate_paces() -> None:
+    """The answer to turn 2 says 3 remain: turns 3 to 5 go at once, turn 6 one step of the rate after them."""
+    pace = Pace()
+    assert [pace.next_turn(0.0, None).serial for _ in range(2)] == [1, 2]
+    pace.learn(0.0, [per_minute("requests", 600, 3, 0.3)], serial=2)
+    interval = 1 / (10 * (1 - SAFETY_MARGIN))
+    assert turns(pace, 4) == pytest.approx([0.0, 0.0, 0.0, interval])
+
+
+def test_an_older_answer_never_outbids_a_newer_one() -> None:
+    """Answers come back out of order: what turn 1's answer says remains counts only until turn 2's is in."""
+    pace = Pace()
+    for _ in range(2):
+        pace.next_turn(0.0, None)
+    pace.learn(0.0, [per_minute("requests", 600, 0, 60.0)], serial=2)
+    pace.learn(0.0, [per_minute("requests", 600, 9, 60.0)], serial=1)
+    assert pace.spend_until == 2
+
+
+def test_a_refusal_within_what_remained_ends_the_spending() -> None:
+    """The server said 100 remain, then refused turn 4 (it enforces its minute in shorter slices): from then on
+    the rate paces every turn."""
+    pace = Pace()
+    pace.next_turn(0.0, None)
+    pace.learn(0.0, [per_minute("requests", 600, 100, 1.0)], serial=1)
+    turns(pace, 3)
+    pace.refused(0.01, 0.0, 0.0, 0.05, serial=4)
+    assert not pace.spends
+    interval = 1 / (10 * (1 - SAFETY_MARGIN))
+    later = turns(pace, 3, now=1.0)
+    assert later[2] - later[1] == pytest.approx(interval)
 
 
 def test_tokens_are_paced_by_each_requests_cost() -> None:
@@ -274,10 +307,15 @@ def test_slow_start_ends_at_the_first_429_with_a_cut() -> None:
 
 
 def test_limits_in_the_first_answer_skip_slow_start() -> None:
-    """A first answer that tells a rate is paced by it, with no slow start."""
+    """A first answer that tells a rate and nothing to spend is paced by it, with no slow start; one that says
+    what remains spends it in a slow start that begins at that rate."""
     pace = Pace()
-    pace.learn(0.0, [per_minute("requests", 60000, 60000, 0.001)], first=True)
+    pace.learn(0.0, [Quota("requests", 60000, None, None, 60.0, "bucket", "openai", "x")], first=True)
     assert pace.feedback.slow_start is None
+    spending = Pace()
+    spending.learn(0.0, [per_minute("requests", 60000, 60000, 0.001)], first=True, serial=1)
+    assert spending.feedback.slow_start == 0.0
+    assert spending.feedback.slow_from == pytest.approx(1000 * (1 - SAFETY_MARGIN))
 
 
 def test_a_hold_moves_turns_already_handed_out() -> None:

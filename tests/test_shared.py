@@ -49,13 +49,30 @@ def two_processes(redis_url: str) -> Iterator[tuple[Cooldowns, Cooldowns]]:
 def test_turns_come_from_one_schedule(two_processes: tuple[Cooldowns, Cooldowns]) -> None:
     """What one process learns paces the other: their turns interleave at the server's rate, not twice it."""
     a, b = two_processes
-    a.observe(a.take_turn(KEY), 200, PER_MINUTE)
-    b.observe(b.take_turn(KEY), 200, PER_MINUTE)
+    rate_only = {name: value for name, value in PER_MINUTE.items() if "remaining" not in name}
+    a.observe(a.take_turn(KEY), 200, rate_only)
+    b.observe(b.take_turn(KEY), 200, rate_only)
     sent = sorted(
         turn.sent_at for turn in itertools.chain.from_iterable((a.take_turn(KEY), b.take_turn(KEY)) for _ in range(5))
     )
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert min(gaps) >= 0.01 / (1 - SAFETY_MARGIN) * 0.9
+
+
+def test_what_remains_is_spent_once_by_all_processes(two_processes: tuple[Cooldowns, Cooldowns]) -> None:
+    """An answer saying 4 requests remain lets 4 turns go without the per-minute pace, in whichever process;
+    the next waits for the lane, and a refusal of a turn within what remained ends the spending for all."""
+    a, b = two_processes
+    four_left = {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "4"}
+    a.observe(a.take_turn(KEY), 200, four_left)
+    spent = [(a if index % 2 else b).take_turn(KEY) for index in range(4)]
+    started = time.monotonic()
+    paced = b.take_turn(KEY)
+    assert time.monotonic() - started >= 0.09  # 600 a minute: the lane's next step, after the last turn spent
+    assert [turn.serial for turn in spent] == [2, 3, 4, 5] and paced.serial == 6
+    pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
+    a.observe(spent[-1], 429, {}, ServerHint(0.01, "retry-after-ms"))
+    assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") == b"1"
 
 
 def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns, Cooldowns]) -> None:

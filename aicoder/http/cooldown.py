@@ -128,6 +128,7 @@ class Turn:
         "held_back",
         "queued",
         "sent_at",
+        "serial",
         "ticket",
     )
 
@@ -138,8 +139,9 @@ class Turn:
         self.granted_at = self.sent_at = 0.0
         #: Whether the destination's feedback rate, not its other limits, set the current attempt's turn.
         self.held_back = False
-        #: What names the current attempt's turn where the pace is kept, if not in this process.
+        #: What names the current attempt's turn where the pace is kept, if not in this process; its number there.
         self.ticket: str | None = None
+        self.serial = 0
         #: Seconds spent so far waiting for turns behind other requests (not the retries' own backoffs).
         self.queued = 0.0
         self._body = body
@@ -446,7 +448,7 @@ class Cooldowns:
     def _granted(turn: Turn, now: float, grant: Grant) -> float:
         """``turn`` was granted ``grant`` at ``now``; return the seconds until it comes. Lock held."""
         turn.granted_at = now
-        turn.sent_at, turn.held_back, turn.ticket = grant
+        turn.sent_at, turn.held_back, turn.ticket, turn.serial = grant
         if turn.sent_at > now:
             turn.destination.pending.add(turn)
         return turn.sent_at - now
@@ -467,10 +469,11 @@ class Cooldowns:
             if quotas is not None:
                 destination.learned_at = now
                 # Slow start is for a destination whose limits are unknown, not one that has already refused.
-                pace.learn(now, quotas, first=destination.first_answer is not None and status < 400)
+                pace.learn(now, quotas, destination.first_answer is not None and status < 400, turn.serial)
             if status == 429:
                 # Learnt before the hold: the span the hold adds says nothing of the server's rate.
-                cut = pace.refused(now, turn.sent_at, turn.granted_at, hint.next_token if hint is not None else None)
+                next_token = hint.next_token if hint is not None else None
+                cut = pace.refused(now, turn.sent_at, turn.granted_at, next_token, turn.serial)
                 held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)

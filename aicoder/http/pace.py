@@ -1,6 +1,6 @@
 """When one destination will take the next request: the model behind coordinated backoff.
 
-A :class:`Pace` combines four constraints; a turn comes when all of them allow it.
+A :class:`Pace` combines five constraints; a turn comes when all of them allow it.
 
 - **Hold.** No request before ``held_until``, the expiry of the latest server hint.
 - **Sustained lanes**, one per dimension (requests, tokens, input-tokens,
@@ -13,6 +13,14 @@ A :class:`Pace` combines four constraints; a turn comes when all of them allow i
 - **Feedback** (:class:`Feedback`): a request rate learnt from 429s alone, so
   that a server that says nothing, speaks an unknown dialect, or shares the key
   with other clients still converges to what it really allows.
+- **What remains is spent.** When an answer says how many requests remain, the
+  turns handed out after it, up to that many, wait for neither the sustained
+  lanes nor the feedback rate: only for the hold, the bucket mirrors, and slow
+  start, which ramps them up from the first answer so that a limit enforced in
+  shorter slices than it is stated costs a 429 or two, not dozens. Turns are
+  numbered (``serial``) so that an answer counts the turns handed out after its
+  own. Once the server refuses a turn it said there was room for, what it says
+  remains is not spent at once again: the lanes and the feedback pace from then on.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
@@ -138,8 +146,9 @@ class Feedback:
         self.cut_at = -math.inf
         #: Whether a cut has measured the server's rate (what it accepted while kept busy).
         self.measured = False
-        #: When slow start began, while it lasts, and the turns it has handed out.
+        #: When slow start began, while it lasts, the rate it began at, and the turns it has handed out.
         self.slow_start: float | None = None
+        self.slow_from = self.SLOW_START
         self._slow_granted = 0
         #: Successes of requests held back by this rate since the last cut: CUBIC's clock.
         self.regrowth = 0
@@ -149,7 +158,7 @@ class Feedback:
     def state(self) -> dict[str, float]:
         """What another process needs to go on from here (:meth:`restore`): the rate and its curve."""
         state = {"rate": self.rate, "w_max": self.w_max, "scale": self.scale, "k": self.k, "cut_at": self.cut_at}
-        state |= {"measured": float(self.measured), "slow_start": self.slow_start}
+        state |= {"measured": float(self.measured), "slow_start": self.slow_start, "slow_from": self.slow_from}
         return {name: value for name, value in state.items() if value is not None}
 
     @classmethod
@@ -182,11 +191,14 @@ class Feedback:
         self.cut_at = state.get("cut_at", self.cut_at)
         self.measured = bool(state.get("measured", 0.0))
         self.slow_start = state.get("slow_start")
+        self.slow_from = state.get("slow_from", self.SLOW_START)
 
-    def start_slowly(self, now: float) -> None:
-        """Begin slow start: the first answer said nothing of the limits."""
+    def start_slowly(self, now: float, rate: float = 0.0) -> None:
+        """Begin slow start: the first answer said nothing of the limits, or said what remains to be spent. It
+        begins at ``rate`` (the rate the quotas allow for good), if that is faster than ``SLOW_START``."""
         if self.rate is None:
             self.slow_start = now
+            self.slow_from = max(self.SLOW_START, rate)
             self._slow_granted = 0
 
     def stop_slow_start(self) -> None:
@@ -196,14 +208,14 @@ class Feedback:
     def slow_rate(self, now: float) -> float:
         """The rate slow start has reached at ``now``."""
         assert self.slow_start is not None
-        return self.SLOW_START * 2 ** (max(now - self.slow_start, 0.0) / self.DOUBLING)
+        return self.slow_from * 2 ** (max(now - self.slow_start, 0.0) / self.DOUBLING)
 
     def ready_at(self) -> float | None:
         """When this rate allows the next turn, or ``None`` if it sets no limit."""
         if self.slow_start is not None:
             # Turn n + 1 of slow start comes when the integral of its doubling rate reaches n.
             n = self._slow_granted
-            return self.slow_start + self.DOUBLING * math.log2(1 + n * math.log(2) / (self.SLOW_START * self.DOUBLING))
+            return self.slow_start + self.DOUBLING * math.log2(1 + n * math.log(2) / (self.slow_from * self.DOUBLING))
         if self.lane is not None:
             return self.lane.ready_at(1)
         return None
@@ -321,11 +333,13 @@ class Feedback:
 
 
 class Grant(NamedTuple):
-    """A turn handed out: its time, whether the feedback rate set it, and what names it where the pace is kept."""
+    """A turn handed out: its time, whether the feedback rate set it, what names it where the pace is kept,
+    and its number among the destination's turns."""
 
     at: float
     held_back: bool
     ticket: str | None = None
+    serial: int = 0
 
 
 class Pace:
@@ -350,6 +364,12 @@ class Pace:
         self.feedback = Feedback(min_rate)
         #: The feedback rate the turns handed out are spaced at: the latest cut's, or the latest hurry's.
         self._spaced_at = math.inf
+        #: Turns handed out so far; turns up to ``spend_until`` spend what the answer to turn ``_spend_said_by``
+        #: said remains; ``spends`` until the server refuses such a turn.
+        self.serial = 0
+        self.spend_until = 0
+        self._spend_said_by = -1
+        self.spends = True
 
     @property
     def knows_rate(self) -> bool:
@@ -367,31 +387,36 @@ class Pace:
         A hold, or one lane's step, longer than ``max_wait`` is not waited for: the
         request goes, and the server's answer says how long it really wants.
         """
+        self.serial += 1
+        spending = self.spends and self.serial <= self.spend_until
         at = now
         if self.held_until - now <= max_wait:
             at = max(at, self.held_until)
         share = self.share
-        for dimension, lane in self._lanes():
+        lanes = list(self.mirrors.items()) if spending else list(self._lanes())
+        for dimension, lane in lanes:
             units = _units(cost, dimension)
             if units / (lane.rate * share) <= max_wait:
                 at = max(at, lane.ready_at(units, share))
         held_back = False
-        ready = self.feedback.ready_at()
+        ready = self.feedback.ready_at() if not spending or self.feedback.slow_start is not None else None
         if ready is not None and ready - now <= max_wait:
             held_back = ready >= at
             at = max(at, ready)
-        for dimension, lane in self._lanes():
+        for dimension, lane in lanes:
             lane.take(at, _units(cost, dimension), share)
-        self.feedback.granted(at)
-        return Grant(at, held_back)
+        if spending:  # the sustained lanes resume one step after the last turn spent, not from before the spending
+            for dimension, lane in self.lanes.items():
+                lane.tat = max(lane.tat, at + _units(cost, dimension) / (lane.rate * share))
+        if ready is not None:
+            self.feedback.granted(at)
+        return Grant(at, held_back, serial=self.serial)
 
-    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
-        """Adopt the limits an answer describes; a ``first`` success that tells no rate starts slow start."""
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
+        """Adopt the limits the answer to turn ``serial`` describes (``-1``: a turn numbered elsewhere, whose
+        remaining count is not this pace's to spend); a ``first`` success that tells no rate, or tells what
+        remains, starts slow start."""
         quotas = tuple(quotas)
-        if any(quota.rate for quota in quotas):
-            self.feedback.stop_slow_start()
-        elif first:
-            self.feedback.start_slowly(now)
         rates: dict[str, float] = {}
         for quota in quotas:
             rate = quota.rate
@@ -405,6 +430,14 @@ class Pace:
                 mirror.tat = max(mirror.tat, now + (quota.limit - quota.remaining) / rate)
             elif quota.refill == "window" and quota.reset and quota.remaining is not None and quota.remaining < 1:
                 self.hold(now + quota.reset, now)  # spent: nothing fits until it resets
+        said = [quota.remaining for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
+        remaining = min(said) if said else None
+        if remaining is not None and serial > self._spend_said_by:
+            self._spend_said_by, self.spend_until = serial, serial + math.floor(remaining)
+        if first and ((remaining is not None and remaining >= 1 and self.spends) or not rates):
+            self.feedback.start_slowly(now, rates.get("requests", 0.0))  # what remains is spent from the rate up
+        elif rates and not (self.spends and self.serial < self.spend_until):
+            self.feedback.stop_slow_start()
         for dimension, rate in rates.items():
             lane = self.lanes.get(dimension)
             if lane is None:
@@ -435,9 +468,12 @@ class Pace:
     def cancel(self, ticket: str) -> None:
         """The turn named ``ticket`` will not be taken. Here, nothing to undo: only a sent turn is counted."""
 
-    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
-        """A request granted its turn at ``granted_at`` and sent at ``sent_at`` was refused; return whether
-        that cut the rate (see :meth:`Feedback.refused`)."""
+    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0) -> bool:
+        """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
+        cut the rate (see :meth:`Feedback.refused`). If the server had said there was room for it, what it says
+        remains is not spent at once again."""
+        if 0 < serial <= self.spend_until:
+            self.spends = False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until
         cut = self.feedback.refused(now, sent_at, granted_at, hint, since)
         if cut:

@@ -63,8 +63,11 @@ _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 # feedback rate apart: a hold or a cut takes effect for every process's queue at once. The processes
 # follow their turns. apply(now, first) learns what answers told, from triples in ARGV[first], ...:
 # (field, value, how), where how is 'set', 'max' (the larger of the stored value and now + value), or
-# 'start' (now, if neither slow start nor a feedback rate is there), or 'init' (the value, if the field is
-# not there: what a process knew before Redis lost it). A hold that moves reschedules.
+# 'start' (now, from the rate value, if neither slow start nor a feedback rate is there), or 'init' (the
+# value, if the field is not there: what a process knew before Redis lost it), or 'spend' (the answer to
+# turn number `field` said that turns up to number `value` may spend what remains, unless a later turn's
+# answer has said already).
+# A hold that moves reschedules.
 # regrow(now, successes) regrows the feedback rate after that many successes of requests it held back,
 # along the cubic, to at most twice the send rate measured over the last four sends.
 _FUNCTIONS = """
@@ -102,11 +105,15 @@ local function apply(now, first)
           if stored > 0 and stored <= now then redis.call('HSET', KEYS[1], 'quiet', string.format('%.17g', stored)) end
         end
       end
+    elseif how == 'spend' then
+      if tonumber(field) > tonumber(redis.call('HGET', KEYS[1], 'B:said') or '-1') then
+        redis.call('HSET', KEYS[1], 'B:said', field, 'B:until', ARGV[i + 1])
+      end
     elseif how == 'init' then
       if not redis.call('HGET', KEYS[1], field) then redis.call('HSET', KEYS[1], field, ARGV[i + 1]) end
     elseif how == 'start' then
       if not redis.call('HGET', KEYS[1], 'S:start') and not redis.call('HGET', KEYS[1], 'F:rate') then
-        redis.call('HSET', KEYS[1], 'S:start', string.format('%.17g', now), 'S:granted', 0)
+        redis.call('HSET', KEYS[1], 'S:start', string.format('%.17g', now), 'S:granted', 0, 'S:from', ARGV[i + 1])
       end
     end
   end
@@ -146,18 +153,23 @@ local max_wait, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local costs = {requests = 1, tokens = tonumber(ARGV[4]), ['input-tokens'] = tonumber(ARGV[5]),
                ['output-tokens'] = tonumber(ARGV[6])}
 local slow, doubling, slow_end, samples = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local serial = redis.call('HINCRBY', KEYS[1], 'B:serial', 1)
 local raw = redis.call('HGETALL', KEYS[1])
 local f = {}
 for i = 1, #raw, 2 do f[raw[i]] = tonumber(raw[i + 1]) end
+-- Within what an answer said remains (and unless the server refused such a turn), no lane but the mirrors.
+local spending = not f['B:off'] and serial <= (f['B:until'] or 0)
 local at = now
 local hold = f['hold'] or 0
 if hold - now <= max_wait then at = math.max(at, hold) end
-local taken = {}
+local taken, resumed = {}, {}
 for dimension, units in pairs(costs) do
   for _, kind in ipairs({'L', 'M'}) do
     local prefix = kind .. ':' .. dimension .. ':'
     local rate = f[prefix .. 'rate']
-    if rate and rate > 0 and units / rate <= max_wait then
+    if rate and rate > 0 and spending and kind == 'L' then
+      table.insert(resumed, {prefix .. 'tat', f[prefix .. 'tat'] or 0, units / rate})
+    elseif rate and rate > 0 and units / rate <= max_wait then
       local tat = f[prefix .. 'tat'] or 0
       at = math.max(at, tat - math.max((f[prefix .. 'burst'] or 0) - units, 0) / rate)
       table.insert(taken, {prefix .. 'tat', tat, units / rate})
@@ -165,9 +177,10 @@ for dimension, units in pairs(costs) do
   end
 end
 local held_back, ready = 0, nil
+local from = f['S:from'] or slow
 if f['S:start'] then
-  ready = f['S:start'] + doubling * math.log(1 + (f['S:granted'] or 0) * math.log(2) / (slow * doubling)) / math.log(2)
-elseif f['F:rate'] and f['F:rate'] > 0 then
+  ready = f['S:start'] + doubling * math.log(1 + (f['S:granted'] or 0) * math.log(2) / (from * doubling)) / math.log(2)
+elseif f['F:rate'] and f['F:rate'] > 0 and not spending then
   ready = f['F:tat'] or 0
 end
 if ready and ready - now <= max_wait then
@@ -177,10 +190,16 @@ end
 for _, lane in ipairs(taken) do
   redis.call('HSET', KEYS[1], lane[1], string.format('%.17g', math.max(lane[2], at) + lane[3]))
 end
+-- the sustained lanes resume one step after the last turn spent
+for _, lane in ipairs(resumed) do
+  redis.call('HSET', KEYS[1], lane[1], string.format('%.17g', math.max(lane[2], at + lane[3])))
+end
 if f['S:start'] then
   redis.call('HINCRBY', KEYS[1], 'S:granted', 1)
-  if slow * 2 ^ ((at - f['S:start']) / doubling) > slow_end then redis.call('HDEL', KEYS[1], 'S:start', 'S:granted') end
-elseif f['F:rate'] and f['F:rate'] > 0 then
+  if from * 2 ^ ((at - f['S:start']) / doubling) > slow_end then
+    redis.call('HDEL', KEYS[1], 'S:start', 'S:granted', 'S:from')
+  end
+elseif f['F:rate'] and f['F:rate'] > 0 and not spending then
   redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', math.max(f['F:tat'] or 0, at) + 1 / f['F:rate']))
 end
 redis.call('ZADD', KEYS[2], string.format('%.17g', at), ARGV[3])
@@ -188,7 +207,7 @@ redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -samples - 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 return {string.format('%.17g', at - now), held_back, string.format('%.17g', now),
-        string.format('%.17g', f['F:rate'] or 0)}
+        string.format('%.17g', f['F:rate'] or 0), serial}
 """
 )
 
@@ -203,16 +222,21 @@ return held
 """
 )
 
-# KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept.
-# Records the refusal. If the request was granted its turn after the last cut, and after 'calm' (when the
-# turns processes granted themselves while Redis was away have gone), returns the state and the samples
-# for the client to compute the cut; else the state alone, to pace by.
+# KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept, the
+# refused turn's number. Records the refusal; a turn within what an answer said remains ends the spending.
+# If the request was granted its turn after the last cut, and after 'calm' (when the turns processes
+# granted themselves while Redis was away have gone), returns the state and the samples for the client to
+# compute the cut; else the state alone, to pace by.
 _REFUSE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+local serial = tonumber(ARGV[6])
+if serial > 0 and serial <= tonumber(redis.call('HGET', KEYS[1], 'B:until') or '0') then
+  redis.call('HSET', KEYS[1], 'B:off', 1)
+end
 local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
 local calm = tonumber(redis.call('HGET', KEYS[1], 'calm') or '-1e308')
 if tonumber(ARGV[4]) < math.max(cut, calm) then
@@ -229,7 +253,7 @@ _CUT = (
     + """
 local stored = redis.call('HGET', KEYS[1], 'F:cut') or ''
 if stored ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], 'S:start', 'S:granted')
+redis.call('HDEL', KEYS[1], 'S:start', 'S:granted', 'S:from')
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 reschedule(now)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
@@ -439,13 +463,18 @@ class SharedPace:
                 grant = self.local.next_turn(now, cost, max_wait)
                 self._alone_until = max(self._alone_until, grant.at)
                 return grant
-            wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
+            wait, held_back, remote_now, serial = (
+                float(answer[0]),
+                bool(int(answer[1])),
+                float(answer[2]),
+                int(answer[4]),
+            )
             self._offset = remote_now - now
             self._shared_rate = float(answer[3]) or None
             seed = self._rejoin(now) if self._alone else None
         if seed:
             self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *seed])
-        return Grant(now + wait, held_back, ticket)
+        return Grant(now + wait, held_back, ticket, serial)
 
     def _go_alone(self, now: float) -> None:
         """Redis is gone: from now on, this process takes only its share of every rate, its
@@ -489,17 +518,21 @@ class SharedPace:
         self.local.feedback.adopt(state, now)
         return seed
 
-    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False) -> None:
-        """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start.
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
+        """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start, and
+        what remains to spend after turn ``serial`` (numbered in Redis).
 
         A hold, or a bucket found empty, goes to Redis at once; anything else rides
         with this process's next reservation, and a newer answer's replaces it.
         """
         quotas = tuple(quotas)
-        self.local.learn(now, quotas, first)
+        self.local.learn(now, quotas, first, serial=-1)  # the turns are numbered in Redis: it spends, not this
         told = self._known(now)
+        said = [quota.remaining for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
+        if said and serial > 0:
+            told.append((str(serial), float(serial + math.floor(min(said))), "spend"))
         if (first and self.local.feedback.slow_start is not None) or any(how == "start" for *_, how in self._told):
-            told.append(("S:start", 0.0, "start"))
+            told.append(("S:start", self.local.feedback.slow_from, "start"))
         self._told, self._told_at = told, now
         if self.local.held_until > now or any(quota.remaining is not None and quota.remaining < 1 for quota in quotas):
             self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *self._told_since(now)])
@@ -538,14 +571,15 @@ class SharedPace:
         """Withdraw the turn named ``ticket`` from the shared schedule: it was never sent."""
         self.shared.run("cancel", [self._sends], [ticket])
 
-    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None) -> bool:
+    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
         process has cut meanwhile. The local pace adopts the shared rate either way, to reschedule by."""
         answer = None
         if self._offset is not None:
             keys = [self._pace, self._sends, self._refusals]
             remote = [sent_at + self._offset, granted_at + self._offset]
-            answer = self.shared.run("refuse", keys, [self.shared.TTL, _member(), *remote, self.shared.SAMPLES])
+            refusal = [self.shared.TTL, _member(), *remote, self.shared.SAMPLES, serial]
+            answer = self.shared.run("refuse", keys, refusal)
         if answer is None:
             if self._alone and (self.local.feedback.rate is not None or self.local.lanes):
                 # Cut off, this process paces at its share of the rates learnt together. A 429 now says as much
@@ -586,7 +620,7 @@ class SharedPace:
         Returns ``False``: the shared schedule keeps the turns it has handed out (no :meth:`Pace.hurry`).
         """
         self.local.accepted(now, held_back)
-        self._regrowths += held_back
+        self._regrowths += held_back and self.local.rate is not None  # slow start's turns regrow no rate
         return False
 
     def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
@@ -612,6 +646,7 @@ _STATE_FIELDS = {
     "cut_at": "F:cut",
     "measured": "F:measured",
     "slow_start": "S:start",
+    "slow_from": "S:from",
 }
 
 

@@ -3,9 +3,15 @@
 It is a real HTTP server on a real socket, so urllib3, the retry policy and the
 openai SDK all run for real against it. Token buckets decide: ``rate`` requests
 a second with ``burst`` at once, under a per-minute limit of ``60 * rate``, and
-with the ``openai-tokens`` dialect a token limit that binds first. Over the limit
-it answers 429, and it describes its limits in one of several real dialects
-(:data:`DIALECTS`), so clients can be tried against each.
+with the ``openai-tokens`` dialect a token limit that binds first. The ``litellm``
+dialect is a LiteLLM proxy's per-key limit instead: ``rate * window`` requests per
+fixed window. Over the limit it answers 429, and it describes its limits in one of
+several real dialects (:data:`DIALECTS`), so clients can be tried against each.
+
+It also judges its clients by the rule they should keep: a request that arrives
+before a time a 429 stated (more than :data:`EARLY_GRACE` after that 429 was
+answered, so that requests already on their way do not count) is *early*
+(:attr:`EndpointStats.early`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ _EPSILON = 1e-9
 TOKENS_DIALECT_HEADROOM = 10
 #: The token limit the other dialects report: one no batch here comes near.
 _GENEROUS_TOKENS_PER_MINUTE = 10_000_000
+#: A request that arrives this soon after a 429 was answered may have been sent before its client read it.
+EARLY_GRACE = 0.02
+#: The dialects whose limit is a fixed window of ``window`` seconds, not a bucket; and that window's default.
+FIXED_WINDOW_DIALECTS = ("litellm", "litellm-unenforced")
+WINDOW = 10.0
 
 #: How the endpoint describes its limits, and which of its limits binds:
 DIALECTS: dict[str, str] = {
@@ -46,6 +57,11 @@ DIALECTS: dict[str, str] = {
     "retry-after": "only on a 429: Retry-After in whole seconds, rounded up",
     "retry-after-ms": "only on a 429: retry-after-ms",
     "bare": "a 429 and nothing else: no header, no hint",
+    "litellm": "a LiteLLM proxy's per-key limit: rate * window requests per fixed window; "
+    "x-ratelimit-api_key-{limit,remaining}-requests on every answer; a 429 says retry-after: the whole window, "
+    "reset_at (now + the window, as LiteLLM writes it) and 'Limit resets at' in its body",
+    "litellm-unenforced": "a LiteLLM router's declared limit that nothing enforces: x-ratelimit-limit-requests and "
+    "a remaining count that runs on past zero, never a 429",
 }
 
 
@@ -116,11 +132,13 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class EndpointStats:
-    """What the endpoint answered so far: ``ok`` (200s) and ``rate_limited`` (429s)."""
+    """What the endpoint answered so far: ``ok`` (200s), ``rate_limited`` (429s), and ``early``: requests that
+    arrived before a time one of its 429s had stated (see the module docstring)."""
 
     ok: int
     rate_limited: int
     other: int
+    early: int = 0
 
     @property
     def total(self) -> int:
@@ -183,6 +201,7 @@ class RateLimitedEndpoint:
         token_cost: float = 100.0,
         foreign: float = 0.0,
         latency: float = 0.0,
+        window: float = WINDOW,
         port: int = 0,
     ) -> None:
         if dialect not in DIALECTS:
@@ -191,6 +210,8 @@ class RateLimitedEndpoint:
             raise ValueError(f"foreign={foreign!r} is not allowed: expected a share of the capacity from 0 to 0.9")
         if not (math.isfinite(token_cost) and token_cost >= 1):
             raise ValueError(f"token_cost={token_cost!r} is not allowed: expected tokens per request >= 1")
+        if not (math.isfinite(window) and window > 0):
+            raise ValueError(f"window={window!r} is not allowed: expected seconds > 0")
         self.dialect = dialect
         self.rate = rate
         self.burst = burst
@@ -214,8 +235,15 @@ class RateLimitedEndpoint:
             TokenBucket(token_rate, token_burst, refill=token_rate * share),
             TokenBucket(token_rate, math.ceil(60 * token_rate), refill=token_rate * share),
         )
+        #: The fixed window (``litellm``): its length, its limit, when the current one began, what it has counted.
+        self.window = window
+        self.window_limit = max(1, round(rate * window))
+        self._window_start: float | None = None
+        self._window_count = 0
+        #: Every 429's (answered at, the time it stated), monotonic.
+        self._stated: list[tuple[float, float]] = []
         self._lock = threading.Lock()
-        self._counts = {"ok": 0, "rate_limited": 0, "other": 0}
+        self._counts = {"ok": 0, "rate_limited": 0, "other": 0, "early": 0}
         self._events: list[Event] = []
         self._started = time.monotonic()
         self._server = _Server(("127.0.0.1", port), _handler_for(self))
@@ -267,8 +295,23 @@ class RateLimitedEndpoint:
         with self._lock:
             return list(self._events)
 
+    def _arrived(self) -> None:
+        """A request arrived: count it as early if it came before a time a 429 stated, past the grace."""
+        now = time.monotonic()
+        with self._lock:
+            if any(answered + EARLY_GRACE < now < until for answered, until in self._stated):
+                self._counts["early"] += 1
+
+    def _state(self, seconds: float) -> None:
+        """A 429 is being answered that says no request should come for ``seconds``."""
+        now = time.monotonic()
+        with self._lock:
+            self._stated.append((now, now + seconds))
+
     def _decide(self, cost: float) -> _Verdict:
         """Take one request of ``cost`` tokens from every bucket, or from none, atomically."""
+        if self.dialect in FIXED_WINDOW_DIALECTS:
+            return self._count_in_window(cost)
         demands = [
             (limit, bucket, need)
             for limit, need in ((self._requests, 1.0), (self._tokens, cost))
@@ -286,6 +329,19 @@ class RateLimitedEndpoint:
                     bucket.take(need)
             levels = {name: bucket.level() for name, bucket in self._buckets().items()}
         return _Verdict(refused is None, refused, wait, cost, levels)
+
+    def _count_in_window(self, cost: float) -> _Verdict:
+        """Count one request in the current fixed window, opening a new one if it has passed, as LiteLLM does
+        (refused requests count too). ``litellm-unenforced`` counts and refuses nothing."""
+        with self._lock:
+            now = time.monotonic()
+            if self._window_start is None or now - self._window_start >= self.window:
+                self._window_start, self._window_count = now, 0
+            self._window_count += 1
+            allowed = self.dialect == "litellm-unenforced" or self._window_count <= self.window_limit
+            left = self._window_start + self.window - now
+            levels = {"window-remaining": float(self.window_limit - self._window_count), "window-left": left}
+        return _Verdict(allowed, None if allowed else self._requests, left, cost, levels)
 
     def _buckets(self) -> dict[str, TokenBucket]:
         return {
@@ -347,10 +403,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(400, "expected a JSON chat completion request with messages", "invalid_request_error")
             return
 
+        self.endpoint._arrived()
         cost = estimate_cost(body)
         verdict = self.endpoint._decide(float(cost.total) if cost is not None else 0.0)
-        limits, refusal = _describe(self.endpoint, verdict, model)
+        limits, refusal, stated = _describe(self.endpoint, verdict, model)
         if not verdict.allowed:
+            if stated:
+                self.endpoint._state(stated)
             self._json(429, refusal, limits)
             return
 
@@ -408,11 +467,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> tuple[dict[str, str], Any]:
-    """The headers of an answer in ``endpoint``'s dialect, and the body of a 429."""
+def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> tuple[dict[str, str], Any, float]:
+    """The headers of an answer in ``endpoint``'s dialect, the body of a 429, and for a 429 the seconds it tells
+    the client to wait (0 if it tells none): the latest of the times its headers and body state."""
     now = time.time()
     dialect = endpoint.dialect
     levels = verdict.levels
+    if dialect in FIXED_WINDOW_DIALECTS:
+        return _describe_window(endpoint, verdict, model, now)
     requests, tokens = endpoint._requests, endpoint._tokens
     request_limit, requests_left = requests.minute.burst, math.floor(levels["requests-minute"])
     requests_full_in = requests.minute.until_full(levels["requests-minute"])
@@ -420,6 +482,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
     wait = verdict.wait
     headers: dict[str, str] = {}
     body: Any = {"error": {"message": "Rate limit exceeded", "type": dimension, "code": "rate_limit_exceeded"}}
+    stated = 0.0
     if dialect in ("openai", "openai-tokens"):
         headers = {
             "x-ratelimit-limit-requests": f"{request_limit:g}",
@@ -439,6 +502,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
             f"Please try again in {_duration(wait)}. "
             "Visit https://platform.openai.com/account/rate-limits to learn more."
         )
+        stated = _seconds(_duration(wait))
     elif dialect == "anthropic":
         for name, limit_, left_, full_in in (
             ("requests", requests.minute, levels["requests-minute"], requests_full_in),
@@ -457,6 +521,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         }
         if not verdict.allowed:
             headers["retry-after"] = str(math.ceil(wait))
+        stated = math.ceil(wait)
     elif dialect == "github":
         headers = {
             "x-ratelimit-limit": f"{request_limit:g}",
@@ -471,6 +536,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         }
         if not verdict.allowed:
             headers["retry-after"] = str(math.ceil(wait))
+        stated = math.ceil(wait)
     elif dialect == "ietf":
         headers = {
             "RateLimit-Policy": f'"minute";q={request_limit:g};w=60',
@@ -478,6 +544,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         }
         if not verdict.allowed:
             headers["Retry-After"] = str(math.ceil(wait))
+        stated = math.ceil(wait)
     elif dialect == "openrouter" and not verdict.allowed:
         headers = {
             "X-RateLimit-Limit": f"{endpoint.burst:g}",
@@ -492,11 +559,41 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
             },
             "user_id": "user_local",
         }
+        stated = math.ceil((now + wait) * 1000) / 1000 - now
     elif dialect == "retry-after" and not verdict.allowed:
         headers = {"Retry-After": str(math.ceil(wait))}
+        stated = math.ceil(wait)
     elif dialect == "retry-after-ms" and not verdict.allowed:
         headers = {"retry-after-ms": str(math.ceil(wait * 1000))}
-    return headers, body
+        stated = math.ceil(wait * 1000) / 1000
+    return headers, body, stated
+
+
+def _describe_window(
+    endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str, now: float
+) -> tuple[dict[str, str], Any, float]:
+    """:func:`_describe` for a LiteLLM proxy's fixed window, or its router's declared but unenforced limit."""
+    limit = endpoint.window_limit
+    remaining = math.floor(verdict.levels["window-remaining"])
+    if endpoint.dialect == "litellm-unenforced":
+        # The router's headers: a limit per minute, and a count that runs on below zero.
+        return {"x-ratelimit-limit-requests": str(limit), "x-ratelimit-remaining-requests": str(remaining)}, {}, 0.0
+    headers = {
+        "x-ratelimit-api_key-limit-requests": str(limit),
+        "x-ratelimit-api_key-remaining-requests": str(max(remaining, 0)),
+        "x-litellm-key-rpm-limit": str(limit),
+    }
+    if verdict.allowed:
+        return headers, {}, 0.0
+    window = math.ceil(endpoint.window)
+    reset_at = datetime.datetime.fromtimestamp(now + window, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    message = (
+        f"Rate limit exceeded for api_key: local. Limit type: requests. Current limit: {limit}, Remaining: 0. "
+        f"Limit resets at: {reset_at}"
+    )
+    headers = {"retry-after": str(window), "rate_limit_type": "requests", "reset_at": reset_at}
+    body = {"error": {"message": message, "type": "None", "param": "None", "code": "429"}}
+    return headers, body, float(window)
 
 
 def _rfc3339(moment: float) -> str:
@@ -525,6 +622,14 @@ def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict
         "model": model,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
+
+
+def _seconds(duration: str) -> float:
+    """The seconds :func:`_duration` wrote: what the client is told."""
+    if duration.endswith("ms"):
+        return float(duration[:-2]) / 1000
+    minutes, _, rest = duration.rstrip("s").rpartition("m")
+    return 60 * float(minutes or 0) + float(rest)
 
 
 def _duration(seconds: float) -> str:
