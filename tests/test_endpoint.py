@@ -151,7 +151,7 @@ def test_litellm_opens_a_new_window_when_the_last_has_passed() -> None:
 
 def test_an_unenforced_limit_counts_past_zero_and_refuses_nothing() -> None:
     """``litellm-unenforced``: the router's declared limit, its remaining count running below zero."""
-    with RateLimitedEndpoint(rate=0.1, dialect="litellm-unenforced", window=10) as endpoint:
+    with RateLimitedEndpoint(rate=1 / 60, dialect="litellm-unenforced", window=60) as endpoint:
         answers = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY) for _ in range(3)]
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert [answer.headers["x-ratelimit-remaining-requests"] for answer in answers] == ["0", "-1", "-2"]

@@ -368,3 +368,14 @@ def test_turns_paced_by_quotas_are_never_hurried() -> None:
     queued = turns(pace, 40, now=0.04)
     assert regrow_until_hurried(pace, queued) == len(queued)
     assert pace.rate is not None and pace.rate >= 4 * (1 + HURRY_STEP)  # it grew as much as where it hurries
+
+
+def test_a_refusal_past_all_that_remained_cuts_nothing() -> None:
+    """A fixed window: 3 said to remain, spent, then turn 5 refused. The window ran out; the rate is not wrong."""
+    pace = Pace()
+    pace.next_turn(0.0, None)
+    pace.learn(0.0, [Quota("requests", 4, 3, None, None, "window", "litellm", "x")], serial=1)
+    for at in turns(pace, 4):
+        pace.sent(at)
+    assert not pace.refused(0.01, 0.0, 0.0, None, serial=5)
+    assert pace.rate is None and pace.spends

@@ -21,6 +21,8 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   numbered (``serial``) so that an answer counts the turns handed out after its
   own. Once the server refuses a turn it said there was room for, what it says
   remains is not spent at once again: the lanes and the feedback pace from then on.
+  A 429 for a turn past all it said remained is a window running out, not a rate
+  too high: it holds until the time the server states, and cuts nothing.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
@@ -46,6 +48,8 @@ SAFETY_MARGIN = 0.01
 MAX_PACED_WINDOW = 60.0
 #: Turns handed out come sooner once the feedback rate has grown this much since they were spaced (:meth:`Pace.hurry`).
 HURRY_STEP = 0.02
+#: What remains of a window is spent from a rate that would spend it all in this many seconds, doubling from there.
+SPEND_WITHIN = 1.0
 
 
 class Lane:
@@ -430,12 +434,14 @@ class Pace:
                 mirror.tat = max(mirror.tat, now + (quota.limit - quota.remaining) / rate)
             elif quota.refill == "window" and quota.reset and quota.remaining is not None and quota.remaining < 1:
                 self.hold(now + quota.reset, now)  # spent: nothing fits until it resets
-        said = [quota.remaining for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
-        remaining = min(said) if said else None
+        said = [quota for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
+        remaining = min(quota.remaining for quota in said if quota.remaining is not None) if said else None
         if remaining is not None and serial > self._spend_said_by:
             self._spend_said_by, self.spend_until = serial, serial + math.floor(remaining)
         if first and ((remaining is not None and remaining >= 1 and self.spends) or not rates):
-            self.feedback.start_slowly(now, rates.get("requests", 0.0))  # what remains is spent from the rate up
+            # What remains is spent from the rate up; what remains of a window, from all of it within a second.
+            windows = remaining if all(quota.refill == "window" for quota in said) and said else 0.0
+            self.feedback.start_slowly(now, max(rates.get("requests", 0.0), (windows or 0.0) / SPEND_WITHIN))
         elif rates and not (self.spends and self.serial < self.spend_until):
             self.feedback.stop_slow_start()
         for dimension, rate in rates.items():
@@ -446,7 +452,8 @@ class Pace:
                 lane.rate = rate
 
     def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
-        """Move turns already handed out (sorted ``times``) behind the hold and the feedback rate, if they changed.
+        """Move turns already handed out (sorted ``times``) behind the hold and the feedback rate, if they changed,
+        and behind the requests lane once what remained is no longer spent.
 
         Threads asleep until their turn then wake at the new time: a cut or a hold
         takes effect at once, not after the queue granted at the old rate has drained.
@@ -454,11 +461,16 @@ class Pace:
         """
         moved: list[float] = []
         interval = 1 / self.feedback.rate if self.feedback.rate else 0.0
+        # Turns granted while spending what remained, once the server refused one of them, go at the lane's rate.
+        lane = self.lanes.get("requests") if not self.spends else None
+        step = 1 / (lane.rate * self.share) if lane is not None else 0.0
         for at in times:
-            at = max(at, self.held_until, moved[-1] + interval if moved else at)
+            at = max(at, self.held_until, moved[-1] + max(interval, step) if moved else at)
             moved.append(at)
         if moved and self.feedback.lane is not None:
             self.feedback.lane.tat = max(self.feedback.lane.tat, moved[-1] + interval)
+        if moved and lane is not None:
+            lane.tat = max(lane.tat, moved[-1] + step)
         return moved
 
     def sent(self, at: float) -> None:
@@ -471,9 +483,14 @@ class Pace:
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0) -> bool:
         """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
         cut the rate (see :meth:`Feedback.refused`). If the server had said there was room for it, what it says
-        remains is not spent at once again."""
+        remains is not spent at once again; if it came after all the server said remained, it cuts nothing."""
         if 0 < serial <= self.spend_until:
             self.spends = False
+        elif self.spends and 0 <= self._spend_said_by < serial:
+            # Past all the server said remained: its window ran out, and the stated time answers that. Nothing
+            # says the rate is wrong, so nothing is cut: once the window turns, it is spent again.
+            self.feedback.refusal(sent_at)
+            return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until
         cut = self.feedback.refused(now, sent_at, granted_at, hint, since)
         if cut:

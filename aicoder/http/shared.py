@@ -60,7 +60,8 @@ _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 # Three functions the scripts below share. KEYS: pace hash, sends zset.
 # reschedule(now) moves every turn not yet due (the sends to come) behind the hold, and at most the
-# feedback rate apart: a hold or a cut takes effect for every process's queue at once. The processes
+# feedback rate apart (and the requests lane's, once what remained is no longer spent): a hold or a cut
+# takes effect for every process's queue at once. The processes
 # follow their turns. apply(now, first) learns what answers told, from triples in ARGV[first], ...:
 # (field, value, how), where how is 'set', 'max' (the larger of the stored value and now + value), or
 # 'start' (now, from the rate value, if neither slow start nor a feedback rate is there), or 'init' (the
@@ -75,17 +76,24 @@ local function reschedule(now)
   local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
   local rate = tonumber(redis.call('HGET', KEYS[1], 'F:rate') or '0')
   local interval = rate > 0 and 1 / rate or 0
+  -- once what remained is no longer spent, the turns granted while it was go at the requests lane's rate too
+  local lane = tonumber(redis.call('HGET', KEYS[1], 'L:requests:rate') or '0')
+  local step = (lane > 0 and redis.call('HGET', KEYS[1], 'B:off')) and 1 / lane or 0
   local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
   local last = nil
   for i = 1, #turns, 2 do
     local at = math.max(tonumber(turns[i + 1]), hold)
-    if last then at = math.max(at, last + interval) end
+    if last then at = math.max(at, last + math.max(interval, step)) end
     redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i])
     last = at
   end
   local tat = tonumber(redis.call('HGET', KEYS[1], 'F:tat') or '0')
   if last and interval > 0 and last + interval > tat then
     redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', last + interval))
+  end
+  local lane_tat = tonumber(redis.call('HGET', KEYS[1], 'L:requests:tat') or '0')
+  if last and step > 0 and last + step > lane_tat then
+    redis.call('HSET', KEYS[1], 'L:requests:tat', string.format('%.17g', last + step))
   end
 end
 
@@ -223,7 +231,8 @@ return held
 )
 
 # KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept, the
-# refused turn's number. Records the refusal; a turn within what an answer said remains ends the spending.
+# refused turn's number. Records the refusal; a turn within what an answer said remains ends the spending,
+# and one past it cuts nothing.
 # If the request was granted its turn after the last cut, and after 'calm' (when the turns processes
 # granted themselves while Redis was away have gone), returns the state and the samples for the client to
 # compute the cut; else the state alone, to pace by.
@@ -234,12 +243,16 @@ redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
 local serial = tonumber(ARGV[6])
-if serial > 0 and serial <= tonumber(redis.call('HGET', KEYS[1], 'B:until') or '0') then
+local spend = redis.call('HMGET', KEYS[1], 'B:until', 'B:said', 'B:off')
+local past = false  -- past all an answer said remained: a window ran out, and nothing is cut
+if serial > 0 and serial <= tonumber(spend[1] or '0') then
   redis.call('HSET', KEYS[1], 'B:off', 1)
+elseif spend[2] and not spend[3] and serial > tonumber(spend[1] or '0') then
+  past = true
 end
 local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
 local calm = tonumber(redis.call('HGET', KEYS[1], 'calm') or '-1e308')
-if tonumber(ARGV[4]) < math.max(cut, calm) then
+if past or tonumber(ARGV[4]) < math.max(cut, calm) then
   return {0, string.format('%.17g', now), redis.call('HGETALL', KEYS[1])}
 end
 return {1, string.format('%.17g', now), redis.call('HGETALL', KEYS[1]),

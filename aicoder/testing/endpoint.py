@@ -60,8 +60,8 @@ DIALECTS: dict[str, str] = {
     "litellm": "a LiteLLM proxy's per-key limit: rate * window requests per fixed window; "
     "x-ratelimit-api_key-{limit,remaining}-requests on every answer; a 429 says retry-after: the whole window, "
     "reset_at (now + the window, as LiteLLM writes it) and 'Limit resets at' in its body",
-    "litellm-unenforced": "a LiteLLM router's declared limit that nothing enforces: x-ratelimit-limit-requests and "
-    "a remaining count that runs on past zero, never a 429",
+    "litellm-unenforced": "a LiteLLM router's declared limit that nothing enforces: x-ratelimit-limit-requests "
+    "(60 * rate a minute) and a remaining count that runs on past zero, never a 429",
 }
 
 
@@ -576,8 +576,10 @@ def _describe_window(
     limit = endpoint.window_limit
     remaining = math.floor(verdict.levels["window-remaining"])
     if endpoint.dialect == "litellm-unenforced":
-        # The router's headers: a limit per minute, and a count that runs on below zero.
-        return {"x-ratelimit-limit-requests": str(limit), "x-ratelimit-remaining-requests": str(remaining)}, {}, 0.0
+        # The router's headers: rate a second as a limit per minute, and a count that runs on below zero.
+        declared = max(1, round(endpoint.rate * 60))
+        counted = declared - (limit - remaining)
+        return {"x-ratelimit-limit-requests": str(declared), "x-ratelimit-remaining-requests": str(counted)}, {}, 0.0
     headers = {
         "x-ratelimit-api_key-limit-requests": str(limit),
         "x-ratelimit-api_key-remaining-requests": str(max(remaining, 0)),
