@@ -325,8 +325,10 @@ def test_processes_share_one_pace(redis_url: str) -> None:
         for process in processes:
             process.join(timeout=30)
         stats = endpoint.stats()
-    assert statuses == [200] * 36
-    assert stats.rate_limited <= 4
+    assert statuses == [200] * 36 and stats.early == 0
+    # What remains is spent (from 100/s up) into the endpoint's hidden burst of 5, until one refusal ends the
+    # spending in every process: at most one 429 for each of the nine threads, and far fewer in practice.
+    assert stats.rate_limited <= 9
 
 
 @pytest.mark.parametrize("where", ["in process", "in redis"])

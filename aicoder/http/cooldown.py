@@ -485,7 +485,7 @@ class Cooldowns:
                     )
                 if (held or cut) and destination.pending:
                     self._reschedule(destination, now)
-            elif status < 400 and pace.accepted(now, turn.held_back) and destination.pending:
+            elif status < 400 and pace.accepted(now, turn.held_back, turn.sent_at) and destination.pending:
                 self._hurry(destination, now)
             self._answered(destination)
         if holds is not None:

@@ -109,10 +109,12 @@ class Feedback:
     not forty.
 
     **Silence is no measure.** A span in which this client itself held (waiting out
-    a time the server stated) says nothing of the server's rate: the send rate and
-    what the server accepted are measured only over the sends since the latest hold
-    ended (``since``). A 429 for the first request after a hold says the hold was
-    short, not that the rate is wrong, and cuts nothing: the new hold answers it.
+    a time the server stated) says nothing of how fast it sends: the send rate is
+    measured only over the sends since the latest hold ended (``since``). (What the
+    server accepted between two refusals stays a lower bound across a hold: its
+    bucket was empty at both ends, whatever this client did in between.) A 429 for
+    the first request after a hold says the hold was short, not that the rate is
+    wrong, and cuts nothing: the new hold answers it.
 
     **Regrowth.** After a cut the rate regrows along CUBIC's curve,
     ``w_max * (1 + C * (n - K)**3)``: flat near the rate that was refused, steeper
@@ -273,7 +275,7 @@ class Feedback:
         new, w_max, scale = current * self.BETA, current, self.SCALE
         if hint:  # the server's next token comes within one interval: it allows at most 1 / hint
             new, w_max = min(new, 1 / hint), min(w_max, 1 / hint)
-        accepted, saturated = self._accepted_rate(sent_at, since)
+        accepted, saturated = self._accepted_rate(sent_at)
         if accepted is not None and accepted < current:
             if saturated:  # what the server took while kept busy is its rate: go just under it, regrow around it
                 new, w_max, scale = accepted * (1 - SAFETY_MARGIN), accepted, self.MEASURED_SCALE
@@ -309,9 +311,8 @@ class Feedback:
         else:
             self.lane.rate = rate
 
-    def _accepted_rate(self, sent_at: float, since: float) -> tuple[float | None, bool]:
-        """Requests the server took per second since the latest refusal that leaves enough to tell, and
-        no earlier than ``since``.
+    def _accepted_rate(self, sent_at: float) -> tuple[float | None, bool]:
+        """Requests the server took per second since the latest refusal that leaves enough to tell.
 
         Also whether requests went steadily meanwhile, with no pause longer than two
         of its intervals: then its bucket never filled up, and what it took is all
@@ -324,8 +325,8 @@ class Feedback:
         end = bisect.bisect_left(refusals, sent_at)
         for index in range(end - 1, -1, -1):
             start = refusals[index]
-            if start < sends[0] or start < since:
-                break  # older than the samples kept, or the span would hold a silence of this client's
+            if start < sends[0]:
+                break  # older than the samples kept
             first, last = bisect.bisect_right(sends, start), bisect.bisect_left(sends, sent_at)
             accepted = (last - first) - (end - index - 1)
             if accepted >= self.MIN_ACCEPTED and sent_at > start:
@@ -359,8 +360,10 @@ class Pace:
     def __init__(self, min_rate: float = 1 / 120) -> None:
         #: No turn before this time: the latest hint's expiry.
         self.held_until = -math.inf
-        #: When the hold before the latest one ended: the sends since then measure the server, not a silence.
+        #: When the hold before the latest one ended (the sends since then measure the server, not a silence), and
+        #: when the latest hold began.
         self.quiet_until = -math.inf
+        self._hold_began = -math.inf
         #: The part of the quotas' rates this process may use: 1, unless it paces alone for several clients.
         self.share = 1.0
         self.lanes: dict[str, Lane] = {}
@@ -497,13 +500,16 @@ class Pace:
             self._spaced_at = self.feedback.rate or math.inf
         return cut
 
-    def accepted(self, now: float, held_back: bool) -> bool:
-        """A request succeeded; ``held_back`` if the feedback rate set its turn.
+    def accepted(self, now: float, held_back: bool, sent_at: float = -math.inf) -> bool:
+        """A request sent at ``sent_at`` succeeded; ``held_back`` if the feedback rate set its turn.
 
-        Returns whether the feedback rate has now grown enough (``HURRY_STEP``) for
-        the turns already handed out to come sooner (:meth:`hurry`).
+        A request sent soon after a hold (within as long as the hold lasted) spent
+        what the server refilled while this client was silent: its success says
+        nothing of whether the rate could be higher, and regrows nothing. Returns
+        whether the feedback rate has now grown enough (``HURRY_STEP``) for the
+        turns already handed out to come sooner (:meth:`hurry`).
         """
-        self.feedback.accepted(now, held_back)
+        self.feedback.accepted(now, held_back and not self.refilled(sent_at))
         rate = self.feedback.rate
         alone = self.feedback.lane is not None and not self.lanes and not self.mirrors
         return alone and rate is not None and rate >= self._spaced_at * (1 + HURRY_STEP)
@@ -538,9 +544,14 @@ class Pace:
         if until <= self.held_until:
             return False
         if self.held_until <= now:
-            self.quiet_until = self.held_until
+            self.quiet_until, self._hold_began = self.held_until, now
         self.held_until = until
         return True
+
+    def refilled(self, sent_at: float) -> bool:
+        """Whether a request sent at ``sent_at`` went within as long after the latest hold as the hold lasted:
+        what the server took then, it had refilled while this client held."""
+        return self.held_until <= sent_at < 2 * self.held_until - self._hold_began
 
     def _lanes(self) -> Iterable[tuple[str, Lane]]:
         yield from self.lanes.items()

@@ -627,13 +627,14 @@ class SharedPace:
                 state[moment] += now - remote_now
         self.local.feedback.adopt(state, now)
 
-    def accepted(self, now: float, held_back: bool) -> bool:
+    def accepted(self, now: float, held_back: bool, sent_at: float = -math.inf) -> bool:
         """Regrow the rate after a success it held back: here at once, in Redis with the next reservation.
 
         Returns ``False``: the shared schedule keeps the turns it has handed out (no :meth:`Pace.hurry`).
         """
-        self.local.accepted(now, held_back)
-        self._regrowths += held_back and self.local.rate is not None  # slow start's turns regrow no rate
+        self.local.accepted(now, held_back, sent_at)
+        # Slow start's turns regrow no rate, nor do those that spent what the server refilled during a hold.
+        self._regrowths += held_back and self.local.rate is not None and not self.local.refilled(sent_at)
         return False
 
     def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
