@@ -236,3 +236,37 @@ def test_redirects_are_followed_as_the_sdk_follows_them(status: int) -> None:
     assert (moved.method, moved.body) == ("POST", first.body)
     assert "authorization" in first.headers
     assert "authorization" not in moved.headers
+
+
+@pytest.mark.parametrize("path", ["session", "bridge"])
+def test_32_threads_fit_the_pool(path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """32 threads on the session aicoder builds, or on the SDK bridge over it: no connection is discarded."""
+    import threading
+
+    from aicoder import http_client
+    from aicoder.testing import RateLimitedEndpoint
+
+    with RateLimitedEndpoint(rate=10_000, burst=1_000, latency=0.05) as endpoint:
+        config = Config(openrouter_api_key="sk-pool", openrouter_base_url=endpoint.base_url)
+        session = retrying_session(config)
+        sdk = openai.OpenAI(
+            api_key="sk-pool", base_url=endpoint.base_url, max_retries=0, http_client=http_client(session=session)
+        )
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+        def send() -> None:
+            for _ in range(2):
+                if path == "session":
+                    session.post(f"{endpoint.base_url}/chat/completions", json=body).raise_for_status()
+                else:
+                    sdk.chat.completions.create(model="m", messages=body["messages"])  # type: ignore[arg-type]
+
+        with caplog.at_level("WARNING", logger="urllib3"):
+            threads = [threading.Thread(target=send) for _ in range(32)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        session.close()
+        assert endpoint.stats().ok == 64
+    assert not [record for record in caplog.records if "pool is full" in record.getMessage()]

@@ -22,6 +22,7 @@ from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 
 __all__ = [
     "AdapterOptions",
+    "POOL_MAXSIZE",
     "LinearBackoffAdapter",
     "TransportOptions",
     "TransportSettings",
@@ -38,6 +39,11 @@ _waits: WeakKeyDictionary[requests.Response, tuple[float, ...]] = WeakKeyDiction
 _limits: WeakKeyDictionary[requests.Response, AttemptLimit] = WeakKeyDictionary()
 
 
+#: Connections kept per host: as many as the async client keeps alive, so concurrency, not the pool, sets the
+#: number of connections a batch of threads opens and reuses.
+POOL_MAXSIZE = 100
+
+
 class LinearBackoffAdapter(HTTPAdapter):
     """A :class:`requests.adapters.HTTPAdapter` that retries 429s with :class:`LinearRetry`.
 
@@ -46,8 +52,11 @@ class LinearBackoffAdapter(HTTPAdapter):
     that reads the environment and ``.env``); the options (:class:`TransportOptions`:
     ``count``, ``min_delay``, ``max_delay``, ``max_hint``, ``respect_retry_after``,
     ``coordinate``, ``cooldowns``, ``request_timeout``) override it one by one. The pool arguments are
-    :class:`~requests.adapters.HTTPAdapter`'s; make ``pool_maxsize`` at least the
-    number of threads sharing the session.
+    :class:`~requests.adapters.HTTPAdapter`'s, but ``pool_maxsize`` defaults to
+    :data:`POOL_MAXSIZE` (requests': 10): each host's pool keeps that many connections
+    for reuse, so up to that many threads share the session without urllib3's
+    "Connection pool is full, discarding connection". Connections are opened only
+    as concurrency needs them.
 
     With ``coordinate`` (the default), every request, first attempt or retry,
     waits for its turn at its destination in ``cooldowns`` (default: the
@@ -62,7 +71,7 @@ class LinearBackoffAdapter(HTTPAdapter):
         config: Config | None = None,
         *,
         pool_connections: int = 10,
-        pool_maxsize: int = 10,
+        pool_maxsize: int = POOL_MAXSIZE,
         pool_block: bool = False,
         **options: Unpack[TransportOptions],
     ) -> None:

@@ -361,6 +361,8 @@ class RateLimitedEndpoint:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    #: socketserver's default backlog is 5: a crowd of threads connecting at once would be reset.
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client hanging up mid-answer is not the server's error; say nothing."""
