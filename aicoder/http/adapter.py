@@ -21,8 +21,8 @@ from aicoder.http.deadline import AttemptLimit, DeadlineHTTPConnectionPool, Dead
 from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 
 __all__ = [
-    "AdapterOptions",
     "POOL_MAXSIZE",
+    "AdapterOptions",
     "LinearBackoffAdapter",
     "TransportOptions",
     "TransportSettings",
