@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, Feedback, Lane, Pace
+from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, SPEND_WITHIN, Feedback, Lane, Pace
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
@@ -316,6 +316,9 @@ def test_limits_in_the_first_answer_skip_slow_start() -> None:
     spending.learn(0.0, [per_minute("requests", 60000, 60000, 0.001)], first=True, serial=1)
     assert spending.feedback.slow_start == 0.0
     assert spending.feedback.slow_from == pytest.approx(1000 * (1 - SAFETY_MARGIN))
+    window = Pace()  # all of a window is there until it resets: it is spent from all of it within a second up
+    window.learn(0.0, [Quota("requests", 100, 99, None, None, "window", "litellm", "x")], first=True, serial=1)
+    assert window.feedback.slow_from == pytest.approx(99 / SPEND_WITHIN)
 
 
 def test_a_hold_moves_turns_already_handed_out() -> None:

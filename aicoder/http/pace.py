@@ -16,8 +16,10 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
 - **What remains is spent.** When an answer says how many requests remain, the
   turns handed out after it, up to that many, wait for neither the sustained
   lanes nor the feedback rate: only for the hold, the bucket mirrors, and slow
-  start, which ramps them up from the first answer so that a limit enforced in
-  shorter slices than it is stated costs a 429 or two, not dozens. Turns are
+  start, which ramps them up from the first answer (from the lane's rate, or for a
+  window from a rate that would spend all of it within ``SPEND_WITHIN``, doubling)
+  so that a limit enforced in shorter slices than it is stated costs a 429 or two,
+  not dozens. Turns are
   numbered (``serial``) so that an answer counts the turns handed out after its
   own. Once the server refuses a turn it said there was room for, what it says
   remains is not spent at once again: the lanes and the feedback pace from then on.
@@ -442,9 +444,10 @@ class Pace:
         if remaining is not None and serial > self._spend_said_by:
             self._spend_said_by, self.spend_until = serial, serial + math.floor(remaining)
         if first and ((remaining is not None and remaining >= 1 and self.spends) or not rates):
-            # What remains is spent from the rate up; what remains of a window, from all of it within a second.
-            windows = remaining if all(quota.refill == "window" for quota in said) and said else 0.0
-            self.feedback.start_slowly(now, max(rates.get("requests", 0.0), (windows or 0.0) / SPEND_WITHIN))
+            # What remains is spent from the lane's rate up, doubling; what remains of a window (all there until it
+            # resets, where a bucket may be enforced in shorter slices), from all of it within SPEND_WITHIN.
+            window = remaining if remaining is not None and all(quota.refill == "window" for quota in said) else 0.0
+            self.feedback.start_slowly(now, max(rates.get("requests", 0.0), window / SPEND_WITHIN))
         elif rates and not (self.spends and self.serial < self.spend_until):
             self.feedback.stop_slow_start()
         for dimension, rate in rates.items():
