@@ -354,3 +354,32 @@ def test_a_probe_refused_after_a_hold_cuts_nothing(where: str, request: pytest.F
     finally:
         if shared is not None:
             shared.close()
+
+
+@pytest.mark.parametrize("where", ["in process", "in redis"])
+def test_past_all_that_remained_one_turn_asks_and_the_others_wait(where: str, request: pytest.FixtureRequest) -> None:
+    """A window said to have 2 left: two turns spend them, the third goes to ask, and a fourth waits for that
+    answer (a 429 and its hold) instead of running into the spent window too."""
+    import threading
+
+    shared = SharedPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
+    cooldowns = Cooldowns(shared=shared, probe_timeout=5)
+    key = destination_key(f"https://asks-{where.replace(' ', '-')}.test/v1", {})
+    two_left = {"x-ratelimit-api_key-limit-requests": "3", "x-ratelimit-api_key-remaining-requests": "2"}
+    try:
+        cooldowns.observe(cooldowns.take_turn(key), 200, two_left)
+        spent = [cooldowns.take_turn(key) for _ in range(2)]
+        asking = cooldowns.take_turn(key)
+        released = threading.Event()
+        waiter = threading.Thread(target=lambda: (cooldowns.take_turn(key), released.set()))
+        waiter.start()
+        assert not released.wait(0.1)  # it waits for the answer to the turn that asks
+        cooldowns.observe(spent[0], 200, {**two_left, "x-ratelimit-api_key-remaining-requests": "1"})
+        assert not released.wait(0.05)  # an answer to an older turn releases nothing
+        cooldowns.observe(asking, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        assert released.wait(2)
+        waiter.join()
+        assert [turn.serial for turn in [*spent, asking]] == [2, 3, 4]
+    finally:
+        if shared is not None:
+            shared.close()

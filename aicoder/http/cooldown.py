@@ -101,7 +101,7 @@ def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationK
 class _Destination:
     """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
 
-    __slots__ = ("first_answer", "followed_at", "hurried", "key", "learned_at", "pace", "pending")
+    __slots__ = ("first_answer", "followed_at", "hurried", "key", "learned_at", "pace", "pending", "probing")
 
     def __init__(self, key: DestinationKey, pace: Pace | SharedPace) -> None:
         self.key = key
@@ -112,8 +112,10 @@ class _Destination:
         self.pending: set[Turn] = set()
         #: Set, and replaced, when pending turns are brought forward: it wakes those asleep until their old times.
         self.hurried = waiting.Signal()
-        #: Set once the first request's answer (or failure) is in; ``None`` after that.
+        #: Set once the first request's answer (or failure) is in; ``None`` after that. Armed again, with the turn
+        #: in ``probing``, for the first turn past all the server said remained: its answer alone releases it.
         self.first_answer: waiting.Signal | None = waiting.Signal()
+        self.probing: Turn | None = None
 
 
 class Turn:
@@ -415,6 +417,8 @@ class Cooldowns:
         """
         destination = turn.destination
         with self._lock:
+            if destination.probing is turn:
+                self._answered(destination, turn)
             if turn not in destination.pending:
                 return
             destination.pending.discard(turn)
@@ -446,11 +450,17 @@ class Cooldowns:
 
     @staticmethod
     def _granted(turn: Turn, now: float, grant: Grant) -> float:
-        """``turn`` was granted ``grant`` at ``now``; return the seconds until it comes. Lock held."""
+        """``turn`` was granted ``grant`` at ``now``; return the seconds until it comes. Lock held.
+
+        A turn past all the server said remained is a probe: new turns wait for its answer.
+        """
+        destination = turn.destination
         turn.granted_at = now
-        turn.sent_at, turn.held_back, turn.ticket, turn.serial = grant
+        turn.sent_at, turn.held_back, turn.ticket, turn.serial = grant.at, grant.held_back, grant.ticket, grant.serial
+        if grant.probe and destination.first_answer is None:
+            destination.first_answer, destination.probing = waiting.Signal(), turn
         if turn.sent_at > now:
-            turn.destination.pending.add(turn)
+            destination.pending.add(turn)
         return turn.sent_at - now
 
     def observe(self, turn: Turn, status: int, headers: Mapping[str, str], hint: ServerHint | None = None) -> None:
@@ -469,7 +479,8 @@ class Cooldowns:
             if quotas is not None:
                 destination.learned_at = now
                 # Slow start is for a destination whose limits are unknown, not one that has already refused.
-                pace.learn(now, quotas, destination.first_answer is not None and status < 400, turn.serial)
+                first = destination.first_answer is not None and destination.probing is None and status < 400
+                pace.learn(now, quotas, first, turn.serial)
             if status == 429:
                 # Learnt before the hold: the span the hold adds says nothing of the server's rate.
                 next_token = hint.next_token if hint is not None else None
@@ -487,7 +498,7 @@ class Cooldowns:
                     self._reschedule(destination, now)
             elif status < 400 and pace.accepted(now, turn.held_back, turn.sent_at) and destination.pending:
                 self._hurry(destination, now)
-            self._answered(destination)
+            self._answered(destination, turn)
         if holds is not None:
             holding(holds)  # outside the lock: hooks are the user's code
 
@@ -519,7 +530,7 @@ class Cooldowns:
     def failed(self, turn: Turn) -> None:
         """The request got no answer at all; let those waiting on a first answer go."""
         with self._lock:
-            self._answered(turn.destination)
+            self._answered(turn.destination, turn)
 
     def _add(self, key: DestinationKey) -> _Destination:
         # The first request to a new destination is the probe; others wait for its answer.
@@ -533,10 +544,12 @@ class Cooldowns:
         return destination
 
     @staticmethod
-    def _answered(destination: _Destination) -> None:
-        if destination.first_answer is not None:
+    def _answered(destination: _Destination, turn: Turn | None = None) -> None:
+        """``turn`` was answered (or failed, or was cancelled): release the turns waiting on it, if it is the
+        probe they wait for. Any answer releases those waiting on the first. Lock held."""
+        if destination.first_answer is not None and destination.probing in (None, turn):
             destination.first_answer.set()
-            destination.first_answer = None
+            destination.first_answer, destination.probing = None, None
 
 
 def _waiting(destination: _Destination, now: float, *, including_now: bool = False) -> list[Turn]:

@@ -23,8 +23,10 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   numbered (``serial``) so that an answer counts the turns handed out after its
   own. Once the server refuses a turn it said there was room for, what it says
   remains is not spent at once again: the lanes and the feedback pace from then on.
-  A 429 for a turn past all it said remained is a window running out, not a rate
-  too high: it holds until the time the server states, and cuts nothing.
+  The first turn past all it said remained asks, as the first turn to a new
+  destination does (``Grant.probe``): the turns after it wait for its answer. A
+  429 for it is a window running out, not a rate too high: it holds until the
+  time the server states, and cuts nothing.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
@@ -341,12 +343,14 @@ class Feedback:
 
 class Grant(NamedTuple):
     """A turn handed out: its time, whether the feedback rate set it, what names it where the pace is kept,
-    and its number among the destination's turns."""
+    its number among the destination's turns, and whether it is the first past all the server said remained
+    (``probe``: the turns after it should wait for its answer)."""
 
     at: float
     held_back: bool
     ticket: str | None = None
     serial: int = 0
+    probe: bool = False
 
 
 class Pace:
@@ -419,7 +423,8 @@ class Pace:
                 lane.tat = max(lane.tat, at + _units(cost, dimension) / (lane.rate * share))
         if ready is not None:
             self.feedback.granted(at)
-        return Grant(at, held_back, serial=self.serial)
+        probe = self.spends and self._spend_said_by >= 0 and self.serial == self.spend_until + 1
+        return Grant(at, held_back, serial=self.serial, probe=probe)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
         """Adopt the limits the answer to turn ``serial`` describes (``-1``: a turn numbered elsewhere, whose

@@ -214,8 +214,10 @@ redis.call('ZADD', KEYS[2], string.format('%.17g', at), ARGV[3])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -samples - 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
+-- the first turn past all an answer said remained asks: the turns after it wait for its answer
+local probe = (not spending and not f['B:off'] and f['B:said'] and serial == (f['B:until'] or 0) + 1) and 1 or 0
 return {string.format('%.17g', at - now), held_back, string.format('%.17g', now),
-        string.format('%.17g', f['F:rate'] or 0), serial}
+        string.format('%.17g', f['F:rate'] or 0), serial, probe}
 """
 )
 
@@ -476,18 +478,14 @@ class SharedPace:
                 grant = self.local.next_turn(now, cost, max_wait)
                 self._alone_until = max(self._alone_until, grant.at)
                 return grant
-            wait, held_back, remote_now, serial = (
-                float(answer[0]),
-                bool(int(answer[1])),
-                float(answer[2]),
-                int(answer[4]),
-            )
+            wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
+            serial, probe = int(answer[4]), bool(int(answer[5]))
             self._offset = remote_now - now
             self._shared_rate = float(answer[3]) or None
             seed = self._rejoin(now) if self._alone else None
         if seed:
             self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *seed])
-        return Grant(now + wait, held_back, ticket, serial)
+        return Grant(now + wait, held_back, ticket, serial, probe)
 
     def _go_alone(self, now: float) -> None:
         """Redis is gone: from now on, this process takes only its share of every rate, its
