@@ -60,6 +60,7 @@ def test_what_remains_is_spent_then_the_rate_paces() -> None:
     """The answer to turn 2 says 3 remain: turns 3 to 5 go at once, turn 6 one step of the rate after them."""
     pace = Pace()
     assert [pace.next_turn(0.0, None).serial for _ in range(2)] == [1, 2]
+    pace.answered(1)
     pace.learn(0.0, [per_minute("requests", 600, 3, 0.3)], serial=2)
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
     assert turns(pace, 4) == pytest.approx([0.0, 0.0, 0.0, interval])
@@ -70,20 +71,34 @@ def test_an_older_answer_never_outbids_a_newer_one() -> None:
     pace = Pace()
     for _ in range(2):
         pace.next_turn(0.0, None)
+    pace.answered(2)
     pace.learn(0.0, [per_minute("requests", 600, 0, 60.0)], serial=2)
+    pace.answered(1)
     pace.learn(0.0, [per_minute("requests", 600, 9, 60.0)], serial=1)
-    assert pace.spend_until == 2
+    assert pace.spend_until == 1  # turn 1 was unanswered when turn 2's answer came: it may not have been counted
+
+
+def test_turns_still_unanswered_before_an_answer_may_not_be_counted_in_it() -> None:
+    """A server that counts out of order: the answer to turn 5 says 10 remain, with turns 2 and 4 unanswered;
+    they may yet be counted, so turns up to 13, not 15, spend it."""
+    pace = Pace()
+    for _ in range(5):
+        pace.next_turn(0.0, None)
+    for serial in (1, 3, 5):
+        pace.answered(serial)
+    pace.learn(0.0, [Quota("requests", 100, 10, None, None, "window", "litellm", "x")], serial=5)
+    assert pace.spend_until == 13
 
 
 def test_a_refusal_within_what_remained_ends_the_spending() -> None:
-    """The server said 100 remain, then refused turn 4 (it enforces its minute in shorter slices): from then on
-    the rate paces every turn."""
+    """The server said 100 remain, then refused turn 4 (it enforces its minute in shorter slices, or counted in
+    another order): the stated time answers it, nothing is cut, and from then on the rate paces every turn."""
     pace = Pace()
     pace.next_turn(0.0, None)
     pace.learn(0.0, [per_minute("requests", 600, 100, 1.0)], serial=1)
     turns(pace, 3)
-    pace.refused(0.01, 0.0, 0.0, 0.05, serial=4)
-    assert not pace.spends
+    assert not pace.refused(0.01, 0.0, 0.0, 0.05, serial=4)  # ends the spending, cuts nothing
+    assert not pace.spends and pace.rate is None
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
     later = turns(pace, 3, now=1.0)
     assert later[2] - later[1] == pytest.approx(interval)

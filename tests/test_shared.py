@@ -252,9 +252,10 @@ def test_back_from_a_restart_redis_relearns_and_turns_wait_out_the_backlog(tmp_p
         shared = SharedPaces(url)
         shared.RECONNECT = 0.05
         cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        rate_only = {name: value for name, value in PER_MINUTE.items() if "remaining" not in name}
         for _ in range(6):
             turn = cooldowns.take_turn(KEY)
-            cooldowns.observe(turn, 200, PER_MINUTE)
+            cooldowns.observe(turn, 200, rate_only)  # nothing said to remain, nothing spent: a 429 cuts
         cooldowns.observe(turn, 429, {}, ServerHint(0.05, "retry-after-ms", coarse=False))  # a cut: a feedback rate
         pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
         rate = float(shared.client.hget(pace_key, "F:rate"))

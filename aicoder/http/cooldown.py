@@ -417,6 +417,7 @@ class Cooldowns:
         """
         destination = turn.destination
         with self._lock:
+            destination.pace.answered(turn.serial)
             if destination.probing is turn:
                 self._answered(destination, turn)
             if turn not in destination.pending:
@@ -498,6 +499,7 @@ class Cooldowns:
                     self._reschedule(destination, now)
             elif status < 400 and pace.accepted(now, turn.held_back, turn.sent_at) and destination.pending:
                 self._hurry(destination, now)
+            pace.answered(turn.serial)
             self._answered(destination, turn)
         if holds is not None:
             holding(holds)  # outside the lock: hooks are the user's code
@@ -530,6 +532,7 @@ class Cooldowns:
     def failed(self, turn: Turn) -> None:
         """The request got no answer at all; let those waiting on a first answer go."""
         with self._lock:
+            turn.destination.pace.answered(turn.serial)
             self._answered(turn.destination, turn)
 
     def _add(self, key: DestinationKey) -> _Destination:

@@ -21,8 +21,10 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   so that a limit enforced in shorter slices than it is stated costs a 429 or two,
   not dozens. Turns are
   numbered (``serial``) so that an answer counts the turns handed out after its
-  own. Once the server refuses a turn it said there was room for, what it says
-  remains is not spent at once again: the lanes and the feedback pace from then on.
+  own, and the turns before it still unanswered, which a server answering out of
+  order may not have counted yet. Once the server refuses a turn it said there was room for, what it says
+  remains is not spent at once again: the lanes and the feedback pace from then on,
+  and the next refusal cuts the feedback rate.
   The first turn past all it said remained asks, as the first turn to a new
   destination does (``Grant.probe``): the turns after it wait for its answer. A
   429 for it is a window running out, not a rate too high: it holds until the
@@ -54,6 +56,8 @@ MAX_PACED_WINDOW = 60.0
 HURRY_STEP = 0.02
 #: What remains of a window is spent from a rate that would spend it all in this many seconds, doubling from there.
 SPEND_WITHIN = 1.0
+#: The most turns a pace keeps as handed out and unanswered.
+MAX_UNANSWERED = 4096
 
 
 class Lane:
@@ -383,6 +387,8 @@ class Pace:
         self.spend_until = 0
         self._spend_said_by = -1
         self.spends = True
+        #: Turns handed out and not yet answered: a server may not have counted them in what it says remains.
+        self._unanswered: set[int] = set()
 
     @property
     def knows_rate(self) -> bool:
@@ -424,7 +430,22 @@ class Pace:
         if ready is not None:
             self.feedback.granted(at)
         probe = self.spends and self._spend_said_by >= 0 and self.serial == self.spend_until + 1
+        self.awaiting(self.serial)
         return Grant(at, held_back, serial=self.serial, probe=probe)
+
+    def awaiting(self, serial: int) -> None:
+        """Turn ``serial`` was handed out (here, or where the pace is kept) and awaits its answer."""
+        self._unanswered.add(serial)
+        if len(self._unanswered) > MAX_UNANSWERED:  # turns never answered (a caller gave up on them) age out
+            self._unanswered = set(sorted(self._unanswered)[-MAX_UNANSWERED // 2 :])
+
+    def answered(self, serial: int) -> None:
+        """Turn ``serial`` was answered, failed, or will not be sent."""
+        self._unanswered.discard(serial)
+
+    def uncounted(self, serial: int) -> int:
+        """The turns before ``serial`` still unanswered: the server may not have counted them yet."""
+        return sum(1 for other in self._unanswered if other < serial)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
         """Adopt the limits the answer to turn ``serial`` describes (``-1``: a turn numbered elsewhere, whose
@@ -447,7 +468,7 @@ class Pace:
         said = [quota for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
         remaining = min(quota.remaining for quota in said if quota.remaining is not None) if said else None
         if remaining is not None and serial > self._spend_said_by:
-            self._spend_said_by, self.spend_until = serial, serial + math.floor(remaining)
+            self._spend_said_by, self.spend_until = serial, serial + math.floor(remaining) - self.uncounted(serial)
         if first and ((remaining is not None and remaining >= 1 and self.spends) or not rates):
             # What remains is spent from the lane's rate up, doubling; what remains of a window (all there until it
             # resets, where a bucket may be enforced in shorter slices), from all of it within SPEND_WITHIN.
@@ -493,13 +514,13 @@ class Pace:
 
     def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0) -> bool:
         """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
-        cut the rate (see :meth:`Feedback.refused`). If the server had said there was room for it, what it says
-        remains is not spent at once again; if it came after all the server said remained, it cuts nothing."""
-        if 0 < serial <= self.spend_until:
-            self.spends = False
-        elif self.spends and 0 <= self._spend_said_by < serial:
-            # Past all the server said remained: its window ran out, and the stated time answers that. Nothing
-            # says the rate is wrong, so nothing is cut: once the window turns, it is spent again.
+        cut the rate (see :meth:`Feedback.refused`). While what the server says remains is spent, a refusal cuts
+        nothing: within it, it ends the spending; past it, the server's window ran out."""
+        if self.spends and self._spend_said_by >= 0 and serial > 0:
+            # Within what the server said remained, it does not let what it says be spent at once (it enforces
+            # a shorter slice, or counted in another order): no longer spent. Past it, its window ran out. Either
+            # way the stated time answers it, and nothing says the rate is wrong: nothing is cut.
+            self.spends = serial > self.spend_until
             self.feedback.refusal(sent_at)
             return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until

@@ -233,8 +233,8 @@ return held
 )
 
 # KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept, the
-# refused turn's number. Records the refusal; a turn within what an answer said remains ends the spending,
-# and one past it cuts nothing.
+# refused turn's number. Records the refusal; while what an answer said remains is spent, a refusal cuts
+# nothing, and one within it ends the spending.
 # If the request was granted its turn after the last cut, and after 'calm' (when the turns processes
 # granted themselves while Redis was away have gone), returns the state and the samples for the client to
 # compute the cut; else the state alone, to pace by.
@@ -246,11 +246,12 @@ redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
 local serial = tonumber(ARGV[6])
 local spend = redis.call('HMGET', KEYS[1], 'B:until', 'B:said', 'B:off')
-local past = false  -- past all an answer said remained: a window ran out, and nothing is cut
-if serial > 0 and serial <= tonumber(spend[1] or '0') then
-  redis.call('HSET', KEYS[1], 'B:off', 1)
-elseif spend[2] and not spend[3] and serial > tonumber(spend[1] or '0') then
+-- While what an answer said remains is spent, a refusal cuts nothing: within it, it ends the spending;
+-- past it, a window ran out.
+local past = false
+if serial > 0 and spend[2] and not spend[3] then
   past = true
+  if serial <= tonumber(spend[1] or '0') then redis.call('HSET', KEYS[1], 'B:off', 1) end
 end
 local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
 local calm = tonumber(redis.call('HGET', KEYS[1], 'calm') or '-1e308')
@@ -480,6 +481,7 @@ class SharedPace:
                 return grant
             wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
             serial, probe = int(answer[4]), bool(int(answer[5]))
+            self.local.awaiting(serial)
             self._offset = remote_now - now
             self._shared_rate = float(answer[3]) or None
             seed = self._rejoin(now) if self._alone else None
@@ -540,8 +542,8 @@ class SharedPace:
         self.local.learn(now, quotas, first, serial=-1)  # the turns are numbered in Redis: it spends, not this
         told = self._known(now)
         said = [quota.remaining for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
-        if said and serial > 0:
-            told.append((str(serial), float(serial + math.floor(min(said))), "spend"))
+        if said and serial > 0:  # less this process's turns before it still unanswered (others' are not known)
+            told.append((str(serial), float(serial + math.floor(min(said)) - self.local.uncounted(serial)), "spend"))
         if (first and self.local.feedback.slow_start is not None) or any(how == "start" for *_, how in self._told):
             told.append(("S:start", self.local.feedback.slow_from, "start"))
         self._told, self._told_at = told, now
@@ -577,6 +579,9 @@ class SharedPace:
 
     def sent(self, at: float) -> None:
         self.local.sent(at)  # the reservation has recorded the shared sample already
+
+    def answered(self, serial: int) -> None:
+        self.local.answered(serial)
 
     def cancel(self, ticket: str) -> None:
         """Withdraw the turn named ``ticket`` from the shared schedule: it was never sent."""
