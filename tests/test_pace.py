@@ -397,3 +397,20 @@ def test_a_refusal_past_all_that_remained_cuts_nothing() -> None:
         pace.sent(at)
     assert not pace.refused(0.01, 0.0, 0.0, None, serial=5)
     assert pace.rate is None and pace.spends
+
+
+def test_turns_spent_at_once_are_put_through_the_lanes_when_the_server_refuses_one() -> None:
+    """Three turns handed out while spending, then a refusal within what remained: the next reschedule spaces
+    the pending turns by the token lane (10 tokens a second, 5 each), as they would have been without it."""
+    pace = Pace()
+    pace.next_turn(0.0, None)
+    pace.answered(1)
+    pace.learn(0.0, [per_minute("requests", 6000, 100, 1.0), per_minute("tokens", 600, 600, 0.01)], serial=1)
+    cost = RequestCost(3, 2)
+    spent = [pace.next_turn(0.0, cost).at for _ in range(3)]
+    assert spent == [0.0, 0.0, 0.0]
+    pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
+    moved = pace.reschedule(spent[1:], costs=[cost, cost])
+    step = 5 / (10 * (1 - SAFETY_MARGIN))
+    assert moved[1] - moved[0] == pytest.approx(step)
+    assert pace.reschedule(moved) == moved  # once: turns granted through the lanes are not put through again

@@ -481,7 +481,8 @@ class Cooldowns:
                 destination.learned_at = now
                 # Slow start is for a destination whose limits are unknown, not one that has already refused.
                 first = destination.first_answer is not None and destination.probing is None and status < 400
-                pace.learn(now, quotas, first, turn.serial)
+                # Only an answer that was no refusal tells what remains to be spent.
+                pace.learn(now, quotas, first, turn.serial if status < 400 else -1)
             if status == 429:
                 # Learnt before the hold: the span the hold adds says nothing of the server's rate.
                 next_token = hint.next_token if hint is not None else None
@@ -513,7 +514,9 @@ class Cooldowns:
         """
         # Followed, a turn due now has not gone yet: it is asking whether it may.
         pending = _waiting(destination, now, including_now=followed)
-        times = destination.pace.reschedule([turn.sent_at for turn in pending], [turn.ticket for turn in pending])
+        pace = destination.pace
+        costs = [turn.cost if pace.counts_tokens else None for turn in pending]
+        times = pace.reschedule([turn.sent_at for turn in pending], [turn.ticket for turn in pending], costs)
         for turn, at in zip(pending, times, strict=True):
             if not followed or at != turn.sent_at:
                 turn.sent_at, turn.granted_at = at, now

@@ -389,6 +389,8 @@ class Pace:
         self.spends = True
         #: Turns handed out and not yet answered: a server may not have counted them in what it says remains.
         self._unanswered: set[int] = set()
+        #: Whether the spending has just ended: the next reschedule puts the pending turns through the lanes.
+        self._relane = False
 
     @property
     def knows_rate(self) -> bool:
@@ -448,9 +450,9 @@ class Pace:
         return sum(1 for other in self._unanswered if other < serial)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
-        """Adopt the limits the answer to turn ``serial`` describes (``-1``: a turn numbered elsewhere, whose
-        remaining count is not this pace's to spend); a ``first`` success that tells no rate, or tells what
-        remains, starts slow start."""
+        """Adopt the limits the answer to turn ``serial`` describes (``-1``: a refusal, or a turn numbered
+        elsewhere, whose remaining count is not this pace's to spend); a ``first`` success that tells no rate,
+        or tells what remains, starts slow start."""
         quotas = tuple(quotas)
         rates: dict[str, float] = {}
         for quota in quotas:
@@ -483,9 +485,15 @@ class Pace:
             else:
                 lane.rate = rate
 
-    def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
-        """Move turns already handed out (sorted ``times``) behind the hold and the feedback rate, if they changed,
-        and behind the requests lane once what remained is no longer spent.
+    def reschedule(
+        self,
+        times: Sequence[float],
+        tickets: Sequence[str | None] = (),
+        costs: Sequence[RequestCost | None] = (),
+    ) -> list[float]:
+        """Move turns already handed out (sorted ``times``, for requests of ``costs``) behind the hold and the
+        feedback rate, if they changed; and, once, when a refusal has just ended the spending of what remained,
+        behind every sustained lane, as they would have been granted without it.
 
         Threads asleep until their turn then wake at the new time: a cut or a hold
         takes effect at once, not after the queue granted at the old rate has drained.
@@ -493,16 +501,18 @@ class Pace:
         """
         moved: list[float] = []
         interval = 1 / self.feedback.rate if self.feedback.rate else 0.0
-        # Turns granted while spending what remained, once the server refused one of them, go at the lane's rate.
-        lane = self.lanes.get("requests") if not self.spends else None
-        step = 1 / (lane.rate * self.share) if lane is not None else 0.0
-        for at in times:
-            at = max(at, self.held_until, moved[-1] + max(interval, step) if moved else at)
+        relane, self._relane = self._relane, False
+        for index, at in enumerate(times):
+            at = max(at, self.held_until, moved[-1] + interval if moved else at)
+            if relane:
+                cost = costs[index] if costs else None
+                for dimension, lane in self.lanes.items():
+                    at = max(at, lane.ready_at(_units(cost, dimension), self.share))
+                for dimension, lane in self.lanes.items():
+                    lane.take(at, _units(cost, dimension), self.share)
             moved.append(at)
         if moved and self.feedback.lane is not None:
             self.feedback.lane.tat = max(self.feedback.lane.tat, moved[-1] + interval)
-        if moved and lane is not None:
-            lane.tat = max(lane.tat, moved[-1] + step)
         return moved
 
     def sent(self, at: float) -> None:
@@ -521,6 +531,7 @@ class Pace:
             # a shorter slice, or counted in another order): no longer spent. Past it, its window ran out. Either
             # way the stated time answers it, and nothing says the rate is wrong: nothing is cut.
             self.spends = serial > self.spend_until
+            self._relane = not self.spends  # the turns handed out while spending go through the lanes
             self.feedback.refusal(sent_at)
             return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until

@@ -640,12 +640,14 @@ class SharedPace:
         self._regrowths += held_back and self.local.rate is not None and not self.local.refilled(sent_at)
         return False
 
-    def reschedule(self, times: Sequence[float], tickets: Sequence[str | None] = ()) -> list[float]:
+    def reschedule(
+        self, times: Sequence[float], tickets: Sequence[str | None] = (), costs: Sequence[RequestCost | None] = ()
+    ) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
         named = [ticket for ticket in tickets if ticket is not None]
         answer = self.shared.run("when", [self._sends], named) if named and self._offset is not None else None
         if answer is None:
-            return self.local.reschedule(times, tickets)
+            return self.local.reschedule(times, tickets, costs)
         offset, shared = self._offset or 0.0, dict(zip(named, answer, strict=True))
         moved = []
         for at, ticket in zip(times, tickets, strict=True):
