@@ -321,3 +321,46 @@ def test_simulate_metrics_prints_a_prometheus_scrape(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "# TYPE aicoder_retries_total counter" in out
     assert "aicoder_wait_seconds_count" in out
+
+
+KEEPS_A_CONNECTION_ERROR = """
+import requests
+from aicoder.config import Config
+from aicoder.http.adapter import retrying_session
+session = retrying_session(Config(openrouter_api_key="sk-closed-port"))
+try:
+    session.post("{url}", json={{}})
+except requests.ConnectionError as error:
+    kept = error  # alive until the interpreter exits, with the connection it failed on
+raise SystemExit(1)
+"""
+
+
+def test_no_exit_hangs_after_a_connection_error() -> None:
+    """A process that failed to connect exits, every time: 50 library scripts that keep their
+    ConnectionError, and 10 ``aicoder ask`` runs, against a port nothing listens on. (A lock that a stopped
+    daemon thread held, taken from a weakref callback during the exit's garbage collection, hung 1 in 15.)"""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again when this block ends: connections to it are refused
+    url = f"http://127.0.0.1:{port}/v1"
+    environment = os.environ | {"OPENROUTER_API_KEY": "sk-closed-port", "OPENROUTER_BASE_URL": url}
+    script = KEEPS_A_CONNECTION_ERROR.format(url=f"{url}/chat/completions")
+    commands = [[sys.executable, "-c", script]] * 50 + [[sys.executable, "-m", "aicoder", "ask", "hi"]] * 10
+    codes: list[int | None] = []
+    for start in range(0, len(commands), 10):  # ten at a time
+        runs = [
+            subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for command in commands[start : start + 10]
+        ]
+        for run in runs:
+            try:
+                codes.append(run.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+                codes.append(None)  # hung
+    assert codes == [1] * 60

@@ -121,3 +121,30 @@ def test_the_default_is_ten_minutes() -> None:
     assert Config().request_timeout == 600.0
     assert Config.load(environ={"LLM_REQUEST_TIMEOUT": "30"}).request_timeout == 30.0
     assert json.dumps(Config.load(environ={}).request_timeout) == "600.0"
+
+
+def test_a_connection_gone_never_waits_for_the_watchdogs_lock() -> None:
+    """A connection collected with an attempt in flight is forgotten without taking the watchdog's lock: at
+    interpreter exit, the daemon thread may have been stopped holding it, and the exit would hang."""
+    import gc
+
+    from urllib3.connection import HTTPConnection
+
+    from aicoder.http.deadline import AttemptLimit, Watchdog
+
+    dog = Watchdog()
+    connection = HTTPConnection("127.0.0.1", 9)
+    dog.watch(connection, AttemptLimit(600))
+    collected = threading.Event()
+
+    def collect() -> None:
+        nonlocal connection
+        del connection  # the weakref callback runs here, in this thread
+        gc.collect()
+        collected.set()
+
+    with dog._condition:  # as a daemon thread stopped mid-iteration would hold it
+        collector = threading.Thread(target=collect, daemon=True)
+        collector.start()
+        assert collected.wait(2), "the weakref callback waited for the watchdog's lock"
+    assert len(dog) == 0  # forgotten once the lock was free

@@ -1,8 +1,9 @@
 """A time the server states is a floor: no request, retry or first attempt, goes before it, on any path.
 
-One table of real 429 formats runs through the adapter, the SDK bridge, the asyncio transport and the
-pace in Redis. Waits are recorded, not slept (:func:`aicoder.testing.instant_waits`): a request that
-would go early shows a wait shorter than the time the server stated.
+One table of real 429 formats, in headers and in bodies, runs through the adapter, the SDK bridge, the
+asyncio transport and the pace in Redis. Waits are recorded, not slept
+(:func:`aicoder.testing.instant_waits`): a request that would go early shows a wait shorter than the time
+the server stated.
 """
 
 from __future__ import annotations
@@ -108,6 +109,27 @@ def fixed_window(t0: float) -> Stated:
     return Stated(headers, json.dumps({"error": {"message": message, "type": "throttling_error"}}), 10.0)
 
 
+def gemini_body(t0: float) -> Stated:
+    """Gemini's ``RetryInfo.retryDelay`` in the body, as google-genai receives it (a JSON list)."""
+    detail = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}
+    error = {"code": 429, "message": "Resource exhausted.", "status": "RESOURCE_EXHAUSTED", "details": [detail]}
+    return Stated({}, json.dumps([{"error": error}]), 1.5)
+
+
+def openai_body(t0: float) -> Stated:
+    """OpenAI's "Please try again in 1.5s" in the error message, no header."""
+    message = "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM). Please try again in 1.5s."
+    return Stated({}, json.dumps({"error": {"message": message, "type": "tokens", "code": "rate_limit_exceeded"}}), 1.5)
+
+
+def azure_body(t0: float) -> Stated:
+    """Azure OpenAI's "Please retry after 2 seconds" in the error message."""
+    message = (
+        "Requests to the ChatCompletions_Create Operation have exceeded the rate limit. Please retry after 2 seconds."
+    )
+    return Stated({}, json.dumps({"error": {"code": "429", "message": message}}), 2.0)
+
+
 SCENARIOS: dict[str, Callable[[float], Stated]] = {
     "anthropic retry-after": anthropic_retry_after,
     "anthropic resets only": anthropic_resets_only,
@@ -115,6 +137,9 @@ SCENARIOS: dict[str, Callable[[float], Stated]] = {
     "ietf": ietf,
     "http date": http_date,
     "fixed window": fixed_window,
+    "gemini body": gemini_body,
+    "openai body": openai_body,
+    "azure body": azure_body,
 }
 
 

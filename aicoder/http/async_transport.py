@@ -14,6 +14,7 @@ cancelled task stops waiting at once and gives up its turn.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, Unpack
@@ -149,7 +150,8 @@ def _as_urllib3(request: httpx2.Request, response: httpx2.Response, content: byt
     if content is None:  # unread: the policy must not try to read it either
         headers.discard("content-length")
     return HTTPResponse(
-        body=content or b"",
+        # A file, not bytes: urllib3 reads bytes given with preload_content=False as no body at all.
+        body=io.BytesIO(content or b""),
         headers=headers,
         status=response.status_code,
         preload_content=False,

@@ -15,6 +15,7 @@ Waits between retries are not part of any attempt.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import socket
 import threading
@@ -73,12 +74,17 @@ class Watchdog:
         self._watches: dict[int, _Watch] = {}
         self._thread: threading.Thread | None = None
         self._wakes_at = 0.0
+        #: Keys of connections gone with an attempt in flight. Their weakref callbacks only append here: a
+        #: callback runs wherever the garbage collector does, at interpreter exit too, when this daemon thread
+        #: may have been stopped holding the lock. Whoever takes the lock next forgets them.
+        self._gone: collections.deque[int] = collections.deque()
 
     def watch(self, connection: HTTPConnection, limit: AttemptLimit) -> None:
         """Begin an attempt on ``connection`` that must end within ``limit.seconds``."""
         key = id(connection)
-        entry = _Watch(weakref.ref(connection, lambda _: self._forget(key)), self._clock() + limit.seconds, limit)
+        entry = _Watch(weakref.ref(connection, lambda _: self._gone.append(key)), self._clock() + limit.seconds, limit)
         with self._condition:
+            self._forget_gone()
             self._watches[key] = entry
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="aicoder-deadlines", daemon=True)
@@ -92,15 +98,26 @@ class Watchdog:
 
     def __len__(self) -> int:
         with self._condition:
+            self._forget_gone()
             return len(self._watches)
 
     def _forget(self, key: int) -> None:
         with self._condition:
+            self._forget_gone()
             self._watches.pop(key, None)
+
+    def _forget_gone(self) -> None:
+        """Forget the attempts whose connections are gone. Lock held."""
+        while self._gone:
+            key = self._gone.popleft()
+            entry = self._watches.get(key)
+            if entry is not None and entry.connection() is None:  # not a new connection that reuses the id
+                del self._watches[key]
 
     def _run(self) -> None:
         while True:
             with self._condition:
+                self._forget_gone()
                 now = self._clock()
                 expired = [(key, entry) for key, entry in self._watches.items() if entry.deadline <= now]
                 for key, entry in expired:
