@@ -15,6 +15,9 @@ the destination's :class:`~aicoder.http.pace.Pace`:
   Turns already handed out follow it both ways: a cut moves them later, and
   regrowth brings them sooner (:meth:`~aicoder.http.pace.Pace.hurry`), waking
   their sleepers.
+- **What remains is spent.** Turns within what an answer says remains go without
+  the per-minute pace (:class:`~aicoder.http.pace.Pace`); the first turn past it
+  asks, and new turns wait for its answer as they wait for a first contact's.
 - **First contact.** While the first request to a new destination is in flight,
   others wait for its answer (at most ``probe_timeout`` seconds) so the limits
   are known before a crowd is sent.

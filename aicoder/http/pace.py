@@ -13,22 +13,23 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
 - **Feedback** (:class:`Feedback`): a request rate learnt from 429s alone, so
   that a server that says nothing, speaks an unknown dialect, or shares the key
   with other clients still converges to what it really allows.
-- **What remains is spent.** When an answer says how many requests remain, the
-  turns handed out after it, up to that many, wait for neither the sustained
-  lanes nor the feedback rate: only for the hold, the bucket mirrors, and slow
-  start, which ramps them up from the first answer (from the lane's rate, or for a
-  window from a rate that would spend all of it within ``SPEND_WITHIN``, doubling)
-  so that a limit enforced in shorter slices than it is stated costs a 429 or two,
-  not dozens. Turns are
-  numbered (``serial``) so that an answer counts the turns handed out after its
-  own, and the turns before it still unanswered, which a server answering out of
-  order may not have counted yet. Once the server refuses a turn it said there was room for, what it says
-  remains is not spent at once again: the lanes and the feedback pace from then on,
-  and the next refusal cuts the feedback rate.
-  The first turn past all it said remained asks, as the first turn to a new
-  destination does (``Grant.probe``): the turns after it wait for its answer. A
-  429 for it is a window running out, not a rate too high: it holds until the
-  time the server states, and cuts nothing.
+- **What remains is spent.** When an answer (not a 429) says how many requests
+  remain, the turns handed out after it, up to that many, wait for neither the
+  sustained lanes nor the feedback rate: only for the hold, the bucket mirrors,
+  and slow start, which ramps them up from the first answer (from the lane's
+  rate, or for a window from a rate that would spend all of it within
+  ``SPEND_WITHIN``, doubling) so that a limit enforced in shorter slices than it
+  is stated costs a 429 or two, not dozens. Turns are numbered (``serial``) so
+  that an answer counts the turns handed out after its own, and the turns before
+  it still unanswered, which a server answering out of order may not have
+  counted yet. While this lasts, a refusal cuts nothing. Once the server refuses
+  a turn it said there was room for, what it says remains is no longer spent at
+  once: the turns handed out are put through the lanes, which pace from then on
+  with the feedback rate, and the next refusal cuts as usual. The first turn past
+  all it said remained asks, as the first turn to a new destination does
+  (``Grant.probe``): the turns after it wait for its answer. A 429 for it is a
+  window running out, not a rate too high: it holds until the time the server
+  states.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
@@ -591,6 +592,8 @@ class Pace:
     def refilled(self, sent_at: float) -> bool:
         """Whether a request sent at ``sent_at`` went within as long after the latest hold as the hold lasted:
         what the server took then, it had refilled while this client held."""
+        if self._hold_began == -math.inf:
+            return False
         return self.held_until <= sent_at < 2 * self.held_until - self._hold_began
 
     def _lanes(self) -> Iterable[tuple[str, Lane]]:
