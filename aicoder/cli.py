@@ -343,7 +343,7 @@ def _metrics_registry() -> Any:
     try:
         import prometheus_client
     except ImportError:
-        raise ConfigError("--metrics needs prometheus-client: pip install 'aicoder[prometheus]'") from None
+        raise ConfigError("--metrics needs prometheus-client: pip install prometheus-client") from None
     return prometheus_client.CollectorRegistry()
 
 

@@ -169,7 +169,7 @@ def check_redis_url(name: str, value: object) -> str | None:
             f"{name}={_shown_url(str(value))} is not allowed: expected a redis://, rediss:// or unix:// URL"
         )
     if importlib.util.find_spec("redis") is None:
-        raise ConfigError(f"{name} is set, but redis-py is not installed: pip install 'aicoder[redis]'")
+        raise ConfigError(f"{name} is set, but redis-py is not installed: pip install redis")
     return value
 
 

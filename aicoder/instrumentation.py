@@ -194,7 +194,7 @@ class PrometheusHook:
     """Counts retries in ``aicoder_retries_total`` (labels ``origin``, ``source``) and observes each wait in
     ``aicoder_wait_seconds``; give-ups in ``aicoder_give_ups_total`` (``origin``, ``reason``).
 
-    Needs ``prometheus-client``: ``pip install 'aicoder[prometheus]'``. ``registry``
+    Needs ``prometheus-client``: ``pip install prometheus-client``. ``registry``
     defaults to prometheus-client's global one.
     """
 
@@ -202,7 +202,7 @@ class PrometheusHook:
         try:
             import prometheus_client
         except ImportError:
-            raise ImportError("PrometheusHook needs prometheus-client: pip install 'aicoder[prometheus]'") from None
+            raise ImportError("PrometheusHook needs prometheus-client: pip install prometheus-client") from None
         options: dict[str, Any] = {} if registry is None else {"registry": registry}
         self.retries = prometheus_client.Counter(
             "aicoder_retries",
@@ -229,7 +229,7 @@ class OpenTelemetryHook:
     """Counts retries in ``aicoder.retries`` and records each wait in the histogram ``aicoder.wait`` (unit
     ``s``), with the attributes ``origin`` and ``source``.
 
-    Needs ``opentelemetry-api``: ``pip install 'aicoder[otel]'``. ``meter_provider``
+    Needs ``opentelemetry-api``: ``pip install opentelemetry-api``. ``meter_provider``
     defaults to the global one.
     """
 
@@ -237,7 +237,7 @@ class OpenTelemetryHook:
         try:
             from opentelemetry import metrics
         except ImportError:
-            raise ImportError("OpenTelemetryHook needs opentelemetry-api: pip install 'aicoder[otel]'") from None
+            raise ImportError("OpenTelemetryHook needs opentelemetry-api: pip install opentelemetry-api") from None
         meter = metrics.get_meter("aicoder", meter_provider=meter_provider)
         self.retries = meter.create_counter("aicoder.retries", unit="1", description="Retries of HTTP 429 answers")
         self.waits = meter.create_histogram("aicoder.wait", unit="s", description="Seconds waited before a retry")
