@@ -107,7 +107,8 @@ def server_hint(
     now: Callable[[], float] = time.time,
     cost: RequestCost | None = None,
 ) -> ServerHint | None:
-    """Return the wait a 429's ``headers`` and ``body`` ask for, or ``None`` when none says one usably.
+    """Return the latest wait a 429's ``headers`` and ``body`` state (a floor: nothing goes before it), or
+    ``None`` when none says one usably.
 
     ``headers`` must look names up case-insensitively, as ``requests``', urllib3's
     and httpx's header mappings do. ``cost`` is the refused request's estimated
