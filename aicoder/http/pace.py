@@ -47,7 +47,7 @@ from typing import NamedTuple
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
-__all__ = ["Feedback", "Grant", "Lane", "Pace"]
+__all__ = ["Feedback", "Grant", "Lane", "Pace", "requests_remaining"]
 
 #: Pace a little slower than the server allows: its clock and ours drift, and requests arrive with jitter.
 SAFETY_MARGIN = 0.01
@@ -446,9 +446,10 @@ class Pace:
         """Turn ``serial`` was answered, failed, or will not be sent."""
         self._unanswered.discard(serial)
 
-    def uncounted(self, serial: int) -> int:
-        """The turns before ``serial`` still unanswered: the server may not have counted them yet."""
-        return sum(1 for other in self._unanswered if other < serial)
+    def last_to_spend(self, serial: int, remaining: float) -> int:
+        """The last turn that may spend the ``remaining`` requests the answer to turn ``serial`` says are left,
+        less the turns before it still unanswered, which the server may not have counted yet."""
+        return serial + math.floor(remaining) - sum(1 for other in self._unanswered if other < serial)
 
     def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
         """Adopt the limits the answer to turn ``serial`` describes (``-1``: a refusal, or a turn numbered
@@ -468,14 +469,13 @@ class Pace:
                 mirror.tat = max(mirror.tat, now + (quota.limit - quota.remaining) / rate)
             elif quota.refill == "window" and quota.reset and quota.remaining is not None and quota.remaining < 1:
                 self.hold(now + quota.reset, now)  # spent: nothing fits until it resets
-        said = [quota for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
-        remaining = min(quota.remaining for quota in said if quota.remaining is not None) if said else None
+        remaining, windows = requests_remaining(quotas)
         if remaining is not None and serial > self._spend_said_by:
-            self._spend_said_by, self.spend_until = serial, serial + math.floor(remaining) - self.uncounted(serial)
+            self._spend_said_by, self.spend_until = serial, self.last_to_spend(serial, remaining)
         if first and ((remaining is not None and remaining >= 1 and self.spends) or not rates):
             # What remains is spent from the lane's rate up, doubling; what remains of a window (all there until it
             # resets, where a bucket may be enforced in shorter slices), from all of it within SPEND_WITHIN.
-            window = remaining if remaining is not None and all(quota.refill == "window" for quota in said) else 0.0
+            window = remaining if remaining is not None and windows else 0.0
             self.feedback.start_slowly(now, max(rates.get("requests", 0.0), window / SPEND_WITHIN))
         elif rates and not (self.spends and self.serial < self.spend_until):
             self.feedback.stop_slow_start()
@@ -599,6 +599,17 @@ class Pace:
     def _lanes(self) -> Iterable[tuple[str, Lane]]:
         yield from self.lanes.items()
         yield from self.mirrors.items()
+
+
+def requests_remaining(quotas: Iterable[Quota]) -> tuple[float | None, bool]:
+    """The fewest requests any of ``quotas`` says remain (``None`` if none says), and whether every quota
+    that says so is a window."""
+    said = [quota for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
+    if not said:
+        return None, False
+    return min(quota.remaining for quota in said if quota.remaining is not None), all(
+        quota.refill == "window" for quota in said
+    )
 
 
 def _units(cost: RequestCost | None, dimension: str) -> float:

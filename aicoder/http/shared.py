@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aicoder.http.pace import Feedback, Grant, Pace
+from aicoder.http.pace import Feedback, Grant, Pace, requests_remaining
 from aicoder.http.quotas import Quota
 from aicoder.http.redaction import safe_url
 from aicoder.http.tokens import RequestCost
@@ -541,9 +541,9 @@ class SharedPace:
         quotas = tuple(quotas)
         self.local.learn(now, quotas, first, serial=-1)  # the turns are numbered in Redis: it spends, not this
         told = self._known(now)
-        said = [quota.remaining for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
-        if said and serial > 0:  # less this process's turns before it still unanswered (others' are not known)
-            told.append((str(serial), float(serial + math.floor(min(said)) - self.local.uncounted(serial)), "spend"))
+        remaining, _ = requests_remaining(quotas)
+        if remaining is not None and serial > 0:  # less this process's unanswered turns (others' are not known)
+            told.append((str(serial), float(self.local.last_to_spend(serial, remaining)), "spend"))
         if (first and self.local.feedback.slow_start is not None) or any(how == "start" for *_, how in self._told):
             told.append(("S:start", self.local.feedback.slow_from, "start"))
         self._told, self._told_at = told, now
