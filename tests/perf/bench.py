@@ -38,6 +38,7 @@ from typing import Any
 
 import openai
 import requests
+from batches import run_threads  # tests/perf/batches.py, beside this script
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_incrementing
 from urllib3.util.retry import Retry
@@ -269,35 +270,7 @@ def run_batch(name: str, dialect: str, rate: float, threads: int, count: int, fo
     shared_cooldowns().clear()
     with endpoint_process(rate, BURST, dialect, foreign) as (base_url, served):
         send, close = factory(base_url, threads)
-        latencies: list[float] = []
-        failures = 0
-        next_index = 0
-        lock = threading.Lock()
-
-        def work() -> None:
-            nonlocal next_index, failures
-            while True:
-                with lock:
-                    if next_index >= count:
-                        return
-                    next_index += 1
-                    index = next_index
-                started = time.monotonic()
-                try:
-                    ok = send(index)
-                except Exception:
-                    ok = False
-                with lock:
-                    latencies.append(time.monotonic() - started)
-                    failures += not ok
-
-        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
-        started = time.monotonic()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        wall = time.monotonic() - started
+        failures, wall, latencies = run_threads(send, count, threads)
         close()
     return Run(name, dialect, rate, threads, foreign, count, failures, wall, served, latencies)
 

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openai
+from batches import run_threads  # tests/perf/batches.py, beside this script
 
 import aicoder
 from aicoder import Config
@@ -172,27 +172,7 @@ def run_batch(proxy: Proxy, contender: str, threads: int, count: int) -> Run:
     # LiteLLM starts a window at the whole second: every batch starts just after one, so that where in its
     # second a batch happened to start does not decide which finishes first.
     time.sleep(1.05 - time.time() % 1.0)
-    failures, next_index = 0, 0
-    lock = threading.Lock()
-
-    def work() -> None:
-        nonlocal failures, next_index
-        while True:
-            with lock:
-                if next_index >= count:
-                    return
-                next_index += 1
-            ok = send()
-            with lock:
-                failures += not ok
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    wall = time.monotonic() - started
+    failures, wall, _ = run_threads(lambda _: send(), count, threads)
     close()
     return Run(contender, threads, failures, wall, proxy.counts())
 
