@@ -66,6 +66,29 @@ def test_what_remains_is_spent_then_the_rate_paces() -> None:
     assert turns(pace, 4) == pytest.approx([0.0, 0.0, 0.0, interval])
 
 
+@pytest.mark.parametrize(
+    ("coarse", "spent_at_once"),
+    [(False, True), (True, False)],
+    ids=["reset in milliseconds: spent faster", "reset in whole seconds: at the stated rate"],
+)
+def test_what_remains_of_a_rate_stated_in_whole_seconds_is_spent_at_that_rate(
+    coarse: bool, spent_at_once: bool
+) -> None:
+    """599 of 600 a minute remain. Where the server times its reset (and so its 429s) in milliseconds, they are
+    spent from the rate up; where in whole seconds (Anthropic, IETF), a refusal would cost a second: the turns
+    keep to ten a second."""
+    pace = Pace()
+    pace.next_turn(0.0, None)
+    pace.answered(1)
+    quota = Quota("requests", 600, 599, 1.0, 60.0, "bucket", "anthropic", "anthropic-ratelimit-requests-reset", coarse)
+    pace.learn(0.0, [quota], first=True, serial=1)
+    times = turns(pace, 10)
+    interval = 1 / (10 * (1 - SAFETY_MARGIN))
+    assert (times[-1] < 9 * interval * 0.9) is spent_at_once
+    if not spent_at_once:
+        assert times == pytest.approx([n * interval for n in range(10)])
+
+
 def test_an_older_answer_never_outbids_a_newer_one() -> None:
     """Answers come back out of order: what turn 1's answer says remains counts only until turn 2's is in."""
     pace = Pace()
@@ -246,6 +269,24 @@ def test_a_few_requests_between_refusals_bound_the_cut_but_measure_nothing() -> 
     assert not feedback.measured
     assert feedback.scale == Feedback.SCALE
     assert feedback.rate is not None and feedback.rate >= 5 / 0.51 * (1 - SAFETY_MARGIN) - 1e-9
+
+
+def test_after_a_refusal_the_rate_dwells_below_what_was_refused() -> None:
+    """Between two refusals, the server took 9 a second where 12 were sent: its rate lies between. The rate
+    regrows to the middle of that range and dwells there, not at the 12 a second just refused."""
+    feedback = Feedback()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        feedback.sent(at)
+    feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03)
+    sends = [0.03 + 0.5 + n / 12 for n in range(1, 13)]  # half a second idle, then 12 a second
+    for at in sends:
+        feedback.sent(at)
+    refused_at = sends[-1] + 1 / 12
+    assert feedback.refused(now=refused_at, sent_at=refused_at, granted_at=refused_at)
+    assert not feedback.measured
+    accepted = 12 / (refused_at - 0.03)
+    assert feedback.w_max == pytest.approx(math.sqrt(accepted * 12), rel=0.05)
+    assert feedback.w_max < 12 * 0.95
 
 
 def test_an_idle_spell_makes_the_accepted_count_a_floor_only() -> None:

@@ -29,7 +29,8 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   all it said remained asks, as the first turn to a new destination does
   (``Grant.probe``): the turns after it wait for its answer. A 429 for it is a
   window running out, not a rate too high: it holds until the time the server
-  states.
+  states. A rate stated with resets in whole seconds is not spent faster than
+  it states (:func:`requests_remaining`): there, a refusal costs a second.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
@@ -289,8 +290,10 @@ class Feedback:
             if saturated:  # what the server took while kept busy is its rate: go just under it, regrow around it
                 new, w_max, scale = accepted * (1 - SAFETY_MARGIN), accepted, self.MEASURED_SCALE
                 self.measured = True
-            else:  # its rate lies between what it took and what it refused: search that range geometrically
-                new = max(accepted * (1 - SAFETY_MARGIN), min(new, math.sqrt(accepted * w_max)))
+            else:  # its rate lies between what it took and what it refused: search that range geometrically,
+                # and dwell at its middle, not at the rate it just refused
+                middle = math.sqrt(accepted * w_max)
+                new, w_max = max(accepted * (1 - SAFETY_MARGIN), min(new, middle)), middle
         new = max(new, self.min_rate)
         self.w_max = max(w_max, new)
         self.scale = scale
@@ -459,7 +462,7 @@ class Pace:
         rates: dict[str, float] = {}
         for quota in quotas:
             rate = quota.rate
-            if rate and quota.window and quota.window <= MAX_PACED_WINDOW:
+            if rate and _paced(quota):
                 rates[quota.dimension] = min(rates.get(quota.dimension, math.inf), rate * (1 - SAFETY_MARGIN))
             if quota.refill == "bucket" and rate and quota.limit and quota.remaining is not None:
                 mirror = self.mirrors.get(quota.dimension)
@@ -602,14 +605,25 @@ class Pace:
 
 
 def requests_remaining(quotas: Iterable[Quota]) -> tuple[float | None, bool]:
-    """The fewest requests any of ``quotas`` says remain (``None`` if none says), and whether every quota
-    that says so is a window."""
+    """The fewest requests any of ``quotas`` says remain and may be spent faster than their rate (``None`` if
+    none says), and whether every quota that says so is a window.
+
+    A quota that states its rate and times its reset in whole seconds is spent at
+    that rate, no faster: a server that speaks in whole seconds states whole seconds
+    in its 429s too, so a refusal found by spending faster costs up to a second,
+    more than spending a slice it does not state could gain.
+    """
     said = [quota for quota in quotas if quota.dimension == "requests" and quota.remaining is not None]
-    if not said:
+    if not said or any(quota.coarse and _paced(quota) for quota in said):
         return None, False
     return min(quota.remaining for quota in said if quota.remaining is not None), all(
         quota.refill == "window" for quota in said
     )
+
+
+def _paced(quota: Quota) -> bool:
+    """Whether ``quota`` states a rate the sustained lanes pace at."""
+    return bool(quota.rate and quota.window and quota.window <= MAX_PACED_WINDOW)
 
 
 def _units(cost: RequestCost | None, dimension: str) -> float:
