@@ -100,6 +100,10 @@ def test_litellm_fixed_window_429() -> None:
     assert said(litellm({}, body)) == (9.0, "body: error.message", True)
     whole_window = {"retry-after": "10", "reset_at": reset_at, "rate_limit_type": "requests"}
     assert said(litellm(whole_window, body)) == (10.0, "retry-after", True)
+    latest = litellm(whole_window, body)
+    assert latest is not None and latest.window  # the latest time is retry-after's; reset_at says a window ran out
+    retry_after_alone = litellm({"retry-after": "10"})
+    assert retry_after_alone is not None and not retry_after_alone.window
     assert said(litellm({"llm_provider-retry-after": "12"})) == (12.0, "llm_provider-retry-after", True)
 
 

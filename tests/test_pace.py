@@ -127,6 +127,19 @@ def test_a_refusal_within_what_remained_ends_the_spending() -> None:
     assert later[2] - later[1] == pytest.approx(interval)
 
 
+def test_a_refusal_that_says_a_window_ran_out_ends_no_spending() -> None:
+    """A LiteLLM proxy said 100 remain in its window, then refused turn 4: its count ran ahead of its answers
+    (32 requests in flight), or another client spent it. The window is waited out and then spent; nothing
+    says the rate was wrong, so nothing is cut and the spending goes on."""
+    pace = Pace()
+    pace.next_turn(0.0, None)
+    pace.learn(0.0, [Quota("requests", 100, 100, None, None, "window", "litellm", "x")], serial=1)
+    turns(pace, 3)
+    assert not pace.refused(0.01, 0.0, 0.0, None, serial=4, window=True)
+    assert pace.spends and pace.rate is None
+    assert turns(pace, 3, now=1.0) == [1.0, 1.0, 1.0]
+
+
 def test_tokens_are_paced_by_each_requests_cost() -> None:
     """6,000 tokens a minute (100 a second): a 50-token request, then the next half a second later."""
     pace = Pace()

@@ -79,6 +79,21 @@ def test_what_remains_is_spent_once_by_all_processes(two_processes: tuple[Cooldo
     assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") == b"1"
 
 
+def test_a_refusal_that_says_a_window_ran_out_ends_the_spending_nowhere(
+    two_processes: tuple[Cooldowns, Cooldowns],
+) -> None:
+    """As in one process (test_pace): a 429 saying a window ran out, for a turn within what remained, leaves
+    the spending on for every process and cuts nothing."""
+    a, b = two_processes
+    window = {"x-ratelimit-api_key-limit-requests": "100", "x-ratelimit-api_key-remaining-requests": "50"}
+    a.observe(a.take_turn(KEY), 200, window)
+    spent = [(a if index % 2 else b).take_turn(KEY) for index in range(4)]
+    a.observe(spent[-1], 429, {}, ServerHint(10, "retry-after", coarse=True, window=True))
+    pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
+    assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") is None
+    assert a.shared.client.hget(pace_key, "F:rate") is None
+
+
 def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns, Cooldowns]) -> None:
     """A hint one process reads holds the first attempts of another."""
     a, b = two_processes

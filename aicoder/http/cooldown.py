@@ -489,7 +489,8 @@ class Cooldowns:
             if status == 429:
                 # Learnt before the hold: the span the hold adds says nothing of the server's rate.
                 next_token = hint.next_token if hint is not None else None
-                cut = pace.refused(now, turn.sent_at, turn.granted_at, next_token, turn.serial)
+                window = hint is not None and hint.window
+                cut = pace.refused(now, turn.sent_at, turn.granted_at, next_token, turn.serial, window)
                 held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)

@@ -26,6 +26,7 @@ leave this module, never their values.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import email.utils
 import json
@@ -108,17 +109,20 @@ def server_hint(
     cost: RequestCost | None = None,
 ) -> ServerHint | None:
     """Return the latest wait a 429's ``headers`` and ``body`` state (a floor: nothing goes before it), or
-    ``None`` when none says one usably.
+    ``None`` when none says one usably. Its ``window`` is set if any of them says a window ran out.
 
     ``headers`` must look names up case-insensitively, as ``requests``', urllib3's
     and httpx's header mappings do. ``cost`` is the refused request's estimated
     token cost: with it, a token quota's wait is the time until *this* request fits.
     ``now`` is the wall clock, for dates and Unix times.
     """
-    latest = None
+    latest, window = None, False
     for hint in _hints(headers, body, now, cost):
+        window = window or hint.window
         if latest is None or hint.seconds > latest.seconds:
             latest = hint
+    if latest is not None and window and not latest.window:
+        latest = dataclasses.replace(latest, window=True)
     return latest
 
 

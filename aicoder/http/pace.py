@@ -29,8 +29,10 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   all it said remained asks, as the first turn to a new destination does
   (``Grant.probe``): the turns after it wait for its answer. A 429 for it is a
   window running out, not a rate too high: it holds until the time the server
-  states. A rate stated with resets in whole seconds is not spent faster than
-  it states (:func:`requests_remaining`): there, a refusal costs a second.
+  states. So is any 429 that says a window ran out (LiteLLM's ``reset_at``): it
+  cuts nothing and ends no spending, and the next window is spent. A rate
+  stated with resets in whole seconds is not spent faster than it states
+  (:func:`requests_remaining`): there, a refusal costs a second.
 
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
@@ -57,7 +59,7 @@ MAX_PACED_WINDOW = 60.0
 #: Turns handed out come sooner once the feedback rate has grown this much since they were spaced (:meth:`Pace.hurry`).
 HURRY_STEP = 0.02
 #: What remains of a window is spent from a rate that would spend it all in this many seconds, doubling from there.
-SPEND_WITHIN = 1.0
+SPEND_WITHIN = 0.1
 #: The most turns a pace keeps as handed out and unanswered.
 MAX_UNANSWERED = 4096
 
@@ -526,10 +528,17 @@ class Pace:
     def cancel(self, ticket: str) -> None:
         """The turn named ``ticket`` will not be taken. Here, nothing to undo: only a sent turn is counted."""
 
-    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0) -> bool:
+    def refused(
+        self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0, window: bool = False
+    ) -> bool:
         """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
         cut the rate (see :meth:`Feedback.refused`). While what the server says remains is spent, a refusal cuts
-        nothing: within it, it ends the spending; past it, the server's window ran out."""
+        nothing: within it, it ends the spending; past it, the server's window ran out. A refusal that says a
+        ``window`` ran out (LiteLLM's) cuts nothing and ends no spending: the window is waited out, then spent.
+        """
+        if window:  # counted elsewhere too (other clients, answers out of order): the rate is not what was wrong
+            self.feedback.refusal(sent_at)
+            return False
         if self.spends and self._spend_said_by >= 0 and serial > 0:
             # Within what the server said remained, it does not let what it says be spent at once (it enforces
             # a shorter slice, or counted in another order): no longer spent. Past it, its window ran out. Either

@@ -233,8 +233,9 @@ return held
 )
 
 # KEYS: pace hash, sends zset, refusals zset. ARGV: ttl, member, sent at, granted at, samples kept, the
-# refused turn's number. Records the refusal; while what an answer said remains is spent, a refusal cuts
-# nothing, and one within it ends the spending.
+# refused turn's number, 1 if the refusal says a window ran out. Records the refusal; while what an answer
+# said remains is spent, a refusal cuts nothing, and one within it ends the spending; one that says a window
+# ran out cuts nothing and ends nothing.
 # If the request was granted its turn after the last cut, and after 'calm' (when the turns processes
 # granted themselves while Redis was away have gone), returns the state and the samples for the client to
 # compute the cut; else the state alone, to pace by.
@@ -248,8 +249,8 @@ local serial = tonumber(ARGV[6])
 local spend = redis.call('HMGET', KEYS[1], 'B:until', 'B:said', 'B:off')
 -- While what an answer said remains is spent, a refusal cuts nothing: within it, it ends the spending;
 -- past it, a window ran out.
-local past = false
-if serial > 0 and spend[2] and not spend[3] then
+local past = ARGV[7] == '1'
+if not past and serial > 0 and spend[2] and not spend[3] then
   past = true
   if serial <= tonumber(spend[1] or '0') then redis.call('HSET', KEYS[1], 'B:off', 1) end
 end
@@ -587,14 +588,17 @@ class SharedPace:
         """Withdraw the turn named ``ticket`` from the shared schedule: it was never sent."""
         self.shared.run("cancel", [self._sends], [ticket])
 
-    def refused(self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0) -> bool:
+    def refused(
+        self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0, window: bool = False
+    ) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
-        process has cut meanwhile. The local pace adopts the shared rate either way, to reschedule by."""
+        process has cut meanwhile or the refusal says a ``window`` ran out (:meth:`Pace.refused`). The local pace
+        adopts the shared rate either way, to reschedule by."""
         answer = None
         if self._offset is not None:
             keys = [self._pace, self._sends, self._refusals]
             remote = [sent_at + self._offset, granted_at + self._offset]
-            refusal = [self.shared.TTL, _member(), *remote, self.shared.SAMPLES, serial]
+            refusal = [self.shared.TTL, _member(), *remote, self.shared.SAMPLES, serial, int(window)]
             answer = self.shared.run("refuse", keys, refusal)
         if answer is None:
             if self._alone and (self.local.feedback.rate is not None or self.local.lanes):
@@ -602,7 +606,7 @@ class SharedPace:
                 # about the turns the others took as about its own, which are a fraction of them: it cuts nothing.
                 self.local.feedback.refusal(sent_at)
                 return False
-            return self.local.refused(now, sent_at, granted_at, hint)
+            return self.local.refused(now, sent_at, granted_at, hint, window=window)
         self.local.feedback.refusal(sent_at)
         remote_now, stored = float(answer[1]), _pairs(answer[2])
         state = {name: float(stored[field]) for name, field in _STATE_FIELDS.items() if field in stored}
