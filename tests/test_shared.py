@@ -19,7 +19,8 @@ from aicoder.http.adapter import retrying_session
 from aicoder.http.cooldown import Cooldowns, destination_key
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN
-from aicoder.http.shared import SharedPaces
+from aicoder.http.shared import SharedPace, SharedPaces
+from aicoder.http.tokens import RequestCost
 from aicoder.testing import RateLimitedEndpoint
 from tests.redis_server import redis_server
 
@@ -92,6 +93,34 @@ def test_a_refusal_that_says_a_window_ran_out_ends_the_spending_nowhere(
     pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
     assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") is None
     assert a.shared.client.hget(pace_key, "F:rate") is None
+
+
+def test_turns_spent_at_once_are_spaced_by_their_tokens_when_the_spending_ends(
+    two_processes: tuple[Cooldowns, Cooldowns],
+) -> None:
+    """As in one process (test_pace): four turns of 50 tokens spent at once behind a hold, then a refusal within
+    what remained. The next reschedule spaces them by the token lane (100 a second: half a second each), not
+    by the requests lane's 10 ms."""
+    a, _ = two_processes
+    tokens = {
+        **PER_MINUTE,
+        "x-ratelimit-remaining-requests": "50",
+        "x-ratelimit-limit-tokens": "6000",
+        "x-ratelimit-remaining-tokens": "6000",
+        "x-ratelimit-reset-tokens": "1ms",
+    }
+    a.observe(a.take_turn(KEY), 200, tokens)
+    pace = a.pace(KEY)
+    assert isinstance(pace, SharedPace)
+    now = time.monotonic()
+    pace.hold(now + 0.5, now)
+    grants = [pace.next_turn(now, RequestCost(20, 30)) for _ in range(4)]
+    assert not pace.refused(now, now, now, 0.01, serial=grants[0].serial)  # within what remained: spending ends
+    assert pace.hold(now + 0.6, now)  # the hold moves: the turns to come are rescheduled
+    assert a.shared is not None
+    scores = a.shared.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [grant.ticket for grant in grants])
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sorted(float(score) for score in scores))]
+    assert min(gaps) >= 50 / 100 * 0.95
 
 
 def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns, Cooldowns]) -> None:

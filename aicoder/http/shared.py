@@ -76,16 +76,39 @@ local function reschedule(now)
   local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
   local rate = tonumber(redis.call('HGET', KEYS[1], 'F:rate') or '0')
   local interval = rate > 0 and 1 / rate or 0
-  -- once what remained is no longer spent, the turns granted while it was go at the requests lane's rate too
+  -- once what remained is no longer spent, the turns granted while it was go at every lane's rate too: one
+  -- request apart on the requests lane, the previous turn's tokens (named in its ticket) apart on the others
+  local relane = redis.call('HGET', KEYS[1], 'B:off')
   local lane = tonumber(redis.call('HGET', KEYS[1], 'L:requests:rate') or '0')
-  local step = (lane > 0 and redis.call('HGET', KEYS[1], 'B:off')) and 1 / lane or 0
+  local step = (lane > 0 and relane) and 1 / lane or 0
+  local token_lanes = {}
+  if relane then
+    for index, dimension in ipairs({'tokens', 'input-tokens', 'output-tokens'}) do
+      local token_rate = tonumber(redis.call('HGET', KEYS[1], 'L:' .. dimension .. ':rate') or '0')
+      if token_rate > 0 then table.insert(token_lanes, {dimension, token_rate, index}) end
+    end
+  end
   local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
-  local last = nil
+  local last, last_costs = nil, {0, 0, 0}
   for i = 1, #turns, 2 do
     local at = math.max(tonumber(turns[i + 1]), hold)
-    if last then at = math.max(at, last + math.max(interval, step)) end
+    if last then
+      at = math.max(at, last + math.max(interval, step))
+      for _, token_lane in ipairs(token_lanes) do
+        at = math.max(at, last + last_costs[token_lane[3]] / token_lane[2])
+      end
+    end
     redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i])
     last = at
+    local t, input, output = string.match(turns[i], '|([%d.]+)|([%d.]+)|([%d.]+)$')
+    last_costs = {tonumber(t or '0'), tonumber(input or '0'), tonumber(output or '0')}
+  end
+  for _, token_lane in ipairs(token_lanes) do
+    local field = 'L:' .. token_lane[1] .. ':tat'
+    local after = last and last + last_costs[token_lane[3]] / token_lane[2]
+    if after and after > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
+      redis.call('HSET', KEYS[1], field, string.format('%.17g', after))
+    end
   end
   local tat = tonumber(redis.call('HGET', KEYS[1], 'F:tat') or '0')
   if last and interval > 0 and last + interval > tat then
@@ -466,7 +489,7 @@ class SharedPace:
         with self._lock:
             if self._alone:  # cut off: all that is known goes with each try, for a Redis that lost it
                 self._told, self._told_at = self._known(now), now
-            ticket, told, regrowths = _member(), self._told_since(now), self._regrowths
+            ticket, told, regrowths = _ticket(tokens), self._told_since(now), self._regrowths
             self._regrowths = 0
         answer = self.shared.run(
             "reserve",
@@ -676,6 +699,11 @@ _STATE_FIELDS = {
 def _member() -> str:
     """A unique member for a sample in a sorted set."""
     return uuid.uuid4().hex[:16]
+
+
+def _ticket(tokens: Sequence[int]) -> str:
+    """A turn's member in the schedule: unique, and naming its token costs, which a reschedule spaces by."""
+    return "|".join([_member(), *map(str, tokens)])
 
 
 def _pairs(raw: list[Any]) -> dict[str, str]:
