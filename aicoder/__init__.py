@@ -7,6 +7,7 @@ HTTP names never import openai (they live in :mod:`aicoder.http`).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # from the installed package's metadata: one version, in pyproject.toml
+        return importlib.metadata.version("aicoder")
     if name not in _WHERE:
         raise AttributeError(f"module 'aicoder' has no attribute {name!r}")
     return getattr(importlib.import_module(_WHERE[name]), name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import sys
@@ -57,6 +58,7 @@ def _build_parser() -> _ArgumentParser:
         description="LLM API calls that survive HTTP 429, with linear-backoff retries.",
         epilog="Settings come from LLM_RETRY_* and the API key variables, in the environment or .env.",
     )
+    parser.add_argument("--version", action="version", version=f"aicoder {importlib.metadata.version('aicoder')}")
     chatter = parser.add_mutually_exclusive_group()
     chatter.add_argument(
         "-v",
@@ -173,7 +175,7 @@ def _build_parser() -> _ArgumentParser:
 
 #: The retry flags, with the variable each one sets, and what it allows.
 _RETRY_FLAGS = {
-    "--count": ("count", "LLM_RETRY_COUNT", COUNT, "retries after the first attempt"),
+    "--retries": ("count", "LLM_RETRY_COUNT", COUNT, "retries after the first attempt"),
     "--min": ("min_delay", "LLM_RETRY_MIN_DELAY", DELAY, "first wait, seconds"),
     "--max": ("max_delay", "LLM_RETRY_MAX_DELAY", DELAY, "last and largest wait of the schedule, seconds"),
     "--max-hint": ("max_hint", "LLM_RETRY_MAX_HINT", HINT_CAP, "longest server hint waited for, seconds"),
@@ -182,6 +184,13 @@ _RETRY_FLAGS = {
 MAX_CONCURRENCY = 1000
 #: The most processes ``simulate`` starts, for the same reason.
 MAX_PROCESSES = 64
+
+
+def _efficiency(result: SimulationResult) -> str:
+    """A batch that lost requests has no efficiency: it says how many it lost instead."""
+    if result.failed:
+        return f"n/a ({result.failed} lost)"
+    return f"{result.efficiency:.0%}" if result.efficiency is not None else "n/a"
 
 
 def _add_retry_flags(parser: argparse.ArgumentParser) -> None:
@@ -433,7 +442,7 @@ def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple
         ("retries", lambda r: f"{r.retries}"),
         ("wall time", lambda r: f"{r.wall_seconds:.2f} s"),
         ("ideal time", lambda r: f"{r.ideal_seconds:.2f} s"),
-        ("efficiency", lambda r: f"{r.efficiency:.0%}" if r.completed_ideal_seconds else "n/a"),
+        ("efficiency", _efficiency),
     ]
     if len(results) > 1:
         print("  " + " " * 14 + "".join(f" {label:>18}" for label, _ in results))
@@ -447,7 +456,7 @@ def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple
     elif args.dialect == "litellm-unenforced":
         ideal = "0 (nothing is enforced)"
     print(
-        f"ideal time = {ideal}; efficiency = the ideal time of the requests that succeeded / wall time; "
+        f"ideal time = {ideal}; efficiency = ideal time / wall time, for a batch that lost no request; "
         "sent early = requests that reached the endpoint before a time one of its 429s stated"
     )
     for label, result in results:

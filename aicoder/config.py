@@ -257,7 +257,7 @@ class Config:
 
         A variable that is unset or empty keeps its default. A missing
         ``env_file`` is fine; ``env_file=None`` skips it. ``overrides`` maps a
-        variable to ``(value, origin)``, such as ``("3", "from --count")``, and wins
+        variable to ``(value, origin)``, such as ``("3", "from --retries")``, and wins
         over both: a variable it sets is not read from elsewhere. Raises
         :class:`ConfigError` naming the variable, its value and what is allowed.
         """

@@ -180,10 +180,11 @@ class LoggingHook:
     def on_give_up(self, details: GiveUpDetails) -> None:
         hint = f"; the server asked for {details.hint:.3g} s" if details.hint is not None else ""
         log.warning(
-            "Rate limited (429) on %s %s; giving up after %d attempts (%s)%s",
+            "Rate limited (429) on %s %s; giving up after %d attempt%s (%s)%s",
             details.method,
             details.url,
             details.attempts,
+            "" if details.attempts == 1 else "s",
             details.reason,
             hint,
             extra={"origin": details.origin, "attempts": details.attempts, "reason": details.reason},

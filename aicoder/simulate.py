@@ -53,12 +53,12 @@ class SimulationResult:
     completed_ideal_seconds: float = 0.0
 
     @property
-    def efficiency(self) -> float:
-        """Ideal time for the requests that succeeded over wall time: 1.0 is exactly at the rate limit.
-
-        Failed requests count for nothing: a batch whose requests fail early is not efficient.
-        """
-        return self.completed_ideal_seconds / self.wall_seconds if self.wall_seconds > 0 else 1.0
+    def efficiency(self) -> float | None:
+        """Ideal time over wall time: 1.0 is exactly at the rate limit. ``None`` for a batch that lost requests,
+        which is not a fraction of anything, or one whose ideal time is 0 (nothing enforced)."""
+        if self.failed or not self.completed_ideal_seconds or self.wall_seconds <= 0:
+            return None
+        return self.completed_ideal_seconds / self.wall_seconds
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form ``aicoder simulate --json`` prints."""
@@ -71,7 +71,7 @@ class SimulationResult:
             "retries": self.retries,
             "wall_seconds": round(self.wall_seconds, 3),
             "ideal_seconds": round(self.ideal_seconds, 3),
-            "efficiency": round(self.efficiency, 3),
+            "efficiency": round(self.efficiency, 3) if self.efficiency is not None else None,
             "latency_p50_seconds": round(_percentile(self.latencies, 50), 3),
             "latency_p99_seconds": round(_percentile(self.latencies, 99), 3),
             "first_error": self.first_error,

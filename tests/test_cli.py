@@ -38,23 +38,23 @@ def test_schedule_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 def test_schedule_flags_override(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Flags override the loaded settings one by one."""
     monkeypatch.setenv("LLM_RETRY_MAX_DELAY", "10")
-    assert main(["schedule", "--count", "3", "--min", "1"]) == 0
+    assert main(["schedule", "--retries", "3", "--min", "1"]) == 0
     out = capsys.readouterr().out
     assert [line.split()[1] for line in out.splitlines() if line.strip()[:1].isdigit()] == ["1", "5.5", "10"]
 
 
 def test_schedule_zero_count(capsys: pytest.CaptureFixture[str]) -> None:
-    """--count 0 says there is no retry."""
-    assert main(["schedule", "--count", "0"]) == 0
+    """--retries 0 says there is no retry."""
+    assert main(["schedule", "--retries", "0"]) == 0
     assert "no retries" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["schedule", "--count", "-1"],
-        ["schedule", "--count", "100000000"],  # once ran on with growing memory
-        ["schedule", "--count", "\u0663"],  # int() reads an Arabic-Indic 3 as 3
+        ["schedule", "--retries", "-1"],
+        ["schedule", "--retries", "100000000"],  # once ran on with growing memory
+        ["schedule", "--retries", "\u0663"],  # int() reads an Arabic-Indic 3 as 3
         ["schedule", "--max", "1e10"],
         ["schedule", "--max-hint", "86401"],
         ["schedule", "--min", "x"],
@@ -78,9 +78,9 @@ def test_min_above_max_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_flag_replaces_a_bad_variable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--count`` given, a bad LLM_RETRY_COUNT in the environment is not read at all."""
+    """``--retries`` given, a bad LLM_RETRY_COUNT in the environment is not read at all."""
     monkeypatch.setenv("LLM_RETRY_COUNT", "lots")
-    assert main(["schedule", "--count", "2"]) == 0
+    assert main(["schedule", "--retries", "2"]) == 0
     assert "LLM_RETRY_COUNT=2" in capsys.readouterr().out
 
 
@@ -183,10 +183,11 @@ def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
 def test_simulate_exhausted_budget_exits_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Uncoordinated, with no retries allowed and a strict limit, failures are counted, shown, and exit 1."""
     monkeypatch.setenv("LLM_RETRY_COORDINATE", "false")
-    argv = ["simulate", "--rate", "1", "--burst", "1", "--requests", "3", "--concurrency", "3", "--count", "0"]
+    argv = ["simulate", "--rate", "1", "--burst", "1", "--requests", "3", "--concurrency", "3", "--retries", "0"]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert summary_rows(captured.out)["failed"] == "2"
+    assert summary_rows(captured.out)["efficiency"] == "n/a (2 lost)"  # a batch that lost requests has none
     assert "first failure (result): openrouter rate limit (HTTP 429)" in captured.out
     assert "Traceback" not in captured.err
 
@@ -240,7 +241,7 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_dash_m_runs_the_cli() -> None:
     """``python -m aicoder`` is the same command."""
     result = subprocess.run(
-        [sys.executable, "-m", "aicoder", "schedule", "--count", "2"], capture_output=True, text=True
+        [sys.executable, "-m", "aicoder", "schedule", "--retries", "2"], capture_output=True, text=True
     )
     assert result.returncode == 0
     assert "worst case: 3 attempts, 32 s of waiting" in result.stdout

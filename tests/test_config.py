@@ -123,10 +123,10 @@ def test_env_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 
 def test_overrides_win_and_hide_a_bad_environment_value() -> None:
     """A value from the command line replaces the variable: a bad one in the environment no longer matters."""
-    config = Config.load(environ={"LLM_RETRY_COUNT": "lots"}, overrides={"LLM_RETRY_COUNT": ("3", "from --count")})
+    config = Config.load(environ={"LLM_RETRY_COUNT": "lots"}, overrides={"LLM_RETRY_COUNT": ("3", "from --retries")})
     assert config.retry_count == 3
-    with pytest.raises(ConfigError, match=r"LLM_RETRY_COUNT='300' \(from --count\)"):
-        Config.load(environ={}, overrides={"LLM_RETRY_COUNT": ("300", "from --count")})
+    with pytest.raises(ConfigError, match=r"LLM_RETRY_COUNT='300' \(from --retries\)"):
+        Config.load(environ={}, overrides={"LLM_RETRY_COUNT": ("300", "from --retries")})
 
 
 def test_frozen_and_keys_hidden_from_repr() -> None:

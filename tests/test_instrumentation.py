@@ -92,6 +92,16 @@ def test_giving_up_reaches_the_hooks() -> None:
     assert [(g.attempts, g.reason, g.hint) for g in recorder.give_ups] == [(2, "retries exhausted", None)]
 
 
+@pytest.mark.parametrize(("count", "said"), [(0, "giving up after 1 attempt ("), (1, "giving up after 2 attempts (")])
+def test_the_give_up_line_counts_attempts_in_english(count: int, said: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One attempt is "1 attempt", not "1 attempts"."""
+    set_hooks([LoggingHook()])
+    with scripted_server(rate_limited()) as server, pytest.raises(RateLimitError):
+        send(server.url, count=count)
+    (line,) = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert said in line
+
+
 def test_a_hook_that_raises_is_logged_once_and_breaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
     """A broken hook is reported once; the request still succeeds, and the other hooks still run."""
 

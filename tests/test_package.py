@@ -1,8 +1,7 @@
-"""The package's boundaries: what imports what, and old import paths that still work."""
+"""The package's boundaries: what imports what, and what it says of itself."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 
@@ -10,16 +9,6 @@ import pytest
 
 import aicoder
 import aicoder.http
-
-OLD_PATHS = {
-    "aicoder.llm.retry": ("LinearBackoffAdapter", "aicoder.http.policy and aicoder.http.adapter"),
-    "aicoder.llm.cooldown": ("Cooldowns", "aicoder.http.cooldown"),
-    "aicoder.llm.hints": ("server_hint", "aicoder.http.hints"),
-    "aicoder.llm.schedule": ("linear_delays", "aicoder.http.schedule"),
-    "aicoder.llm.transport": ("RequestsTransport", "aicoder.http.transport"),
-    "aicoder.llm.waiting": ("instant_waits", "aicoder.http.waiting"),
-    "aicoder.llm.redaction": ("safe_url", "aicoder.http.redaction"),
-}
 
 
 def imported_modules(code: str) -> set[str]:
@@ -64,11 +53,12 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         aicoder.Nope  # noqa: B018
 
 
-@pytest.mark.parametrize(("old", "name_and_new"), OLD_PATHS.items())
-def test_old_module_paths_still_import_and_say_where_it_went(old: str, name_and_new: tuple[str, str]) -> None:
-    """A moved module still imports from its old path, with a DeprecationWarning naming the new one."""
-    name, new = name_and_new
-    sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
-        module = importlib.import_module(old)
-    assert getattr(module, name) is not None
+def test_the_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    """``aicoder.__version__`` and ``aicoder --version`` both say what pyproject.toml says, as installed."""
+    from importlib.metadata import version
+
+    from aicoder.cli import main
+
+    assert aicoder.__version__ == version("aicoder")
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"aicoder {version('aicoder')}\n"

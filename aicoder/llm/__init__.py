@@ -1,1 +1,2 @@
-"""Talking to LLM APIs: the retry policy, the adapter, the SDK bridge, the providers and the client."""
+"""Talking to LLM APIs: the providers, the client that picks one, and its errors. The retrying they rely
+on lives below, in :mod:`aicoder.http`."""
