@@ -8,6 +8,7 @@ import multiprocessing
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from aicoder.config import Config, ConfigError
 from aicoder.http.adapter import retrying_session
 from aicoder.http.cooldown import Cooldowns, destination_key
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import SAFETY_MARGIN
+from aicoder.http.pace import SAFETY_MARGIN, Pace
 from aicoder.http.shared import SharedPace, SharedPaces
 from aicoder.http.tokens import RequestCost
 from aicoder.testing import RateLimitedEndpoint
@@ -121,6 +122,19 @@ def test_turns_spent_at_once_are_spaced_by_their_tokens_when_the_spending_ends(
     scores = a.shared.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [grant.ticket for grant in grants])
     gaps = [later - earlier for earlier, later in itertools.pairwise(sorted(float(score) for score in scores))]
     assert min(gaps) >= 50 / 100 * 0.95
+
+
+def test_a_turn_never_comes_before_the_time_redis_gave_it(redis_url: str) -> None:
+    """Redis reckons a turn's wait on its clock, during the call. The wait counts from when the answer arrived
+    here, not from before the call: a slow round trip (here, half a second) makes the turn later, never earlier."""
+    shared = SharedPaces(redis_url)
+    try:
+        slow = SharedPace(shared, KEY, Pace(), threading.Lock(), clock=lambda: time.monotonic() + 0.5)
+        asked_at = time.monotonic()
+        grant = slow.next_turn(asked_at, None)
+        assert grant.at >= asked_at + 0.5
+    finally:
+        shared.close()
 
 
 def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns, Cooldowns]) -> None:

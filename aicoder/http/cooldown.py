@@ -487,11 +487,12 @@ class Cooldowns:
                 # Only an answer that was no refusal tells what remains to be spent.
                 pace.learn(now, quotas, first, turn.serial if status < 400 else -1)
             if status == 429:
-                # Learnt before the hold: the span the hold adds says nothing of the server's rate.
+                # The hold first: where the pace is shared, other processes follow it from then on. The refusal
+                # measures the server from the sends since the hold before it, which the new one leaves as it was.
+                held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 next_token = hint.next_token if hint is not None else None
                 window = hint is not None and hint.window
                 cut = pace.refused(now, turn.sent_at, turn.granted_at, next_token, turn.serial, window)
-                held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)
                 if cut:
@@ -545,7 +546,9 @@ class Cooldowns:
     def _add(self, key: DestinationKey) -> _Destination:
         # The first request to a new destination is the probe; others wait for its answer.
         pace = Pace(self.min_rate)
-        destination = _Destination(key, pace if self.shared is None else SharedPace(self.shared, key, pace, self._lock))
+        destination = _Destination(
+            key, pace if self.shared is None else SharedPace(self.shared, key, pace, self._lock, self._clock)
+        )
         self._destinations[key] = destination
         while len(self._destinations) > self.max_destinations:
             _, evicted = self._destinations.popitem(last=False)

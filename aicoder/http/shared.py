@@ -17,8 +17,8 @@ turns from one schedule:
   recorded, and written only if no other process cut meanwhile (compare and set).
 - **Turns follow holds and cuts made elsewhere.** A hold or a cut reschedules
   every process's turns to come, in the same script. A thread whose turn comes
-  asks whether it moved (one small call, at most every ``FOLLOW_EVERY`` seconds
-  per process and destination), and sleeps on if it did.
+  after a wait asks whether it moved (one small call), and sleeps on if it did:
+  a hold made elsewhere a moment before is a floor here too.
 - **Keys** are ``aicoder:{fingerprint}:…``: the hash tag keeps a destination's
   keys in one slot of a Redis Cluster. Every script renews their TTL, so an
   idle destination leaves nothing behind, and a worker that crashes holds
@@ -40,8 +40,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aicoder.http.pace import Feedback, Grant, Pace, requests_remaining
@@ -262,9 +263,9 @@ return held
 # If the request was granted its turn after the last cut, and after 'calm' (when the turns processes
 # granted themselves while Redis was away have gone), returns the state and the samples for the client to
 # compute the cut; else the state alone, to pace by.
-_REFUSE = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+_REFUSE = (
+    _FUNCTIONS
+    + """
 redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
@@ -275,7 +276,10 @@ local spend = redis.call('HMGET', KEYS[1], 'B:until', 'B:said', 'B:off')
 local past = ARGV[7] == '1'
 if not past and serial > 0 and spend[2] and not spend[3] then
   past = true
-  if serial <= tonumber(spend[1] or '0') then redis.call('HSET', KEYS[1], 'B:off', 1) end
+  if serial <= tonumber(spend[1] or '0') then
+    redis.call('HSET', KEYS[1], 'B:off', 1)
+    reschedule(now)  -- the turns handed out while spending go through the lanes now
+  end
 end
 local cut = tonumber(redis.call('HGET', KEYS[1], 'F:cut') or '-1e308')
 local calm = tonumber(redis.call('HGET', KEYS[1], 'calm') or '-1e308')
@@ -285,6 +289,7 @@ end
 return {1, string.format('%.17g', now), redis.call('HGETALL', KEYS[1]),
         redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
 """
+)
 
 # KEYS: pace hash, sends zset. ARGV: ttl, the cut the client computed from (or '' for none), then
 # field/value pairs. Writes them only if no other client cut meanwhile, and reschedules the turns to come.
@@ -439,10 +444,17 @@ class SharedPace:
 
     REMOTE = True
     #: A waiting turn asks, when it comes, whether another process's hold or cut moved it, unless this
-    #: process asked less than this many seconds before.
-    FOLLOW_EVERY = 0.05
+    #: process asked less than this many seconds before: every time, since a hold is a floor for every process.
+    FOLLOW_EVERY = 0.0
 
-    def __init__(self, shared: SharedPaces, key: DestinationKey, local: Pace, lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        shared: SharedPaces,
+        key: DestinationKey,
+        local: Pace,
+        lock: threading.Lock,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.shared = shared
         self.local = local
         #: Guards ``local`` and what waits to go with the next reservation: the Cooldowns' lock, which it
@@ -450,7 +462,10 @@ class SharedPace:
         self._lock = lock
         tag = f"aicoder:{{{key.fingerprint}}}"
         self._pace, self._sends, self._refusals = f"{tag}:pace", f"{tag}:sends", f"{tag}:refusals"
-        self._offset: float | None = None  # Redis's time minus this process's
+        self._clock = clock
+        #: Redis's time minus this process's, read when an answer has arrived: a time in Redis converts to one
+        #: here no earlier than it is, so a turn never comes before the time Redis gave it.
+        self._offset: float | None = None
         #: What answers told since the last reservation, and when; and the successes the feedback rate held
         #: back meanwhile. They go to Redis with the next reservation.
         self._told: list[tuple[str, float, str]] = []
@@ -506,12 +521,13 @@ class SharedPace:
             wait, held_back, remote_now = float(answer[0]), bool(int(answer[1])), float(answer[2])
             serial, probe = int(answer[4]), bool(int(answer[5]))
             self.local.awaiting(serial)
-            self._offset = remote_now - now
+            arrived = self._clock()  # the wait counts from when Redis reckoned it, which is no later than this
+            self._offset = remote_now - arrived
             self._shared_rate = float(answer[3]) or None
             seed = self._rejoin(now) if self._alone else None
         if seed:
             self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *seed])
-        return Grant(now + wait, held_back, ticket, serial, probe)
+        return Grant(arrived + wait, held_back, ticket, serial, probe)
 
     def _go_alone(self, now: float) -> None:
         """Redis is gone: from now on, this process takes only its share of every rate, its
