@@ -385,9 +385,13 @@ def test_limits_in_the_first_answer_skip_slow_start() -> None:
     spending.learn(0.0, [per_minute("requests", 60000, 60000, 0.001)], first=True, serial=1)
     assert spending.feedback.slow_start == 0.0
     assert spending.feedback.slow_from == pytest.approx(1000 * (1 - SAFETY_MARGIN))
-    window = Pace()  # all of a window is there until it resets: it is spent from all of it within a second up
+    window = Pace()  # all of a window is there until it resets: it is spent from all of it within SPEND_WITHIN up
     window.learn(0.0, [Quota("requests", 100, 99, None, None, "window", "litellm", "x")], first=True, serial=1)
     assert window.feedback.slow_from == pytest.approx(99 / SPEND_WITHIN)
+    # A count with no reset (a LiteLLM router's declared limit) says nothing of a bucket refilling: a budget
+    budget = Pace()
+    budget.learn(0.0, [Quota("requests", 600, 599, None, 60.0, "bucket", "openai", "x")], first=True, serial=1)
+    assert budget.feedback.slow_from == pytest.approx(599 / SPEND_WITHIN)
 
 
 def test_a_hold_moves_turns_already_handed_out() -> None:

@@ -615,7 +615,8 @@ class Pace:
 
 def requests_remaining(quotas: Iterable[Quota]) -> tuple[float | None, bool]:
     """The fewest requests any of ``quotas`` says remain and may be spent faster than their rate (``None`` if
-    none says), and whether every quota that says so is a window.
+    none says), and whether all of it is there at once: every quota that says so is a window, or says nothing
+    of a reset (a count, such as a LiteLLM router's, with no bucket refilling behind it).
 
     A quota that states its rate and times its reset in whole seconds is spent at
     that rate, no faster: a server that speaks in whole seconds states whole seconds
@@ -626,7 +627,7 @@ def requests_remaining(quotas: Iterable[Quota]) -> tuple[float | None, bool]:
     if not said or any(quota.coarse and _paced(quota) for quota in said):
         return None, False
     return min(quota.remaining for quota in said if quota.remaining is not None), all(
-        quota.refill == "window" for quota in said
+        quota.refill == "window" or quota.reset is None for quota in said
     )
 
 
