@@ -101,10 +101,17 @@ def test_litellm_fixed_window_429() -> None:
     whole_window = {"retry-after": "10", "reset_at": reset_at, "rate_limit_type": "requests"}
     assert said(litellm(whole_window, body)) == (10.0, "retry-after", True)
     latest = litellm(whole_window, body)
-    assert latest is not None and latest.window  # the latest time is retry-after's; reset_at says a window ran out
+    assert latest is not None and latest.window_ran_out  # the latest is retry-after's; reset_at says it ran out
     retry_after_alone = litellm({"retry-after": "10"})
-    assert retry_after_alone is not None and not retry_after_alone.window
+    assert retry_after_alone is not None and not retry_after_alone.window_ran_out
     assert said(litellm({"llm_provider-retry-after": "12"})) == (12.0, "llm_provider-retry-after", True)
+
+
+def test_an_exhausted_quota_is_no_window_that_ran_out() -> None:
+    """OpenRouter's X-RateLimit-* on a 429 read as a window (the reset is a time), but nothing says the window is
+    fixed and all that was wrong: the refusal may still say the rate is too high, and cut it."""
+    found = hint(X_RateLimit_Limit="5", X_RateLimit_Remaining="0", X_RateLimit_Reset=str(int((NOW + 0.2) * 1000)))
+    assert found is not None and found.window and not found.window_ran_out
 
 
 @pytest.mark.parametrize("zero", ["0", "0.0"])

@@ -472,3 +472,18 @@ def test_turns_spent_at_once_are_put_through_the_lanes_when_the_server_refuses_o
     step = 5 / (10 * (1 - SAFETY_MARGIN))
     assert moved[1] - moved[0] == pytest.approx(step)
     assert pace.reschedule(moved) == moved  # once: turns granted through the lanes are not put through again
+
+
+def test_turns_put_through_the_lanes_keep_the_first_ones_time() -> None:
+    """Three turns spent at once behind a hold, then a refusal: they go through the requests lane from the first
+    one's time, not from one step after the last of them (which would count them twice)."""
+    pace = Pace()
+    pace.next_turn(0.0, None)
+    pace.answered(1)
+    pace.learn(0.0, [per_minute("requests", 600, 100, 1.0)], serial=1)
+    pace.hold(1.0, 0.0)
+    spent = [pace.next_turn(0.0, None).at for _ in range(3)]
+    assert spent == [1.0, 1.0, 1.0]
+    pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
+    interval = 1 / (10 * (1 - SAFETY_MARGIN))
+    assert pace.reschedule(spent) == pytest.approx([1.0, 1.0 + interval, 1.0 + 2 * interval])

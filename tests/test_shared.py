@@ -90,7 +90,7 @@ def test_a_refusal_that_says_a_window_ran_out_ends_the_spending_nowhere(
     window = {"x-ratelimit-api_key-limit-requests": "100", "x-ratelimit-api_key-remaining-requests": "50"}
     a.observe(a.take_turn(KEY), 200, window)
     spent = [(a if index % 2 else b).take_turn(KEY) for index in range(4)]
-    a.observe(spent[-1], 429, {}, ServerHint(10, "retry-after", coarse=True, window=True))
+    a.observe(spent[-1], 429, {}, ServerHint(10, "retry-after", coarse=True, window_ran_out=True))
     pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
     assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") is None
     assert a.shared.client.hget(pace_key, "F:rate") is None

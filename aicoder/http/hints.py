@@ -79,7 +79,9 @@ class ServerHint:
     ``retry_at`` the wall-clock time it names (Unix seconds). ``coarse`` marks a
     whole-second value the server may have rounded. ``window`` marks the reset of
     a window (after it, the whole window is there again), not the time a bucket's
-    next token comes.
+    next token comes. ``window_ran_out`` is set when the 429 says outright that a
+    fixed window ran out (LiteLLM's ``reset_at``, or "Limit resets at" in its body),
+    whichever of its times is the latest: then the rate was not what was wrong.
     """
 
     seconds: float
@@ -88,6 +90,7 @@ class ServerHint:
     coarse: bool = False
     retry_at: float | None = None
     window: bool = False
+    window_ran_out: bool = False
 
     @property
     def next_token(self) -> float | None:
@@ -109,20 +112,20 @@ def server_hint(
     cost: RequestCost | None = None,
 ) -> ServerHint | None:
     """Return the latest wait a 429's ``headers`` and ``body`` state (a floor: nothing goes before it), or
-    ``None`` when none says one usably. Its ``window`` is set if any of them says a window ran out.
+    ``None`` when none says one usably. Its ``window_ran_out`` is set if any of them says so.
 
     ``headers`` must look names up case-insensitively, as ``requests``', urllib3's
     and httpx's header mappings do. ``cost`` is the refused request's estimated
     token cost: with it, a token quota's wait is the time until *this* request fits.
     ``now`` is the wall clock, for dates and Unix times.
     """
-    latest, window = None, False
+    latest, ran_out = None, False
     for hint in _hints(headers, body, now, cost):
-        window = window or hint.window
+        ran_out = ran_out or hint.window_ran_out
         if latest is None or hint.seconds > latest.seconds:
             latest = hint
-    if latest is not None and window and not latest.window:
-        latest = dataclasses.replace(latest, window=True)
+    if latest is not None and ran_out and not latest.window_ran_out:
+        latest = dataclasses.replace(latest, window_ran_out=True)
     return latest
 
 
@@ -151,12 +154,15 @@ def _hints(
 
     reset_at = _utc_time(headers.get("reset_at") or "", wall)
     if reset_at:
-        yield ServerHint(reset_at, "reset_at", "litellm", coarse=True, retry_at=wall + reset_at, window=True)
+        yield ServerHint(
+            reset_at, "reset_at", "litellm", coarse=True, retry_at=wall + reset_at, window=True, window_ran_out=True
+        )
 
     said = _BodySays.read(body, wall)
     if said.hint is not None:
         seconds, source, dialect, coarse = said.hint
-        yield ServerHint(seconds, source, dialect, coarse, wall + seconds, window=dialect == "litellm")
+        litellm = dialect == "litellm"
+        yield ServerHint(seconds, source, dialect, coarse, wall + seconds, window=litellm, window_ran_out=litellm)
 
     quotas = read_quotas(headers, lambda: wall)
     if said.headers:

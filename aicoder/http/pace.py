@@ -508,6 +508,9 @@ class Pace:
         moved: list[float] = []
         interval = 1 / self.feedback.rate if self.feedback.rate else 0.0
         relane, self._relane = self._relane, False
+        if relane and times:  # the lanes stood one step after the last turn spent: these turns among them
+            for lane in self.lanes.values():
+                lane.tat = min(lane.tat, times[0])
         for index, at in enumerate(times):
             at = max(at, self.held_until, moved[-1] + interval if moved else at)
             if relane:
