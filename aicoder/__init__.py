@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from aicoder.config import Config, ConfigError
     from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
     from aicoder.http.async_transport import AsyncLinearBackoffTransport
+    from aicoder.http.classic_httpx import async_httpx_client, httpx_client
     from aicoder.http.clients import async_http_client, http_client
-    from aicoder.http.cooldown import Cooldowns, shared_cooldowns
+    from aicoder.http.cooldown import Cooldowns, default_cooldowns
     from aicoder.http.hints import ServerHint, server_hint
     from aicoder.http.policy import LinearRetry, Wait
     from aicoder.http.schedule import linear_delay, linear_delays
@@ -38,13 +39,15 @@ _WHERE = {
     "ServerHint": "aicoder.http.hints",
     "Wait": "aicoder.http.policy",
     "async_http_client": "aicoder.http.clients",
+    "async_httpx_client": "aicoder.http.classic_httpx",
     "http_client": "aicoder.http.clients",
+    "httpx_client": "aicoder.http.classic_httpx",
     "instant_waits": "aicoder.http.waiting",
     "linear_delay": "aicoder.http.schedule",
     "linear_delays": "aicoder.http.schedule",
     "retrying_session": "aicoder.http.adapter",
     "server_hint": "aicoder.http.hints",
-    "shared_cooldowns": "aicoder.http.cooldown",
+    "default_cooldowns": "aicoder.http.cooldown",
 }
 __all__ = [
     "AsyncLinearBackoffTransport",
@@ -60,13 +63,15 @@ __all__ = [
     "ServerHint",
     "Wait",
     "async_http_client",
+    "async_httpx_client",
+    "default_cooldowns",
     "http_client",
+    "httpx_client",
     "instant_waits",
     "linear_delay",
     "linear_delays",
     "retrying_session",
     "server_hint",
-    "shared_cooldowns",
 ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aicoder.http.cooldown import shared_cooldowns
+from aicoder.http.cooldown import default_cooldowns
 
 _PREFIXES = ("LLM_", "OPENAI_", "OPENROUTER_")
 
@@ -20,6 +20,6 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
         if name.startswith(_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    shared_cooldowns().clear()
+    default_cooldowns().clear()
     yield
-    shared_cooldowns().clear()
+    default_cooldowns().clear()

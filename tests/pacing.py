@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from aicoder.http.cooldown import Cooldowns, DestinationKey, Turn
+from aicoder.http.cooldown import Cooldowns, Turn
+from aicoder.http.destinations import DestinationKey
 from aicoder.http.pace import Pace
 
 

@@ -23,8 +23,9 @@ import pytest
 from aicoder import LLMClient, RateLimitError, async_http_client, http_client, instant_waits
 from aicoder.config import Config
 from aicoder.http.async_transport import AsyncLinearBackoffTransport
-from aicoder.http.cooldown import Cooldowns, destination_key, shared_cooldowns
-from aicoder.http.shared import SharedPaces
+from aicoder.http.cooldown import Cooldowns, default_cooldowns
+from aicoder.http.destinations import destination_key
+from aicoder.http.redis_pace import RedisPaces
 from aicoder.http.transport import RETRY_EXTENSION
 from aicoder.llm.errors import LLMError
 from aicoder.testing import RateLimitedEndpoint
@@ -141,7 +142,7 @@ async def test_asendrequest_fails_with_the_same_error_as_sendrequest(model: str)
         client = clients(f"{server.url}/v1", model)
         with pytest.raises(RateLimitError) as sync_error:
             await asyncio.to_thread(client.sendRequest, "s", "u")
-        shared_cooldowns().clear()  # the second starts from nothing known, as the first did
+        default_cooldowns().clear()  # the second starts from nothing known, as the first did
         with pytest.raises(RateLimitError) as async_error:
             await client.asendRequest("s", "u")
         await client.aclose()
@@ -279,7 +280,7 @@ async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:
     # A loop blocked by the hold would lag 0.2 s. The first tick also waits while 256 tasks take their turns,
     # which takes tens of milliseconds on a loaded machine.
     assert max(lags) < 0.12
-    assert min(turn.sent_at for turn in turns[1:]) >= pace.held_until - 0.2 + 0.19
+    assert min(turn.due for turn in turns[1:]) >= pace.held_until - 0.2 + 0.19
 
 
 async def test_the_built_in_endpoint_serves_async_tests(
@@ -305,9 +306,9 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 async def test_a_cancelled_turn_is_withdrawn_from_redis(redis_url: str) -> None:
-    shared = SharedPaces(redis_url)
+    shared = RedisPaces(redis_url)
     try:
-        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
         key = destination_key("https://api.test", {"authorization": f"Bearer {KEY}"})
         cooldowns.observe(cooldowns.take_turn(key), 200, {})
         pace = cooldowns.pace(key)
@@ -328,10 +329,10 @@ async def test_a_cancelled_turn_is_withdrawn_from_redis(redis_url: str) -> None:
 
 async def test_async_requests_take_their_turns_from_redis(redis_url: str) -> None:
     """Through a shared pace, a hold learnt by the sync adapter holds async requests of another 'process'."""
-    shared = SharedPaces(redis_url)
+    shared = RedisPaces(redis_url)
     try:
         with scripted_server(completion(), rate_limited({"retry-after-ms": "300"}), completion()) as server:
-            transport = AsyncLinearBackoffTransport(FAST, cooldowns=Cooldowns(shared=shared, probe_timeout=0.01))
+            transport = AsyncLinearBackoffTransport(FAST, cooldowns=Cooldowns(redis=shared, probe_timeout=0.01))
             started = time.monotonic()
             async with openai.AsyncOpenAI(
                 api_key=KEY,

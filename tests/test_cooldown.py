@@ -14,7 +14,8 @@ import requests
 
 from aicoder.config import Config
 from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
-from aicoder.http.cooldown import Cooldowns, DestinationKey, destination_key, shared_cooldowns
+from aicoder.http.cooldown import Cooldowns, default_cooldowns
+from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN
 from aicoder.testing import RateLimitedEndpoint
@@ -349,9 +350,9 @@ def test_coordination_can_be_switched_off() -> None:
         session = requests.Session()
         session.mount("http://", adapter)
         _send(session, endpoint, [])
-    assert len(shared_cooldowns()) == 0
+    assert len(default_cooldowns()) == 0
 
 
 def test_adapters_share_the_process_cooldowns_by_default() -> None:
     """Two adapters built separately coordinate through the same object."""
-    assert LinearBackoffAdapter(Config()).cooldowns is LinearBackoffAdapter(Config()).cooldowns is shared_cooldowns()
+    assert LinearBackoffAdapter(Config()).cooldowns is LinearBackoffAdapter(Config()).cooldowns is default_cooldowns()

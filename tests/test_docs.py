@@ -47,10 +47,16 @@ def test_every_test_named_in_reliability_md_exists() -> None:
     assert sorted(name for name in named if f"def {name}(" not in sources) == []
 
 
-API_EXAMPLES = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), flags=re.DOTALL)
+API_EXAMPLES = [
+    (page, example)
+    for page in ("api.md", "integrations.md")
+    for example in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.DOTALL)
+]
 
 
-@pytest.mark.parametrize("example", API_EXAMPLES, ids=[f"example-{n}" for n in range(len(API_EXAMPLES))])
-def test_every_api_example_runs(example: str) -> None:
-    """Each example in docs/api.md runs as it is, against the built-in endpoint."""
-    exec(compile(example, "docs/api.md", "exec"), {})
+@pytest.mark.parametrize(
+    ("page", "example"), API_EXAMPLES, ids=[f"{page}-{n}" for n, (page, _) in enumerate(API_EXAMPLES)]
+)
+def test_every_api_example_runs(page: str, example: str) -> None:
+    """Each example in docs/api.md and docs/integrations.md runs as it is, against the built-in endpoint."""
+    exec(compile(example, f"docs/{page}", "exec"), {})

@@ -1,7 +1,7 @@
 """A time the server states is a floor: no request, retry or first attempt, goes before it, on any path.
 
 One table of real 429 formats, in headers and in bodies, runs through the adapter, the SDK bridge, the
-asyncio transport and the pace in Redis. Waits are recorded, not slept
+asyncio transport, the pace in Redis, and classic httpx clients, sync and async. Waits are recorded, not slept
 (:func:`aicoder.testing.instant_waits`): a request that would go early shows a wait shorter than the time
 the server stated.
 """
@@ -25,7 +25,9 @@ from requests.structures import CaseInsensitiveDict
 from aicoder import async_http_client, http_client, instant_waits
 from aicoder.config import Config
 from aicoder.http.adapter import retrying_session
-from aicoder.http.cooldown import Cooldowns, DestinationKey
+from aicoder.http.classic_httpx import async_httpx_client, httpx_client
+from aicoder.http.cooldown import Cooldowns
+from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import server_hint
 from aicoder.http.policy import LinearRetry
 from tests.redis_server import redis_server
@@ -212,11 +214,31 @@ def _async(base_url: str, config: Config) -> Callable[[], None]:
     return lambda: asyncio.run(send())
 
 
+def _httpx(base_url: str, config: Config) -> Callable[[], None]:
+    client = httpx_client(config)
+
+    def send() -> None:
+        assert client.post(f"{base_url}/chat/completions", json={"messages": MESSAGES}).status_code == 200
+
+    return send
+
+
+def _async_httpx(base_url: str, config: Config) -> Callable[[], None]:
+    async def send() -> None:
+        async with async_httpx_client(config) as client:
+            answer = await client.post(f"{base_url}/chat/completions", json={"messages": MESSAGES})
+            assert answer.status_code == 200
+
+    return lambda: asyncio.run(send())
+
+
 PATHS: dict[str, Callable[[str, Config], Callable[[], None]]] = {
     "adapter": _adapter,
     "bridge": _bridge,
     "asyncio": _async,
     "redis": _adapter,
+    "classic httpx": _httpx,
+    "classic httpx, asyncio": _async_httpx,
 }
 
 

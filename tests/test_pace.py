@@ -6,6 +6,8 @@ import itertools
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, SPEND_WITHIN, Feedback, Lane, Pace
 from aicoder.http.quotas import Quota
@@ -487,3 +489,57 @@ def test_turns_put_through_the_lanes_keep_the_first_ones_time() -> None:
     pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
     assert pace.reschedule(spent) == pytest.approx([1.0, 1.0 + interval, 1.0 + 2 * interval])
+
+
+# --- invariants, on generated histories ---
+
+_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("turn"), st.floats(0, 0.2)),
+        st.tuples(st.just("hold"), st.floats(0, 0.2), st.floats(0.001, 2)),
+        st.tuples(st.just("refuse"), st.floats(0, 0.2), st.floats(0.001, 1)),
+        st.tuples(st.just("accept"), st.floats(0, 0.2), st.booleans()),
+        st.tuples(st.just("learn"), st.floats(0, 0.2), st.integers(0, 50)),
+    ),
+    max_size=40,
+)
+
+
+def _lived(events: list[tuple[object, ...]]) -> tuple[Pace, float, list[float]]:
+    """A pace after ``events``, the time they end at, and the turns it handed out that are still to come."""
+    pace, now, handed = Pace(), 0.0, []
+    for kind, step, *args in events:
+        now += float(step)  # type: ignore[arg-type]
+        if kind == "turn":
+            grant = pace.next_turn(now, None)
+            handed.append(grant.at)
+            pace.sent(grant.at)
+        elif kind == "hold":
+            pace.hold(now + float(args[0]), now)  # type: ignore[arg-type]
+        elif kind == "refuse":
+            pace.refused(now, now, now, float(args[0]), serial=pace.serial)  # type: ignore[arg-type]
+        elif kind == "accept":
+            pace.accepted(now, bool(args[0]), now)
+        else:
+            pace.learn(now, [per_minute("requests", 600, float(args[0]), 1.0)], serial=pace.serial)  # type: ignore[arg-type]
+    return pace, now, sorted(at for at in handed if at > now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_EVENTS)
+def test_a_reschedule_never_moves_a_turn_earlier(events: list[tuple[object, ...]]) -> None:
+    pace, _, pending = _lived(events)
+    moved = pace.reschedule(pending)
+    assert all(after >= before for before, after in zip(pending, moved, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_EVENTS)
+def test_a_hurry_never_moves_a_turn_later_nor_before_the_hold(events: list[tuple[object, ...]]) -> None:
+    pace, _, pending = _lived(events)
+    if pace.feedback.rate is None or pace.feedback.lane is None:
+        return  # nothing to hurry to: the feedback rate alone paces a hurried destination
+    moved = pace.hurry(pending)
+    for before, after in zip(pending, moved, strict=True):
+        assert after <= before
+        assert after == before or after >= pace.held_until

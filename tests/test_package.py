@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +64,35 @@ def test_the_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixtu
     assert aicoder.__version__ == version("aicoder")
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"aicoder {version('aicoder')}\n"
+
+
+def test_the_retry_policy_depends_on_a_leaf_for_the_current_turn_not_on_the_pace() -> None:
+    """``LinearRetry`` finds the request's turn in :mod:`aicoder.http.turns`: importing it imports no pace."""
+    modules = imported_modules("import aicoder.http.policy")
+    assert "aicoder.http.turns" in modules
+    assert not {"aicoder.http.cooldown", "aicoder.http.pace", "aicoder.http.redis_pace"} & modules
+
+
+def test_no_module_of_the_package_imports_one_that_imports_it() -> None:
+    """The import graph has no cycle, type-only imports included."""
+    graph: dict[str, set[str]] = {}
+    root = Path(aicoder.__file__).parent
+    for path in root.rglob("*.py"):
+        module = ".".join(("aicoder", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("aicoder"):
+                names = {f"{node.module}.{alias.name}" for alias in node.names}
+                imported |= (names & {f"aicoder.http.{name}" for name in ("turns", "waiting")}) or {node.module}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("aicoder")}
+        graph[module] = imported - {module}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})) for nxt in graph.get(start, ())
+        )
+
+    packages = {"aicoder", "aicoder.http", "aicoder.llm", "aicoder.testing"}  # their __init__ re-export lazily
+    cycles = sorted(module for module in graph if module not in packages and reaches(module, module, set()))
+    assert cycles == []

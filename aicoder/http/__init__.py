@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
     from aicoder.http.async_transport import AsyncLinearBackoffTransport
+    from aicoder.http.classic_httpx import AsyncHttpxTransport, HttpxTransport, async_httpx_client, httpx_client
     from aicoder.http.clients import async_http_client, http_client
-    from aicoder.http.cooldown import Cooldowns, shared_cooldowns
+    from aicoder.http.cooldown import Cooldowns, default_cooldowns
     from aicoder.http.hints import ServerHint, server_hint
     from aicoder.http.policy import LinearRetry, Wait
     from aicoder.http.quotas import Quota, read_quotas
@@ -37,18 +38,24 @@ _WHERE = {
     "ServerHint": "hints",
     "Wait": "policy",
     "async_http_client": "clients",
+    "async_httpx_client": "classic_httpx",
     "http_client": "clients",
+    "httpx_client": "classic_httpx",
+    "HttpxTransport": "classic_httpx",
+    "AsyncHttpxTransport": "classic_httpx",
     "instant_waits": "waiting",
     "linear_delay": "schedule",
     "linear_delays": "schedule",
     "read_quotas": "quotas",
     "retrying_session": "adapter",
     "server_hint": "hints",
-    "shared_cooldowns": "cooldown",
+    "default_cooldowns": "cooldown",
 }
 __all__ = [
+    "AsyncHttpxTransport",
     "AsyncLinearBackoffTransport",
     "Cooldowns",
+    "HttpxTransport",
     "LinearBackoffAdapter",
     "LinearRetry",
     "Quota",
@@ -56,14 +63,16 @@ __all__ = [
     "ServerHint",
     "Wait",
     "async_http_client",
+    "async_httpx_client",
+    "default_cooldowns",
     "http_client",
+    "httpx_client",
     "instant_waits",
     "linear_delay",
     "linear_delays",
     "read_quotas",
     "retrying_session",
     "server_hint",
-    "shared_cooldowns",
 ]
 
 

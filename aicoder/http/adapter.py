@@ -16,8 +16,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from aicoder.config import REQUEST_TIMEOUT, Config, check, check_bool
-from aicoder.http.cooldown import Cooldowns, Turn, destination_key, shared_cooldowns
+from aicoder.http import turns
+from aicoder.http.cooldown import Cooldowns, default_cooldowns
 from aicoder.http.deadline import AttemptLimit, DeadlineHTTPConnectionPool, DeadlineHTTPSConnectionPool, current_limit
+from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 
 __all__ = [
@@ -60,7 +62,7 @@ class LinearBackoffAdapter(HTTPAdapter):
 
     With ``coordinate`` (the default), every request, first attempt or retry,
     waits for its turn at its destination in ``cooldowns`` (default: the
-    process-wide :func:`~aicoder.http.cooldown.shared_cooldowns`), so threads and
+    process-wide :func:`~aicoder.http.cooldown.default_cooldowns`), so threads and
     sessions calling the same API with the same key back off together.
     """
 
@@ -92,9 +94,9 @@ class LinearBackoffAdapter(HTTPAdapter):
         return manager
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled adapters coordinate through this process's :func:`shared_cooldowns`."""
+        """Unpickled adapters coordinate through this process's :func:`default_cooldowns`."""
         super().__setstate__(state)  # type: ignore[misc]  # defined by requests, missing from its stubs
-        self.cooldowns = shared_cooldowns(self.redis_url) if self.coordinate else None
+        self.cooldowns = default_cooldowns(self.redis_url) if self.coordinate else None
 
     def send(
         self,
@@ -143,14 +145,14 @@ class LinearBackoffAdapter(HTTPAdapter):
         cooldowns = self.cooldowns
         key = destination_key(request.url or "", request.headers)
         turn = cooldowns.take_turn(key, body=request.body, max_wait=self.retry.max_hint)
-        token = turn.enter()
+        token = turns.enter(turn)
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
         except BaseException:
             cooldowns.failed(turn)
             raise
         finally:
-            Turn.leave(token)
+            turns.leave(token)
         # A 429 has already been observed, hint and all, by LinearRetry.increment, which urllib3
         # runs for every 429, the last one included.
         if response.status_code not in LinearRetry.RETRY_STATUSES:
@@ -215,7 +217,7 @@ class TransportSettings(NamedTuple):
             if request_timeout is None
             else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
         )
-        chosen = (options.get("cooldowns") or shared_cooldowns(redis_url)) if coordinate else None
+        chosen = (options.get("cooldowns") or default_cooldowns(redis_url)) if coordinate else None
         return cls(retry, coordinate, redis_url, chosen, timeout)
 
 

@@ -24,9 +24,10 @@ from urllib3 import HTTPHeaderDict, HTTPResponse
 from urllib3.exceptions import MaxRetryError
 
 from aicoder.config import Config
-from aicoder.http import waiting
+from aicoder.http import turns, waiting
 from aicoder.http.adapter import TransportOptions, TransportSettings
-from aicoder.http.cooldown import Turn, destination_key
+from aicoder.http.cooldown import Turn
+from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import NO_SDK_RETRY, RETRY_EXTENSION, WAITS_EXTENSION, sdk_retry_guard
 
@@ -134,12 +135,12 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
 
 def _increment(retry: LinearRetry, request: httpx2.Request, answer: HTTPResponse, turn: Turn | None) -> LinearRetry:
     """Run the policy's own ``increment()`` on a 429, in ``turn``, as urllib3 runs it for the adapter."""
-    token = turn.enter() if turn is not None else None
+    token = turns.enter(turn) if turn is not None else None
     try:
         return retry.increment(request.method, str(request.url), response=answer)
     finally:
         if token is not None:
-            Turn.leave(token)
+            turns.leave(token)
 
 
 def _as_urllib3(request: httpx2.Request, response: httpx2.Response, content: bytes | None) -> HTTPResponse:

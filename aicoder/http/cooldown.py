@@ -32,73 +32,29 @@ asyncio code takes its turns with the ``a``-prefixed twins (:meth:`Cooldowns.ata
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar, Token
-from typing import NamedTuple, TypeVar
-from urllib.parse import urlsplit
-
-from requests.structures import CaseInsensitiveDict
+from typing import TypeVar
 
 from aicoder.http import waiting
+from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import Grant, Pace
 from aicoder.http.quotas import read_quotas
-from aicoder.http.shared import SharedPace, SharedPaces
+from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
 from aicoder.instrumentation import HoldDetails, holding
 
-__all__ = ["Cooldowns", "DestinationKey", "Turn", "destination_key", "shared_cooldowns"]
+__all__ = ["Cooldowns", "Turn", "default_cooldowns"]
 
 log = logging.getLogger(__name__)
 
 #: The quotas of answers other than 429s are read at most this often per destination, in seconds.
 LEARN_INTERVAL = 0.05
-#: Request headers that carry credentials; their values are hashed into the key, never kept.
-CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
-#: The key of the credentials' hash. Fixed, not random per process, so that every process computes the same
-#: fingerprint for the same key and shares one pace through Redis; see :func:`destination_key`.
-_FINGERPRINT_KEY = b"aicoder destination fingerprint v1"
-
-
-class DestinationKey(NamedTuple):
-    """Where requests go and on whose account: the origin, and a keyed hash of the origin and the credentials,
-    which names the destination in Redis."""
-
-    origin: str
-    fingerprint: str
-
-
-def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
-    """Return the key for ``url``'s origin and the credentials in ``headers``.
-
-    The origin and the credentials are hashed with keyed BLAKE2b: the key tells
-    two API keys (and one key at two origins) apart but reveals neither. The hash key is fixed rather than random per
-    process, so that processes sharing a pace through Redis agree on it; what
-    Redis holds is that fingerprint, never a key. Someone who can read Redis and
-    already holds a candidate key could confirm it; guessing one is hopeless, as
-    API keys carry well over 128 bits of randomness.
-    """
-    parts = urlsplit(url)
-    if not isinstance(headers, CaseInsensitiveDict):
-        headers = CaseInsensitiveDict(headers)
-    return _key(parts.scheme, parts.netloc, tuple([headers.get(name) or "" for name in CREDENTIAL_HEADERS]))
-
-
-@functools.lru_cache(maxsize=256)
-def _key(scheme: str, netloc: str, credentials: tuple[str, ...]) -> DestinationKey:
-    # Cached: every request to an API carries the same origin and key. (The cache holds the credentials
-    # themselves, in memory only, as requests' own session and the caller already do.)
-    origin = f"{scheme}://{netloc.rpartition('@')[2].lower()}"
-    named = "\n".join((origin, *credentials)).encode()
-    fingerprint = hashlib.blake2b(named, key=_FINGERPRINT_KEY, digest_size=12).hexdigest()
-    return DestinationKey(origin, fingerprint)
 
 
 class _Destination:
@@ -106,7 +62,7 @@ class _Destination:
 
     __slots__ = ("first_answer", "followed_at", "hurried", "key", "learned_at", "pace", "pending", "probing")
 
-    def __init__(self, key: DestinationKey, pace: Pace | SharedPace) -> None:
+    def __init__(self, key: DestinationKey, pace: Pace | RedisPace) -> None:
         self.key = key
         self.pace = pace
         #: When the quotas of an answer were last read, and pending turns last asked if they moved (monotonic).
@@ -129,10 +85,10 @@ class Turn:
         "_cost",
         "cooldowns",
         "destination",
+        "due",
         "granted_at",
         "held_back",
         "queued",
-        "sent_at",
         "serial",
         "ticket",
     )
@@ -140,8 +96,9 @@ class Turn:
     def __init__(self, cooldowns: Cooldowns, destination: _Destination, body: object = None) -> None:
         self.cooldowns = cooldowns
         self.destination = destination
-        #: When the current attempt was granted its turn, and when the turn came (monotonic seconds).
-        self.granted_at = self.sent_at = 0.0
+        #: When the current attempt was granted its turn, and when that turn is due: scheduled then, and moved
+        #: by holds, cuts and hurries until it comes, when the attempt goes (monotonic seconds).
+        self.granted_at = self.due = 0.0
         #: Whether the destination's feedback rate, not its other limits, set the current attempt's turn.
         self.held_back = False
         #: What names the current attempt's turn where the pace is kept, if not in this process; its number there.
@@ -152,23 +109,13 @@ class Turn:
         self._body = body
         self._cost: RequestCost | bool | None = False
 
-    def enter(self) -> Token[Turn | None]:
-        """Make this the turn of the request being sent in this thread, until :meth:`leave`.
+    def observe(self, status: int, headers: Mapping[str, str], hint: ServerHint | None) -> None:
+        """Learn from the answer to this attempt (:meth:`Cooldowns.observe`)."""
+        self.cooldowns.observe(self, status, headers, hint)
 
-        The adapter does so around each send, so that the retry policy, which urllib3
-        runs in the same thread, paces the retries through the same turn.
-        """
-        return _current.set(self)
-
-    @staticmethod
-    def leave(token: Token[Turn | None]) -> None:
-        """Undo the :meth:`enter` that gave ``token``."""
-        _current.reset(token)
-
-    @staticmethod
-    def current() -> Turn | None:
-        """The turn of the request being sent in this thread, if a coordinating adapter sends it."""
-        return _current.get()
+    def wait(self, delay: float, max_wait: float) -> float:
+        """Sleep ``delay``, then until this retry's turn comes (:meth:`Cooldowns.wait_turn`)."""
+        return self.cooldowns.wait_turn(self, delay=delay, max_wait=max_wait)
 
     @property
     def paced(self) -> bool:
@@ -192,7 +139,7 @@ class Cooldowns:
     first). ``clock`` and ``sleep`` are injectable so the rules can be tested
     without waiting (``asleep`` for the asyncio twins). ``min_rate`` is the slowest
     pace that 429s alone can impose.
-    With ``shared`` (:class:`~aicoder.http.shared.SharedPaces`), every destination's
+    With ``redis`` (:class:`~aicoder.http.redis_pace.RedisPaces`), every destination's
     pace lives in Redis, shared with every process that uses the same Redis.
     """
 
@@ -205,9 +152,9 @@ class Cooldowns:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = waiting.sleep,
         asleep: Callable[[float], Awaitable[None]] = waiting.asleep,
-        shared: SharedPaces | None = None,
+        redis: RedisPaces | None = None,
     ) -> None:
-        self.shared = shared
+        self.redis = redis
         self.max_destinations = max_destinations
         self.probe_timeout = probe_timeout
         self.min_rate = min_rate
@@ -229,7 +176,7 @@ class Cooldowns:
                     destination.first_answer.set()
             self._destinations.clear()
 
-    def pace(self, key: DestinationKey) -> Pace | SharedPace | None:
+    def pace(self, key: DestinationKey) -> Pace | RedisPace | None:
         """What is known of ``key``'s pace, or ``None`` if nothing is (for inspection and tests)."""
         with self._lock:
             destination = self._destinations.get(key)
@@ -293,7 +240,7 @@ class Cooldowns:
         with self._lock:
             # The common case, decided under one lock: the turn is now.
             if self._reserve(turn, cost, max_wait) <= 0:
-                turn.destination.pace.sent(turn.sent_at)
+                turn.destination.pace.sent(turn.due)
                 return True
         return False
 
@@ -394,7 +341,7 @@ class Cooldowns:
             if every is not None and now > start and now - destination.followed_at >= every:
                 destination.followed_at = now
                 self._reschedule(destination, now, followed=True)
-            target = turn.sent_at
+            target = turn.due
             if target > now:
                 return target, destination.hurried
             destination.pending.discard(turn)
@@ -460,12 +407,12 @@ class Cooldowns:
         """
         destination = turn.destination
         turn.granted_at = now
-        turn.sent_at, turn.held_back, turn.ticket, turn.serial = grant.at, grant.held_back, grant.ticket, grant.serial
+        turn.due, turn.held_back, turn.ticket, turn.serial = grant.at, grant.held_back, grant.ticket, grant.serial
         if grant.probe and destination.first_answer is None:
             destination.first_answer, destination.probing = waiting.Signal(), turn
-        if turn.sent_at > now:
+        if turn.due > now:
             destination.pending.add(turn)
-        return turn.sent_at - now
+        return turn.due - now
 
     def observe(self, turn: Turn, status: int, headers: Mapping[str, str], hint: ServerHint | None = None) -> None:
         """Learn from the answer to ``turn``'s latest attempt: its quotas, and for a 429 its hint.
@@ -492,7 +439,7 @@ class Cooldowns:
                 held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 next_token = hint.next_token if hint is not None else None
                 window = hint is not None and hint.window_ran_out
-                cut = pace.refused(now, turn.sent_at, turn.granted_at, next_token, turn.serial, window)
+                cut = pace.refused(now, turn.due, turn.granted_at, next_token, turn.serial, window)
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)
                 if cut:
@@ -503,7 +450,7 @@ class Cooldowns:
                     )
                 if (held or cut) and destination.pending:
                     self._reschedule(destination, now)
-            elif status < 400 and pace.accepted(now, turn.held_back, turn.sent_at) and destination.pending:
+            elif status < 400 and pace.accepted(now, turn.held_back, turn.due) and destination.pending:
                 self._hurry(destination, now)
             pace.answered(turn.serial)
             self._answered(destination, turn)
@@ -521,19 +468,19 @@ class Cooldowns:
         pending = _waiting(destination, now, including_now=followed)
         pace = destination.pace
         costs = [turn.cost if pace.counts_tokens else None for turn in pending]
-        times = pace.reschedule([turn.sent_at for turn in pending], [turn.ticket for turn in pending], costs)
+        times = pace.reschedule([turn.due for turn in pending], [turn.ticket for turn in pending], costs)
         for turn, at in zip(pending, times, strict=True):
-            if not followed or at != turn.sent_at:
-                turn.sent_at, turn.granted_at = at, now
+            if not followed or at != turn.due:
+                turn.due, turn.granted_at = at, now
 
     @staticmethod
     def _hurry(destination: _Destination, now: float) -> None:
         """Bring the turns not yet due forward to a rate that has grown, and wake their sleepers. Lock held."""
         pace = destination.pace
-        assert isinstance(pace, Pace)  # a shared pace never asks for a hurry (SharedPace.accepted)
+        assert isinstance(pace, Pace)  # a shared pace never asks for a hurry (RedisPace.accepted)
         pending = _waiting(destination, now)
-        for turn, at in zip(pending, pace.hurry([turn.sent_at for turn in pending]), strict=True):
-            turn.sent_at, turn.granted_at = at, now
+        for turn, at in zip(pending, pace.hurry([turn.due for turn in pending]), strict=True):
+            turn.due, turn.granted_at = at, now
         hurried, destination.hurried = destination.hurried, waiting.Signal()
         hurried.set()
 
@@ -547,7 +494,7 @@ class Cooldowns:
         # The first request to a new destination is the probe; others wait for its answer.
         pace = Pace(self.min_rate)
         destination = _Destination(
-            key, pace if self.shared is None else SharedPace(self.shared, key, pace, self._lock, self._clock)
+            key, pace if self.redis is None else RedisPace(self.redis, key, pace, self._lock, self._clock)
         )
         self._destinations[key] = destination
         while len(self._destinations) > self.max_destinations:
@@ -567,28 +514,24 @@ class Cooldowns:
 
 def _waiting(destination: _Destination, now: float, *, including_now: bool = False) -> list[Turn]:
     """``destination``'s pending turns due after ``now`` (or at it, ``including_now``), soonest first. Lock held."""
-    due = [turn for turn in destination.pending if turn.sent_at > now or (including_now and turn.sent_at == now)]
-    return sorted(due, key=lambda turn: turn.sent_at)
+    due = [turn for turn in destination.pending if turn.due > now or (including_now and turn.due == now)]
+    return sorted(due, key=lambda turn: turn.due)
 
 
 _T = TypeVar("_T")
-_shared: dict[str | None, Cooldowns] = {None: Cooldowns()}
-_shared_lock = threading.Lock()
+_defaults: dict[str | None, Cooldowns] = {None: Cooldowns()}
+_defaults_lock = threading.Lock()
 
 
-def shared_cooldowns(redis_url: str | None = None) -> Cooldowns:
+def default_cooldowns(redis_url: str | None = None) -> Cooldowns:
     """The process-wide :class:`Cooldowns` every :class:`~aicoder.http.adapter.LinearBackoffAdapter` uses by default.
 
     With ``redis_url``, the one that shares every pace through that Redis
-    (:mod:`aicoder.http.shared`), connected on first use.
+    (:mod:`aicoder.http.redis_pace`), connected on first use.
     """
-    with _shared_lock:
-        cooldowns = _shared.get(redis_url)
+    with _defaults_lock:
+        cooldowns = _defaults.get(redis_url)
         if cooldowns is None:
             assert redis_url is not None  # the in-process one is always there
-            cooldowns = _shared[redis_url] = Cooldowns(shared=SharedPaces(redis_url))
+            cooldowns = _defaults[redis_url] = Cooldowns(redis=RedisPaces(redis_url))
         return cooldowns
-
-
-#: The turn of the request being sent in this thread (see :meth:`Turn.enter`).
-_current: ContextVar[Turn | None] = ContextVar("aicoder_current_turn", default=None)

@@ -34,6 +34,23 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   stated with resets in whole seconds is not spent faster than it states
   (:func:`requests_remaining`): there, a refusal costs a second.
 
+What the feedback knows of the server's rate goes through four states:
+
+- *unknown*: nothing has been said or refused; the first request asks alone.
+- *slow start*: its answer said nothing of the limits, or said what remains:
+  turns ramp up from a starting rate, doubling (:meth:`Feedback.start_slowly`).
+- *paced*: a 429 ended slow start with a cut, or quotas state the rate; the
+  lanes and the feedback rate (regrowing along CUBIC's curve) space the turns.
+- *measured*: a cut found what the server took while kept busy
+  (``Feedback.measured``); the rate dwells just under it and searches gently.
+
+A state moves only forward, except that a new destination starts unknown.
+
+The turns handed out keep two invariants, whatever moves them:
+
+- a reschedule (a hold, a cut, the end of spending) never moves a turn earlier;
+- a hurry (the feedback rate regrew) never moves one later, nor before the hold.
+
 Each lane is GCRA (:class:`Lane`). Times are monotonic seconds. A :class:`Pace`
 is not thread-safe: :class:`~aicoder.http.cooldown.Cooldowns` guards it.
 """

@@ -21,8 +21,7 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import RequestHistory, Retry
 
 from aicoder.config import Config, check_count, check_delay, check_delay_range, check_hint_cap
-from aicoder.http import waiting
-from aicoder.http.cooldown import Turn
+from aicoder.http import turns, waiting
 from aicoder.http.hints import MAX_BODY, ServerHint, server_hint
 from aicoder.http.redaction import safe_url
 from aicoder.http.schedule import linear_delay
@@ -187,12 +186,12 @@ class LinearRetry(Retry):
 
         if response.retries is None:  # urllib3 records it; `responses` does not
             response.retries = self
-        turn = Turn.current()
+        turn = turns.current()
         body = read_small_body(response) if self.respect_retry_after_header else None
         hint = self.hint(response.headers, body, turn.cost if turn is not None else None)
         too_long = hint is not None and hint.seconds > self.max_hint
         if turn is not None:  # tell every request bound for this destination, not only this one
-            turn.cooldowns.observe(turn, response.status, response.headers, None if too_long else hint)
+            turn.observe(response.status, response.headers, None if too_long else hint)
         where = _display_url(url, _pool)
         if hint is not None and too_long:
             attempts = len(self.history) + 1
@@ -221,12 +220,12 @@ class LinearRetry(Retry):
         """
         if not self.waits:
             return
-        turn = Turn.current()
+        turn = turns.current()
         seconds = self.waits[-1].seconds
         if turn is None:
             waiting.sleep(seconds)
         else:
-            seconds = turn.cooldowns.wait_turn(turn, delay=seconds, max_wait=self.max_hint)
+            seconds = turn.wait(seconds, self.max_hint)
         waited = retry_waits.get()
         if waited is not None:
             waited.append(seconds)

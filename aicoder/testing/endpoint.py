@@ -393,7 +393,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._read_body()
-        if self.path.split("?", 1)[0] != COMPLETIONS_PATH:
+        # OpenAI's path, under any prefix: Groq serves it at /openai/v1/chat/completions.
+        if not self.path.split("?", 1)[0].endswith(COMPLETIONS_PATH):
             self._error(404, f"no such endpoint; POST {COMPLETIONS_PATH}", "not_found")
             return
         try:
@@ -487,8 +488,8 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
     stated = 0.0
     if dialect in ("openai", "openai-tokens"):
         headers = {
-            "x-ratelimit-limit-requests": f"{request_limit:g}",
-            "x-ratelimit-limit-tokens": f"{tokens.minute.burst:g}",
+            "x-ratelimit-limit-requests": f"{request_limit:.0f}",
+            "x-ratelimit-limit-tokens": f"{tokens.minute.burst:.0f}",
             "x-ratelimit-remaining-requests": str(requests_left),
             "x-ratelimit-remaining-tokens": str(math.floor(levels["tokens-minute"])),
             "x-ratelimit-reset-requests": _duration(requests_full_in),
@@ -510,7 +511,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
             ("requests", requests.minute, levels["requests-minute"], requests_full_in),
             ("tokens", tokens.minute, levels["tokens-minute"], tokens.minute.until_full(levels["tokens-minute"])),
         ):
-            headers[f"anthropic-ratelimit-{name}-limit"] = f"{limit_.burst:g}"
+            headers[f"anthropic-ratelimit-{name}-limit"] = f"{limit_.burst:.0f}"
             headers[f"anthropic-ratelimit-{name}-remaining"] = str(math.floor(left_))
             headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(now + full_in)
         body = {
@@ -526,7 +527,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         stated = math.ceil(wait)
     elif dialect == "github":
         headers = {
-            "x-ratelimit-limit": f"{request_limit:g}",
+            "x-ratelimit-limit": f"{request_limit:.0f}",
             "x-ratelimit-remaining": str(requests_left),
             "x-ratelimit-used": f"{request_limit - requests_left:g}",
             "x-ratelimit-reset": str(math.ceil(now + requests_full_in)),
@@ -541,7 +542,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         stated = math.ceil(wait)
     elif dialect == "ietf":
         headers = {
-            "RateLimit-Policy": f'"minute";q={request_limit:g};w=60',
+            "RateLimit-Policy": f'"minute";q={request_limit:.0f};w=60',
             "RateLimit": f'"minute";r={requests_left};t={math.ceil(requests_full_in)}',
         }
         if not verdict.allowed:
@@ -549,7 +550,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         stated = math.ceil(wait)
     elif dialect == "openrouter" and not verdict.allowed:
         headers = {
-            "X-RateLimit-Limit": f"{endpoint.burst:g}",
+            "X-RateLimit-Limit": f"{endpoint.burst:.0f}",
             "X-RateLimit-Remaining": str(math.floor(levels["requests"])),
             "X-RateLimit-Reset": str(math.ceil((now + wait) * 1000)),
         }

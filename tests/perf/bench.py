@@ -44,7 +44,7 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_increme
 from urllib3.util.retry import Retry
 
 from aicoder import Config, LLMClient, retrying_session
-from aicoder.http.cooldown import shared_cooldowns
+from aicoder.http.cooldown import default_cooldowns
 from aicoder.http.tokens import estimate_cost
 from aicoder.simulate import ideal_seconds
 from aicoder.testing import RateLimitedEndpoint
@@ -267,7 +267,7 @@ def warm_up(factory: Callable[[str, int], Sender]) -> None:
 def run_batch(name: str, dialect: str, rate: float, threads: int, count: int, foreign: float = 0.0) -> Run:
     factory = CONTENDERS[name]
     warm_up(factory)
-    shared_cooldowns().clear()
+    default_cooldowns().clear()
     with endpoint_process(rate, BURST, dialect, foreign) as (base_url, served):
         send, close = factory(base_url, threads)
         failures, wall, latencies = run_threads(send, count, threads)
@@ -359,7 +359,7 @@ def overhead(count: int, rounds: int) -> list[tuple[str, float, float, list[floa
 
 def reliability(threads: int, per_thread: int, rate: float) -> dict[str, Any]:
     """Many threads through one session with 429s in the mix: nothing lost, nothing sent twice, no deadlock."""
-    shared_cooldowns().clear()
+    default_cooldowns().clear()
     with endpoint_process(rate, BURST) as (base_url, served):
         session = retrying_session(Config(), pool_maxsize=threads)
         retries = 0

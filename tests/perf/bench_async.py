@@ -41,7 +41,8 @@ import openai
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from aicoder import Config, LLMClient, async_http_client
-from aicoder.http.cooldown import destination_key, shared_cooldowns
+from aicoder.http.cooldown import default_cooldowns
+from aicoder.http.destinations import destination_key
 from aicoder.testing.redis import local_redis
 from tests.perf.bench import BURST, MESSAGES, endpoint_process
 
@@ -138,7 +139,7 @@ def run_batch(
         factory = functools.partial(aicoder_client, config=Config(redis_url=redis_url))
     with endpoint_process(1e9, 10**9) as (warm_url, _):  # imports and first calls stay out of the timing
         asyncio.run(_batch(factory, warm_url, 1, 1))
-    shared_cooldowns().clear()
+    default_cooldowns().clear()
     with endpoint_process(rate, BURST, dialect) as (base_url, served):
         failures, wall, lag = asyncio.run(_batch(factory, base_url, tasks, requests))
     ideal = (requests - BURST) / rate
@@ -167,7 +168,7 @@ def run_batch(
 
 async def _held(tasks: int, hold: float) -> dict[str, float]:
     """``tasks`` requests' turns waiting on a hold: the loop's lag, then each one's end once cancelled."""
-    cooldowns = shared_cooldowns()
+    cooldowns = default_cooldowns()
     cooldowns.clear()
     key = destination_key("https://api.bench", {"authorization": f"Bearer {KEY}"})
     probe = cooldowns.take_turn(key)
@@ -206,7 +207,7 @@ async def _memory(tasks: int, base_url: str) -> float:
     send, close = aicoder_client(base_url)
     await send()  # the probe: connections and caches exist before measuring
     key = destination_key(f"{base_url}/chat/completions", {"authorization": f"Bearer {KEY}"})
-    pace = shared_cooldowns().pace(key)
+    pace = default_cooldowns().pace(key)
     assert pace is not None
     pace.hold(time.monotonic() + 60, time.monotonic())
     gc.collect()
@@ -300,13 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["holds"] = held
     if "memory" not in args.skip:
-        shared_cooldowns().clear()
+        default_cooldowns().clear()
         with endpoint_process(1e9, 10**9) as (base_url, _):
             per_task = asyncio.run(_memory(1000, base_url))
         print(f"\nMemory per 1,000 requests in flight, waiting for their turn: {per_task * 1000 / 2**20:.2f} MiB")
         results["memory_per_1000_tasks_mib"] = round(per_task * 1000 / 2**20, 3)
     if "overhead" not in args.skip:
-        shared_cooldowns().clear()
+        default_cooldowns().clear()
         with endpoint_process(1e9, 10**9) as (base_url, _):
             measured = asyncio.run(_overhead(base_url, args.overhead, args.rounds))
         ours = statistics.median(mine for mine, _ in measured)

@@ -35,8 +35,9 @@ from typing import Any
 import redis
 
 from aicoder.config import Config
-from aicoder.http.cooldown import Cooldowns, destination_key
-from aicoder.http.shared import SharedPaces
+from aicoder.http.cooldown import Cooldowns
+from aicoder.http.destinations import destination_key
+from aicoder.http.redis_pace import RedisPaces
 from aicoder.simulate import SimulationResult, simulate
 from aicoder.testing.redis import local_redis
 
@@ -155,8 +156,8 @@ def added_latency(operations: int, threads: int, rate: float | None) -> dict[str
         return took, len(took) / (time.perf_counter() - started)
 
     with local_redis() as (url, _):
-        shared = SharedPaces(url)
-        in_redis, throughput = timed(Cooldowns(shared=shared, probe_timeout=0.01))
+        shared = RedisPaces(url)
+        in_redis, throughput = timed(Cooldowns(redis=shared, probe_timeout=0.01))
         shared.close()
         scripts = redis.Redis.from_url(url).info("commandstats").get("cmdstat_evalsha", {})
     in_memory, _ = timed(Cooldowns(probe_timeout=0.01))

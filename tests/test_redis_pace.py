@@ -17,10 +17,11 @@ import pytest
 
 from aicoder.config import Config, ConfigError
 from aicoder.http.adapter import retrying_session
-from aicoder.http.cooldown import Cooldowns, destination_key
+from aicoder.http.cooldown import Cooldowns
+from aicoder.http.destinations import destination_key
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN, Pace
-from aicoder.http.shared import SharedPace, SharedPaces
+from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost
 from aicoder.testing import RateLimitedEndpoint
 from tests.redis_server import redis_server
@@ -42,8 +43,8 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def two_processes(redis_url: str) -> Iterator[tuple[Cooldowns, Cooldowns]]:
     """Two Cooldowns with connections of their own to one Redis, as two processes would have."""
-    first, second = SharedPaces(redis_url), SharedPaces(redis_url)
-    yield Cooldowns(shared=first, probe_timeout=0.01), Cooldowns(shared=second, probe_timeout=0.01)
+    first, second = RedisPaces(redis_url), RedisPaces(redis_url)
+    yield Cooldowns(redis=first, probe_timeout=0.01), Cooldowns(redis=second, probe_timeout=0.01)
     first.close()
     second.close()
 
@@ -58,8 +59,8 @@ def test_turns_come_from_one_schedule(two_processes: tuple[Cooldowns, Cooldowns]
     a.observe(a.take_turn(KEY), 200, rate_only)
     b.observe(b.take_turn(KEY), 200, rate_only)
     turns = list(itertools.chain.from_iterable((a.take_turn(KEY), b.take_turn(KEY)) for _ in range(5)))
-    assert a.shared is not None
-    scores = a.shared.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [turn.ticket for turn in turns])
+    assert a.redis is not None
+    scores = a.redis.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [turn.ticket for turn in turns])
     sent = sorted(float(score) for score in scores)
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert min(gaps) >= 0.01 / (1 - SAFETY_MARGIN) * 0.9
@@ -78,7 +79,7 @@ def test_what_remains_is_spent_once_by_all_processes(two_processes: tuple[Cooldo
     assert [turn.serial for turn in spent] == [2, 3, 4, 5] and paced.serial == 6
     pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
     a.observe(spent[-1], 429, {}, ServerHint(0.01, "retry-after-ms"))
-    assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") == b"1"
+    assert a.redis is not None and a.redis.client.hget(pace_key, "B:off") == b"1"
 
 
 def test_a_refusal_that_says_a_window_ran_out_ends_the_spending_nowhere(
@@ -92,8 +93,8 @@ def test_a_refusal_that_says_a_window_ran_out_ends_the_spending_nowhere(
     spent = [(a if index % 2 else b).take_turn(KEY) for index in range(4)]
     a.observe(spent[-1], 429, {}, ServerHint(10, "retry-after", coarse=True, window_ran_out=True))
     pace_key = f"aicoder:{{{KEY.fingerprint}}}:pace"
-    assert a.shared is not None and a.shared.client.hget(pace_key, "B:off") is None
-    assert a.shared.client.hget(pace_key, "F:rate") is None
+    assert a.redis is not None and a.redis.client.hget(pace_key, "B:off") is None
+    assert a.redis.client.hget(pace_key, "F:rate") is None
 
 
 def test_turns_spent_at_once_are_spaced_by_their_tokens_when_the_spending_ends(
@@ -112,14 +113,14 @@ def test_turns_spent_at_once_are_spaced_by_their_tokens_when_the_spending_ends(
     }
     a.observe(a.take_turn(KEY), 200, tokens)
     pace = a.pace(KEY)
-    assert isinstance(pace, SharedPace)
+    assert isinstance(pace, RedisPace)
     now = time.monotonic()
     pace.hold(now + 0.5, now)
     grants = [pace.next_turn(now, RequestCost(20, 30)) for _ in range(4)]
     assert not pace.refused(now, now, now, 0.01, serial=grants[0].serial)  # within what remained: spending ends
     assert pace.hold(now + 0.6, now)  # the hold moves: the turns to come are rescheduled
-    assert a.shared is not None
-    scores = a.shared.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [grant.ticket for grant in grants])
+    assert a.redis is not None
+    scores = a.redis.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [grant.ticket for grant in grants])
     gaps = [later - earlier for earlier, later in itertools.pairwise(sorted(float(score) for score in scores))]
     assert min(gaps) >= 50 / 100 * 0.95
 
@@ -127,9 +128,9 @@ def test_turns_spent_at_once_are_spaced_by_their_tokens_when_the_spending_ends(
 def test_a_turn_never_comes_before_the_time_redis_gave_it(redis_url: str) -> None:
     """Redis reckons a turn's wait on its clock, during the call. The wait counts from when the answer arrived
     here, not from before the call: a slow round trip (here, half a second) makes the turn later, never earlier."""
-    shared = SharedPaces(redis_url)
+    shared = RedisPaces(redis_url)
     try:
-        slow = SharedPace(shared, KEY, Pace(), threading.Lock(), clock=lambda: time.monotonic() + 0.5)
+        slow = RedisPace(shared, KEY, Pace(), threading.Lock(), clock=lambda: time.monotonic() + 0.5)
         asked_at = time.monotonic()
         grant = slow.next_turn(asked_at, None)
         assert grant.at >= asked_at + 0.5
@@ -202,7 +203,7 @@ def test_one_key_at_two_origins_is_two_destinations_in_redis() -> None:
         [
             sys.executable,
             "-c",
-            "from aicoder.http.cooldown import destination_key as k; "
+            "from aicoder.http.destinations import destination_key as k; "
             f"print(k('https://a.test/v1', {credentials!r}).fingerprint)",
         ],
         capture_output=True,
@@ -216,14 +217,14 @@ def test_redis_holds_no_key_and_forgets_idle_destinations(redis_url: str) -> Non
     """Keys carry a hash tag and a TTL; neither names nor values hold the API key."""
     import redis
 
-    shared = SharedPaces(redis_url)
-    cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+    shared = RedisPaces(redis_url)
+    cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
     cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
     cooldowns.take_turn(KEY)
     client = redis.Redis.from_url(redis_url)
     keys = [key.decode() for key in client.keys("aicoder:{*")]
     assert keys and all(key.startswith(f"aicoder:{{{KEY.fingerprint}}}:") for key in keys)
-    assert all(0 < client.ttl(key) <= SharedPaces.TTL for key in keys)
+    assert all(0 < client.ttl(key) <= RedisPaces.TTL for key in keys)
     dump = b"".join([*(client.dump(key) or b"" for key in keys), *map(str.encode, keys)])
     assert b"SENTINEL" not in dump
     shared.close()
@@ -234,9 +235,9 @@ def test_redis_down_is_not_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFi
     caplog.set_level(logging.WARNING, logger="aicoder")
     with redis_server(tmp_path) as (url, process):
         port = int(url.rsplit(":", 1)[1].split("/")[0])
-        shared = SharedPaces(url)
+        shared = RedisPaces(url)
         shared.RECONNECT = 0.05
-        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
         cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
         process.kill()
         process.wait()
@@ -262,8 +263,8 @@ def test_a_redis_that_hangs_costs_one_request_a_timeout_once(caplog: pytest.LogC
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        shared = SharedPaces(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
-        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        shared = RedisPaces(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
         started = time.monotonic()
         cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
         first = time.monotonic() - started
@@ -272,7 +273,7 @@ def test_a_redis_that_hangs_costs_one_request_a_timeout_once(caplog: pytest.LogC
             cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
         rest = time.monotonic() - started
         shared.close()
-    assert first < 2 * SharedPaces.TIMEOUT + 0.2
+    assert first < 2 * RedisPaces.TIMEOUT + 0.2
     assert rest < 0.2 + 10 * 0.0102  # ten turns at 6,000 a minute, no Redis wait among them
     messages = [record.getMessage() for record in caplog.records if "Redis" in record.getMessage()]
     assert len(messages) == 1
@@ -282,7 +283,7 @@ def test_a_redis_that_hangs_costs_one_request_a_timeout_once(caplog: pytest.LogC
 def test_cut_off_from_redis_a_process_takes_its_share(tmp_path: Path) -> None:
     """With Redis gone, one of two live clients paces at half the learnt rate, not as if it were alone."""
 
-    class Beating(SharedPaces):
+    class Beating(RedisPaces):
         HEARTBEAT = 0.05
 
     with redis_server(tmp_path) as (url, process):
@@ -291,7 +292,7 @@ def test_cut_off_from_redis_a_process_takes_its_share(tmp_path: Path) -> None:
         while mine.live_clients < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert mine.live_clients == 2
-        cooldowns = Cooldowns(shared=mine, probe_timeout=0.01)
+        cooldowns = Cooldowns(redis=mine, probe_timeout=0.01)
         cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
         process.kill()
         process.wait()
@@ -311,9 +312,9 @@ def test_back_from_a_restart_redis_relearns_and_turns_wait_out_the_backlog(tmp_p
     grants no turn, nor cuts on a 429, before the turns the process granted itself meanwhile have gone."""
     with redis_server(tmp_path) as (url, process):
         port = int(url.rsplit(":", 1)[1].split("/")[0])
-        shared = SharedPaces(url)
+        shared = RedisPaces(url)
         shared.RECONNECT = 0.05
-        cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+        cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
         rate_only = {name: value for name, value in PER_MINUTE.items() if "remaining" not in name}
         for _ in range(6):
             turn = cooldowns.take_turn(KEY)
@@ -324,7 +325,7 @@ def test_back_from_a_restart_redis_relearns_and_turns_wait_out_the_backlog(tmp_p
         cooldowns.take_turn(KEY)  # Redis gives this process the rate it has now
         process.kill()
         process.wait()
-        alone = [cooldowns.take_turn(KEY).sent_at for _ in range(20)]
+        alone = [cooldowns.take_turn(KEY).due for _ in range(20)]
         with redis_server(tmp_path, port=port):
             deadline = time.monotonic() + 5
             while not shared.healthy and time.monotonic() < deadline:
@@ -336,7 +337,7 @@ def test_back_from_a_restart_redis_relearns_and_turns_wait_out_the_backlog(tmp_p
     assert stored["F:rate"] == pytest.approx(rate)
     assert stored["L:requests:rate"] == pytest.approx(100 * (1 - SAFETY_MARGIN))
     assert stored["L:requests:tat"] >= stored["calm"] > 0
-    assert later.sent_at >= max(alone) - 0.01
+    assert later.due >= max(alone) - 0.01
 
 
 def test_a_redis_url_needs_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -399,8 +400,8 @@ def test_a_probe_refused_after_a_hold_cuts_nothing(where: str, request: pytest.F
     """The same story in one process and through Redis: a burst, a 429 and its hold, then the probe after the
     hold refused again. The first 429 cuts; the second says the hold was short and cuts nothing, where a rate
     measured across the hold would have collapsed to a few requests a second."""
-    shared = SharedPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
-    cooldowns = Cooldowns(shared=shared, probe_timeout=0.01)
+    shared = RedisPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
+    cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
     key = destination_key(f"https://{where.replace(' ', '-')}.test/v1", {})
     try:
         cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits: slow start
@@ -425,8 +426,8 @@ def test_past_all_that_remained_one_turn_asks_and_the_others_wait(where: str, re
     answer (a 429 and its hold) instead of running into the spent window too."""
     import threading
 
-    shared = SharedPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
-    cooldowns = Cooldowns(shared=shared, probe_timeout=5)
+    shared = RedisPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
+    cooldowns = Cooldowns(redis=shared, probe_timeout=5)
     key = destination_key(f"https://asks-{where.replace(' ', '-')}.test/v1", {})
     two_left = {"x-ratelimit-api_key-limit-requests": "3", "x-ratelimit-api_key-remaining-requests": "2"}
     try:

@@ -51,9 +51,9 @@ from aicoder.http.redaction import safe_url
 from aicoder.http.tokens import RequestCost
 
 if TYPE_CHECKING:
-    from aicoder.http.cooldown import DestinationKey
+    from aicoder.http.destinations import DestinationKey
 
-__all__ = ["SharedPace", "SharedPaces"]
+__all__ = ["RedisPace", "RedisPaces"]
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +153,16 @@ local function apply(now, first)
   return held
 end
 
-local function regrow(now, successes)
+local function regrow(now, successes, measured_sends, min_window)
   local raw = redis.call('HMGET', KEYS[1], 'F:rate', 'F:w_max', 'F:scale', 'F:k')
   local rate, w_max, scale, k = tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3]), tonumber(raw[4])
   if successes < 1 or not rate then return end
   local n = redis.call('HINCRBY', KEYS[1], 'F:n', successes)
   local grown = w_max * (1 + scale * (n - k) ^ 3)
   local past = string.format('%.17g', now)
-  local recent = redis.call('ZREVRANGEBYSCORE', KEYS[2], past, '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
-  if #recent >= 4 then
-    local measured = (#recent / 2) / math.max(now - tonumber(recent[#recent]), 0.02)
+  local recent = redis.call('ZREVRANGEBYSCORE', KEYS[2], past, '-inf', 'WITHSCORES', 'LIMIT', 0, measured_sends)
+  if #recent >= 4 then  -- two sends or more, each with its score
+    local measured = (#recent / 2) / math.max(now - tonumber(recent[#recent]), min_window)
     grown = math.min(grown, math.max(2 * measured, rate))
   end
   if grown > rate then redis.call('HSET', KEYS[1], 'F:rate', string.format('%.17g', grown)) end
@@ -174,13 +174,14 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 
 # KEYS: pace hash, sends zset. ARGV: max_wait, ttl, ticket, tokens, input-tokens, output-tokens,
 # slow start rate, its doubling time, its end, samples kept, then what answers told since the last
-# reservation: the successes the feedback rate held back, and triples (see apply). Learning from answers
-# rides with the next reservation.
+# reservation: the successes the feedback rate held back; the sends the send rate is measured over and the
+# least span it is measured over (Feedback.MEASURED_SENDS, MIN_WINDOW); then triples (see apply). Learning
+# from answers rides with the next reservation.
 _RESERVE = (
     _FUNCTIONS
     + """
-regrow(now, tonumber(ARGV[11]))
-apply(now, 12)
+regrow(now, tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+apply(now, 14)
 local max_wait, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local costs = {requests = 1, tokens = tonumber(ARGV[4]), ['input-tokens'] = tonumber(ARGV[5]),
                ['output-tokens'] = tonumber(ARGV[6])}
@@ -327,7 +328,7 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
-class SharedPaces:
+class RedisPaces:
     """A connection to Redis, its scripts, its health, and this process's heartbeat. Thread-safe.
 
     ``url`` is ``redis://``, ``rediss://`` or ``unix://``; ``client`` replaces the
@@ -433,7 +434,7 @@ class SharedPaces:
                     return
 
 
-class SharedPace:
+class RedisPace:
     """A destination's pace in Redis, behind the interface of :class:`~aicoder.http.pace.Pace`.
 
     What it learns goes to Redis and also to ``local``, the in-process pace that
@@ -449,13 +450,13 @@ class SharedPace:
 
     def __init__(
         self,
-        shared: SharedPaces,
+        paces: RedisPaces,
         key: DestinationKey,
         local: Pace,
         lock: threading.Lock,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.shared = shared
+        self.paces = paces
         self.local = local
         #: Guards ``local`` and what waits to go with the next reservation: the Cooldowns' lock, which it
         #: holds around every other call.
@@ -473,7 +474,7 @@ class SharedPace:
         self._regrowths = 0
         #: The feedback rate in Redis at the last reservation; what this process knew when Redis went, and the
         #: last turn it granted itself while Redis was away.
-        self._shared_rate: float | None = None
+        self._redis_rate: float | None = None
         self._alone = False
         self._before_alone: dict[str, float] | None = None
         self._alone_until = -math.inf
@@ -506,10 +507,13 @@ class SharedPace:
                 self._told, self._told_at = self._known(now), now
             ticket, told, regrowths = _ticket(tokens), self._told_since(now), self._regrowths
             self._regrowths = 0
-        answer = self.shared.run(
+        answer = self.paces.run(
             "reserve",
             [self._pace, self._sends],
-            [min(max_wait, 1e9), self.shared.TTL, ticket, *tokens, *feedback, self.shared.SAMPLES, regrowths, *told],
+            [
+                *(min(max_wait, 1e9), self.paces.TTL, ticket, *tokens, *feedback, self.paces.SAMPLES, regrowths),
+                *(Feedback.MEASURED_SENDS, Feedback.MIN_WINDOW, *told),
+            ],
         )
         with self._lock:
             if answer is None:
@@ -523,10 +527,10 @@ class SharedPace:
             self.local.awaiting(serial)
             arrived = self._clock()  # the wait counts from when Redis reckoned it, which is no later than this
             self._offset = remote_now - arrived
-            self._shared_rate = float(answer[3]) or None
+            self._redis_rate = float(answer[3]) or None
             seed = self._rejoin(now) if self._alone else None
         if seed:
-            self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *seed])
+            self.paces.run("learn", [self._pace, self._sends], [self.paces.TTL, *seed])
         return Grant(arrived + wait, held_back, ticket, serial, probe)
 
     def _go_alone(self, now: float) -> None:
@@ -536,11 +540,11 @@ class SharedPace:
         The feedback rate is the latest one Redis gave, not the one this process adopted at its last 429.
         """
         self._alone = True
-        share = self.local.share = 1 / self.shared.live_clients
+        share = self.local.share = 1 / self.paces.live_clients
         state = self.local.feedback.state()
         state.pop("rate", None)
-        if self._shared_rate is not None:
-            state["rate"], state["w_max"] = self._shared_rate, max(state.get("w_max", 0.0), self._shared_rate)
+        if self._redis_rate is not None:
+            state["rate"], state["w_max"] = self._redis_rate, max(state.get("w_max", 0.0), self._redis_rate)
         self._before_alone = dict(state)
         if "rate" in state:
             state["rate"], state["w_max"] = state["rate"] * share, state["w_max"] * share
@@ -561,8 +565,8 @@ class SharedPace:
         seed = ["calm", backlog, "max", "F:tat", backlog, "max"]
         for dimension in self.local.lanes:
             seed += [f"L:{dimension}:tat", backlog, "max"]
-        if self._shared_rate is not None:
-            state["rate"] = self._shared_rate
+        if self._redis_rate is not None:
+            state["rate"] = self._redis_rate
         elif "rate" in state:
             for name in ("rate", "w_max", "scale", "k", "measured"):
                 if name in state:
@@ -588,7 +592,7 @@ class SharedPace:
             told.append(("S:start", self.local.feedback.slow_from, "start"))
         self._told, self._told_at = told, now
         if self.local.held_until > now or any(quota.remaining is not None and quota.remaining < 1 for quota in quotas):
-            self.shared.run("learn", [self._pace, self._sends], [self.shared.TTL, *self._told_since(now)])
+            self.paces.run("learn", [self._pace, self._sends], [self.paces.TTL, *self._told_since(now)])
 
     def _known(self, now: float) -> list[tuple[str, float, str]]:
         """What the local pace knows of the server, as triples for ``apply``: lane rates, bucket levels, the hold."""
@@ -613,8 +617,8 @@ class SharedPace:
 
     def hold(self, until: float, now: float) -> bool:
         moved = self.local.hold(until, now)
-        hold = [self.shared.TTL, "hold", repr(max(until - now, 0.0)), "max"]
-        answer = self.shared.run("learn", [self._pace, self._sends], hold)
+        hold = [self.paces.TTL, "hold", repr(max(until - now, 0.0)), "max"]
+        answer = self.paces.run("learn", [self._pace, self._sends], hold)
         return bool(answer) if answer is not None else moved
 
     def sent(self, at: float) -> None:
@@ -625,7 +629,7 @@ class SharedPace:
 
     def cancel(self, ticket: str) -> None:
         """Withdraw the turn named ``ticket`` from the shared schedule: it was never sent."""
-        self.shared.run("cancel", [self._sends], [ticket])
+        self.paces.run("cancel", [self._sends], [ticket])
 
     def refused(
         self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0, window: bool = False
@@ -637,8 +641,8 @@ class SharedPace:
         if self._offset is not None:
             keys = [self._pace, self._sends, self._refusals]
             remote = [sent_at + self._offset, granted_at + self._offset]
-            refusal = [self.shared.TTL, _member(), *remote, self.shared.SAMPLES, serial, int(window)]
-            answer = self.shared.run("refuse", keys, refusal)
+            refusal = [self.paces.TTL, _member(), *remote, self.paces.SAMPLES, serial, int(window)]
+            answer = self.paces.run("refuse", keys, refusal)
         if answer is None:
             if self._alone and (self.local.feedback.rate is not None or self.local.lanes):
                 # Cut off, this process paces at its share of the rates learnt together. A 429 now says as much
@@ -660,7 +664,7 @@ class SharedPace:
         written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
         written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}
         pairs = [item for field, value in written.items() for item in (field, repr(value))]
-        if not self.shared.run("cut", [self._pace, self._sends], [self.shared.TTL, stored.get("F:cut", ""), *pairs]):
+        if not self.paces.run("cut", [self._pace, self._sends], [self.paces.TTL, stored.get("F:cut", ""), *pairs]):
             return False
         self._adopt(feedback.state(), remote_now, now)
         return True
@@ -688,7 +692,7 @@ class SharedPace:
     ) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
         named = [ticket for ticket in tickets if ticket is not None]
-        answer = self.shared.run("when", [self._sends], named) if named and self._offset is not None else None
+        answer = self.paces.run("when", [self._sends], named) if named and self._offset is not None else None
         if answer is None:
             return self.local.reschedule(times, tickets, costs)
         offset, shared = self._offset or 0.0, dict(zip(named, answer, strict=True))

@@ -1,0 +1,90 @@
+"""Classic httpx (groq's, LiteLLM's) over aicoder's transports: the same retries, errors and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+
+import httpx
+import pytest
+
+from aicoder.config import Config
+from aicoder.http.classic_httpx import async_httpx_client, httpx_client
+from aicoder.http.waiting import instant_waits
+from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
+from tests.servers import Reply, completion, rate_limited, scripted_server
+
+CONFIG = Config(retry_count=2, retry_min_delay=0.01, retry_max_delay=0.01)
+
+
+def test_a_429_is_retried_once_and_the_answer_is_an_httpx_response() -> None:
+    """A 429 then a 200: httpx gets the 200, with aicoder's retry state, and the hooks saw one retry."""
+    retries: list[RetryDetails] = []
+    previous = get_hooks()
+    set_hooks([retries.append])
+    try:
+        with (
+            scripted_server(rate_limited({"retry-after-ms": "20"}), completion("ok")) as server,
+            instant_waits() as waits,
+            httpx_client(CONFIG) as client,
+        ):
+            answer = client.post(f"{server.url}/v1/chat/completions", json={"messages": []})
+    finally:
+        set_hooks(previous)
+    assert isinstance(answer, httpx.Response)
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == "ok"
+    assert [(retry.attempt, retry.source) for retry in retries] == [(1, "retry-after-ms")]
+    assert waits[0] == 0.02  # the retry waits what the 429 stated (the hold may add a wait of its own)
+    assert server.count == 2
+
+
+def test_async_retries_the_same_way() -> None:
+    async def send(url: str) -> httpx.Response:
+        async with async_httpx_client(CONFIG) as client:
+            return await client.post(f"{url}/v1/chat/completions", json={"messages": []})
+
+    with scripted_server(rate_limited({"retry-after-ms": "20"}), completion("ok")) as server, instant_waits() as waits:
+        answer = asyncio.run(send(server.url))
+    assert answer.status_code == 200
+    assert waits[0] == 0.02  # the retry waits what the 429 stated (the hold may add a wait of its own)
+    assert server.count == 2
+
+
+def test_out_of_retries_the_429_is_handed_on_with_its_body() -> None:
+    """Past the retries, the caller's httpx gets the last 429 as it came, body included."""
+    with scripted_server(*[rate_limited()] * 3) as server, instant_waits(), httpx_client(CONFIG) as client:
+        answer = client.post(f"{server.url}/v1/chat/completions", json={"messages": []})
+    assert answer.status_code == 429
+    assert "error" in answer.json()
+    assert server.count == 3
+
+
+def test_a_gzipped_body_is_decoded_by_httpx() -> None:
+    """Bodies pass through still encoded, and httpx decodes them as it would its own."""
+    payload = json.dumps({"ok": True}).encode()
+    reply = Reply(200, gzip.compress(payload), {"content-encoding": "gzip", "content-type": "application/json"})
+    with scripted_server(reply) as server, httpx_client(CONFIG) as client:
+        assert client.get(f"{server.url}/v1/models").json() == {"ok": True}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_refused_connection_is_httpx_connect_error(asynchronous: bool) -> None:
+    """What groq and LiteLLM catch: httpx's own ConnectError, with the httpx2 error as its cause."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1/models"
+    if asynchronous:
+
+        async def get() -> None:
+            async with async_httpx_client(CONFIG) as client:
+                await client.get(url)
+
+        with pytest.raises(httpx.ConnectError) as caught:
+            asyncio.run(get())
+    else:
+        with pytest.raises(httpx.ConnectError) as caught, httpx_client(CONFIG) as client:
+            client.get(url)
+    assert caught.value.__cause__ is not None

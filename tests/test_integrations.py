@@ -1,0 +1,78 @@
+"""The SDKs users already have, for real, through aicoder's clients, against the built-in endpoint.
+
+Each runs a batch from 8 threads (or 64 asyncio tasks) against a limit of 50 a
+second, with its own retries off: every request completes, none goes before a
+time the endpoint stated, and the SDK adds no request of its own (the endpoint
+saw only what aicoder sent: the batch and aicoder's retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import groq
+
+from aicoder.config import Config
+from aicoder.http.classic_httpx import async_httpx_client, httpx_client
+from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
+from aicoder.testing import RateLimitedEndpoint
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+REQUESTS = 40
+
+
+def _counting_retries() -> tuple[list[RetryDetails], list[object]]:
+    retries: list[RetryDetails] = []
+    previous = get_hooks()
+    set_hooks([retries.append])
+    return retries, previous
+
+
+def test_groq_sync_from_eight_threads() -> None:
+    """groq 1.x is built on classic httpx: ``Groq(http_client=aicoder.httpx_client(), max_retries=0)``."""
+    retries, previous = _counting_retries()
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            client = groq.Groq(
+                api_key="gsk-local", base_url=endpoint.url, http_client=httpx_client(Config()), max_retries=0
+            )
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(
+                    pool.map(lambda _: client.chat.completions.create(model="m", messages=MESSAGES), range(REQUESTS))
+                )
+            client.close()
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert all(answer.choices[0].message.content for answer in answers)
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)  # every 429 was retried by aicoder, none by the SDK
+
+
+def test_groq_async_from_64_tasks() -> None:
+    """``AsyncGroq(http_client=aicoder.async_httpx_client(), max_retries=0)``."""
+    retries, previous = _counting_retries()
+
+    async def batch(url: str) -> list[object]:
+        client = groq.AsyncGroq(
+            api_key="gsk-local", base_url=url, http_client=async_httpx_client(Config()), max_retries=0
+        )
+        async with client:
+            semaphore = asyncio.Semaphore(64)
+
+            async def one() -> object:
+                async with semaphore:
+                    return await client.chat.completions.create(model="m", messages=MESSAGES)
+
+            return await asyncio.gather(*(one() for _ in range(REQUESTS)))
+
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            answers = asyncio.run(batch(endpoint.url))
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert len(answers) == REQUESTS
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
