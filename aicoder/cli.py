@@ -18,6 +18,7 @@ from aicoder.config import COUNT, DELAY, HINT_CAP, Bounds, Config, ConfigError, 
 from aicoder.http.schedule import linear_delays
 from aicoder.instrumentation import PrometheusHook, get_hooks, set_hooks
 from aicoder.llm.api_client import LLMClient
+from aicoder.llm.limits import probe_limits
 from aicoder.simulate import SimulationResult, simulate
 from aicoder.testing.endpoint import DIALECTS, WINDOW
 
@@ -86,6 +87,18 @@ def _build_parser() -> _ArgumentParser:
         help="model, with an optional openai/ or openrouter/ prefix (default: %(default)s)",
     )
     ask.add_argument("--system", default="You are a helpful assistant.", help="system prompt (default: %(default)r)")
+
+    limits = commands.add_parser(
+        "limits",
+        help="show what an endpoint says of its rate limits",
+        description="Send one chat completion of at most one token, with the configured key and no retry, and "
+        "show what the answer's headers say of the limits, and the pace aicoder would take. The key is never shown.",
+    )
+    limits.add_argument(
+        "--model",
+        default="openrouter/openai/gpt-4o-mini",
+        help="model, with an optional openai/ or openrouter/ prefix (default: %(default)s)",
+    )
 
     schedule = commands.add_parser(
         "schedule",
@@ -267,6 +280,43 @@ def _ask(args: argparse.Namespace) -> int:
     client = LLMClient(args.model)
     print(client.sendRequest(args.system, prompt))
     return EXIT_OK
+
+
+def _limits(args: argparse.Namespace) -> int:
+    found = probe_limits(args.model)
+    print(f"POST {found.url} (model {found.model}, max_tokens 1): HTTP {found.status}")
+    if not found.quotas:
+        print("the answer states no limits: this server states them only on a 429, or not at all;")
+        print("aicoder paces by what its 429s say")
+    else:
+        print(f"dialect: {', '.join(found.dialects)}")
+        print(f"  {'dimension':<14} {'limit':>10} {'per':>8} {'remaining':>10} {'resets in':>10}  {'refill':<7} source")
+        for quota in found.quotas:
+            print(
+                f"  {quota.dimension:<14} {_amount(quota.limit):>10} {_span(quota.window):>8} "
+                f"{_amount(quota.remaining):>10} {_span(quota.reset):>10}  {quota.refill:<7} {quota.source}"
+            )
+        paces = found.paces
+        if paces:
+            pace = ", ".join(f"{rate:.4g} {dimension} a second" for dimension, rate in paces.items())
+            print(f"aicoder's sustained pace: {pace} (what an answer says remains may be spent sooner)")
+        else:
+            print("no limit of a minute or less: aicoder spends what remains, and paces by what its 429s say")
+    if found.hint is not None:
+        print(f"refused: the server asks to wait {found.hint.seconds:.3g} s ({found.hint.source})")
+    return EXIT_OK
+
+
+def _amount(value: float | None) -> str:
+    return "-" if value is None else f"{value:.12g}"
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:.3g} s"
 
 
 def _schedule(args: argparse.Namespace) -> int:
@@ -464,7 +514,7 @@ def _print_summary(args: argparse.Namespace, config: Config, results: list[tuple
             print(f"first failure ({label}): {result.first_error}")
 
 
-_COMMANDS = {"ask": _ask, "schedule": _schedule, "simulate": _simulate}
+_COMMANDS = {"ask": _ask, "limits": _limits, "schedule": _schedule, "simulate": _simulate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import responses
 
 from aicoder.cli import main
 from aicoder.http.waiting import instant_waits
+from aicoder.testing import RateLimitedEndpoint
 from tests.redis_server import redis_server
 from tests.servers import completion, rate_limited, scripted_server
 
@@ -233,7 +235,7 @@ def test_simulate_processes_share_a_pace_through_redis(
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     """--help works for the command and each subcommand, exiting 0."""
-    for argv in (["--help"], ["ask", "--help"], ["schedule", "--help"], ["simulate", "--help"]):
+    for argv in (["--help"], ["ask", "--help"], ["limits", "--help"], ["schedule", "--help"], ["simulate", "--help"]):
         assert main(argv) == 0
         assert "usage: aicoder" in capsys.readouterr().out
 
@@ -365,3 +367,67 @@ def test_no_exit_hangs_after_a_connection_error() -> None:
                 run.wait()
                 codes.append(None)  # hung
     assert codes == [1] * 60
+
+
+#: What ``aicoder limits`` should find in each dialect's successful answer (None: nothing, until a 429).
+LIMITS_SAID = {
+    "openai": ("dialect: openai", "9.9 requests a second"),
+    "openai-tokens": ("dialect: openai", "990 tokens a second"),
+    "anthropic": ("dialect: anthropic", "9.9 requests a second"),
+    "github": ("dialect: x-ratelimit", "no limit of a minute or less"),
+    "ietf": ("dialect: ietf", "9.9 requests a second"),
+    "litellm": ("dialect: litellm", "no limit of a minute or less"),
+    "litellm-unenforced": ("dialect: openai", "9.9 requests a second"),
+    "openrouter": ("states no limits", None),
+    "retry-after": ("states no limits", None),
+    "retry-after-ms": ("states no limits", None),
+    "bare": ("states no limits", None),
+}
+
+
+@pytest.mark.parametrize("dialect", LIMITS_SAID)
+def test_limits_shows_what_the_endpoint_says_in_every_dialect(
+    dialect: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request of one token: the dialect, each limit, and the pace aicoder would take; never the key."""
+    dialect_line, pace = LIMITS_SAID[dialect]
+    with RateLimitedEndpoint(rate=10, burst=5, dialect=dialect) as endpoint:
+        monkeypatch.setenv("OPENROUTER_BASE_URL", endpoint.base_url)
+        monkeypatch.setenv("OPENROUTER_API_KEY", "sk-SENTINEL-0123456789abcdef")
+        assert main(["limits", "--model", "m"]) == 0
+        assert endpoint.stats().total == 1
+    out, err = capsys.readouterr()
+    assert "HTTP 200" in out
+    assert dialect_line in out
+    if pace is not None:
+        assert pace in out
+    assert "SENTINEL" not in out + err
+
+
+def test_limits_shows_a_refusal_and_its_wait(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probed while rate limited: the 429 and the wait the server asks for, not a retry."""
+    with RateLimitedEndpoint(rate=1, burst=1, dialect="openai") as endpoint:
+        monkeypatch.setenv("OPENROUTER_BASE_URL", endpoint.base_url)
+        monkeypatch.setenv("OPENROUTER_API_KEY", "sk-SENTINEL-0123456789abcdef")
+        assert main(["limits", "--model", "m"]) == 0
+        assert main(["limits", "--model", "m"]) == 0
+        assert endpoint.stats().total == 2
+    out = capsys.readouterr().out
+    assert "HTTP 429" in out
+    assert "refused: the server asks to wait" in out
+
+
+def test_limits_without_an_answer_exits_1_naming_the_url_not_the_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("OPENROUTER_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-SENTINEL-0123456789abcdef")
+    assert main(["limits", "--model", "m"]) == 1
+    err = capsys.readouterr().err
+    assert f"no answer from http://127.0.0.1:{port}/v1/chat/completions: ConnectionError" in err
+    assert "SENTINEL" not in err
