@@ -1,7 +1,7 @@
 """The SDKs users already have, for real, through aicoder's clients, against the built-in endpoint.
 
 Each runs a batch from 8 threads (or 64 asyncio tasks) against a limit of 50 a
-second, with its own retries off: every request completes, none goes before a
+second, in its own API and dialect, with its own retries off: every request completes, none goes before a
 time the endpoint stated, and the SDK adds no request of its own (the endpoint
 saw only what aicoder sent: the batch and aicoder's retries).
 """
@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import anthropic
 import groq
 
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
+from aicoder.http.clients import async_http_client, http_client
 from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
 from aicoder.testing import RateLimitedEndpoint
 
@@ -69,6 +71,54 @@ def test_groq_async_from_64_tasks() -> None:
 
     try:
         with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            answers = asyncio.run(batch(endpoint.url))
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert len(answers) == REQUESTS
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
+
+
+def test_anthropic_sync_from_eight_threads() -> None:
+    """anthropic 2.x is built on httpx2: ``Anthropic(http_client=aicoder.http_client(), max_retries=0)``, against
+    the Messages API in Anthropic's own dialect (``anthropic-ratelimit-*``, integer ``retry-after``)."""
+    retries, previous = _counting_retries()
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5, dialect="anthropic") as endpoint:
+            client = anthropic.Anthropic(
+                api_key="sk-ant-local", base_url=endpoint.url, http_client=http_client(Config()), max_retries=0
+            )
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(
+                    pool.map(
+                        lambda _: client.messages.create(model="m", max_tokens=16, messages=MESSAGES), range(REQUESTS)
+                    )
+                )
+            client.close()
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert all(answer.content[0].text == "echo: hi" for answer in answers)  # type: ignore[union-attr]
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
+
+
+def test_anthropic_async_from_64_tasks() -> None:
+    """``AsyncAnthropic(http_client=aicoder.async_http_client(), max_retries=0)``."""
+    retries, previous = _counting_retries()
+
+    async def batch(url: str) -> list[object]:
+        client = anthropic.AsyncAnthropic(
+            api_key="sk-ant-local", base_url=url, http_client=async_http_client(Config()), max_retries=0
+        )
+        async with client:
+            return await asyncio.gather(
+                *(client.messages.create(model="m", max_tokens=16, messages=MESSAGES) for _ in range(REQUESTS))
+            )
+
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5, dialect="anthropic") as endpoint:
             answers = asyncio.run(batch(endpoint.url))
             stats = endpoint.stats()
     finally:

@@ -32,6 +32,8 @@ from aicoder.http.tokens import estimate_cost
 __all__ = ["DIALECTS", "EndpointStats", "RateLimitedEndpoint", "TokenBucket"]
 
 COMPLETIONS_PATH = "/v1/chat/completions"
+#: Anthropic's Messages API, which the anthropic SDK calls.
+MESSAGES_PATH = "/v1/messages"
 _EPSILON = 1e-9
 #: The request limit of the ``openai-tokens`` dialect is this much more generous than its token limit.
 TOKENS_DIALECT_HEADROOM = 10
@@ -393,17 +395,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._read_body()
-        # OpenAI's path, under any prefix: Groq serves it at /openai/v1/chat/completions.
-        if not self.path.split("?", 1)[0].endswith(COMPLETIONS_PATH):
-            self._error(404, f"no such endpoint; POST {COMPLETIONS_PATH}", "not_found")
+        # OpenAI's path, under any prefix (Groq serves it at /openai/v1/chat/completions), or Anthropic's.
+        path = self.path.split("?", 1)[0]
+        anthropic = path.endswith(MESSAGES_PATH)
+        if not (anthropic or path.endswith(COMPLETIONS_PATH)):
+            self._error(404, f"no such endpoint; POST {COMPLETIONS_PATH} or {MESSAGES_PATH}", "not_found")
             return
         try:
             request = json.loads(body)
             messages = request["messages"]
             model = str(request.get("model", "local-model"))
-            prompt = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+            prompt = _text(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
         except (ValueError, KeyError, TypeError, AttributeError):
             self._error(400, "expected a JSON chat completion request with messages", "invalid_request_error")
+            return
+        if anthropic and request.get("stream"):
+            self._error(400, f"streaming is not served on {MESSAGES_PATH}", "invalid_request_error")
             return
 
         self.endpoint._arrived()
@@ -413,13 +420,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not verdict.allowed:
             if stated:
                 self.endpoint._state(stated)
+            if anthropic and refusal.get("type") != "error":  # Anthropic's error shape, whatever the headers
+                refusal = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit exceeded"}}
             self._json(429, refusal, limits)
             return
 
         if self.endpoint.latency:
             time.sleep(self.endpoint.latency)
         text = f"echo: {prompt}"
-        if request.get("stream"):
+        if anthropic:
+            self._json(200, _message(model, text), limits)
+        elif request.get("stream"):
             self._stream(model, text, limits)
         else:
             self._json(200, _completion(model, text), limits)
@@ -604,6 +615,27 @@ def _describe_window(
 def _rfc3339(moment: float) -> str:
     """A Unix time as RFC 3339 in whole seconds, rounded up, as Anthropic writes its resets."""
     return datetime.datetime.fromtimestamp(math.ceil(moment), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or (Anthropic's and OpenAI's content parts) the text of its parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _message(model: str, text: str) -> dict[str, Any]:
+    """An Anthropic Messages API answer."""
+    return {
+        "id": "msg_aicoder_local",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": len(text.split())},
+    }
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:
