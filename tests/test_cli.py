@@ -382,6 +382,7 @@ LIMITS_SAID = {
     "retry-after": ("states no limits", None),
     "retry-after-ms": ("states no limits", None),
     "bare": ("states no limits", None),
+    "gemini": ("states no limits", None),
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx2
 import openai
@@ -106,6 +108,7 @@ def send_until_refused(endpoint: RateLimitedEndpoint) -> requests.Response:
         ("retry-after", "retry-after", None),
         ("retry-after-ms", "retry-after-ms", None),
         ("bare", None, None),
+        ("gemini", "body: RetryInfo.retryDelay", None),
     ],
 )
 def test_every_dialect_speaks_as_documented(dialect: str, source: str | None, on_every_answer: str | None) -> None:
@@ -257,3 +260,43 @@ def test_instant_waits_fixture(aicoder_instant_waits: list[float], aicoder_endpo
     # then each retry for its own. All skipped, so the real endpoint still refuses the retries.
     assert len(aicoder_instant_waits) >= 3
     assert all(1.5 < wait < 10 for wait in aicoder_instant_waits if wait > 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "read"),
+    [
+        (
+            "/v1/messages",
+            {
+                "model": "m",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            },
+            lambda answer: answer["content"][0]["text"],
+        ),
+        (
+            "/v1beta/models/m:generateContent",
+            {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+            lambda answer: answer["candidates"][0]["content"]["parts"][0]["text"],
+        ),
+        (
+            "/openai/v1/chat/completions",  # Groq's prefix
+            BODY,
+            lambda answer: answer["choices"][0]["message"]["content"],
+        ),
+    ],
+    ids=["anthropic messages", "gemini generateContent", "openai under a prefix"],
+)
+def test_each_api_is_served_in_its_own_shape(path: str, body: object, read: Callable[[Any], str]) -> None:
+    """Anthropic's Messages API and Gemini's generateContent answer in their own shapes, and refuse in them."""
+    with RateLimitedEndpoint(rate=1, burst=1) as endpoint:
+        answer = requests.post(f"{endpoint.url}{path}", json=body)
+        refused = requests.post(f"{endpoint.url}{path}", json=body)
+    assert answer.status_code == 200
+    assert read(answer.json()).startswith("echo: ")
+    assert refused.status_code == 429
+    shape = refused.json()
+    if "messages" in path:
+        assert shape["type"] == "error" and shape["error"]["type"] == "rate_limit_error"
+    elif "generateContent" in path:
+        assert shape["error"]["status"] == "RESOURCE_EXHAUSTED"

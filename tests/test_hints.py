@@ -172,6 +172,8 @@ def test_gemini_retry_info_in_a_list() -> None:
     )
     found = hint(body)
     assert said(found) == (38.601, "body: RetryInfo.retryDelay", False)
+    # When the per-minute quota has room again, not one token's interval: it caps no cut of the rate.
+    assert found is not None and found.next_token is None
     assert found is not None and found.dialect == "gemini"
 
 

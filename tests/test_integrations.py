@@ -1,7 +1,8 @@
 """The SDKs users already have, for real, through aicoder's clients, against the built-in endpoint.
 
 Each runs a batch from 8 threads (or 64 asyncio tasks) against a limit of 50 a
-second, in its own API and dialect, with its own retries off: every request completes, none goes before a
+second (200 for Gemini, whose 429s state whole seconds), in its own API and
+dialect, with its own retries off: every request completes, none goes before a
 time the endpoint stated, and the SDK adds no request of its own (the endpoint
 saw only what aicoder sent: the batch and aicoder's retries).
 """
@@ -13,6 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import groq
+import httpx2
+from google import genai
+from google.genai import types
 
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
@@ -119,6 +123,54 @@ def test_anthropic_async_from_64_tasks() -> None:
 
     try:
         with RateLimitedEndpoint(rate=50, burst=5, dialect="anthropic") as endpoint:
+            answers = asyncio.run(batch(endpoint.url))
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert len(answers) == REQUESTS
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
+
+
+def _gemini(url: str, *, asynchronous: bool = False) -> tuple[genai.Client, httpx2.Client | httpx2.AsyncClient]:
+    """A google-genai client over one of aicoder's clients, which the caller closes (genai leaves a client it
+    was given open)."""
+    http = async_http_client(Config()) if asynchronous else http_client(Config())
+    given = {"httpx_async_client": http} if asynchronous else {"httpx_client": http}
+    return genai.Client(api_key="AIza-local", http_options=types.HttpOptions(base_url=url, **given)), http
+
+
+def test_google_genai_sync_from_eight_threads() -> None:
+    """google-genai 3.x (httpx2; its own retries are off unless asked for): ``HttpOptions(httpx_client=…,
+    httpx_async_client=…)``, against generateContent, whose 429s carry only a RetryInfo in the body."""
+    retries, previous = _counting_retries()
+    try:
+        with RateLimitedEndpoint(rate=200, burst=5, dialect="gemini") as endpoint:
+            client, http = _gemini(endpoint.url)
+            with http, ThreadPoolExecutor(8) as pool:  # type: ignore[union-attr]
+                answers = list(
+                    pool.map(lambda _: client.models.generate_content(model="m", contents="hi"), range(REQUESTS))
+                )
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert all(answer.text == "echo: hi" for answer in answers)
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
+
+
+def test_google_genai_async_from_64_tasks() -> None:
+    retries, previous = _counting_retries()
+
+    async def batch(url: str) -> list[object]:
+        client, http = _gemini(url, asynchronous=True)
+        async with http:  # type: ignore[union-attr]
+            return await asyncio.gather(
+                *(client.aio.models.generate_content(model="m", contents="hi") for _ in range(REQUESTS))
+            )
+
+    try:
+        with RateLimitedEndpoint(rate=200, burst=5, dialect="gemini") as endpoint:
             answers = asyncio.run(batch(endpoint.url))
             stats = endpoint.stats()
     finally:

@@ -162,7 +162,10 @@ def _hints(
     if said.hint is not None:
         seconds, source, dialect, coarse = said.hint
         litellm = dialect == "litellm"
-        yield ServerHint(seconds, source, dialect, coarse, wall + seconds, window=litellm, window_ran_out=litellm)
+        # Gemini's retryDelay is when its per-minute quota has room again (often 30 to 60 s), not when one
+        # bucket's next token comes: it says nothing of the rate, and caps no cut.
+        window = litellm or dialect == "gemini"
+        yield ServerHint(seconds, source, dialect, coarse, wall + seconds, window=window, window_ran_out=litellm)
 
     quotas = read_quotas(headers, lambda: wall)
     if said.headers:

@@ -20,6 +20,7 @@ import datetime
 import http.server
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ __all__ = ["DIALECTS", "EndpointStats", "RateLimitedEndpoint", "TokenBucket"]
 COMPLETIONS_PATH = "/v1/chat/completions"
 #: Anthropic's Messages API, which the anthropic SDK calls.
 MESSAGES_PATH = "/v1/messages"
+#: Gemini's generateContent, which google-genai calls: ``/v1beta/models/{model}:generateContent``.
+GENERATE_CONTENT = re.compile(r"/models/([^/:]+):generateContent")
 _EPSILON = 1e-9
 #: The request limit of the ``openai-tokens`` dialect is this much more generous than its token limit.
 TOKENS_DIALECT_HEADROOM = 10
@@ -59,6 +62,8 @@ DIALECTS: dict[str, str] = {
     "retry-after": "only on a 429: Retry-After in whole seconds, rounded up",
     "retry-after-ms": "only on a 429: retry-after-ms",
     "bare": "a 429 and nothing else: no header, no hint",
+    "gemini": "Gemini's: no rate-limit header; a 429's body is Google's RESOURCE_EXHAUSTED error with a RetryInfo "
+    "retryDelay in whole seconds, rounded up",
     "litellm": "a LiteLLM proxy's per-key limit: rate * window requests per fixed window; "
     "x-ratelimit-api_key-{limit,remaining}-requests on every answer; a 429 says retry-after: the whole window, "
     "reset_at (now + the window, as LiteLLM writes it) and 'Limit resets at' in its body",
@@ -398,15 +403,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # OpenAI's path, under any prefix (Groq serves it at /openai/v1/chat/completions), or Anthropic's.
         path = self.path.split("?", 1)[0]
         anthropic = path.endswith(MESSAGES_PATH)
-        if not (anthropic or path.endswith(COMPLETIONS_PATH)):
-            self._error(404, f"no such endpoint; POST {COMPLETIONS_PATH} or {MESSAGES_PATH}", "not_found")
+        gemini = GENERATE_CONTENT.search(path)
+        if not (anthropic or gemini or path.endswith(COMPLETIONS_PATH)):
+            self._error(
+                404,
+                f"no such endpoint; POST {COMPLETIONS_PATH}, {MESSAGES_PATH} or a model's :generateContent",
+                "not_found",
+            )
             return
         try:
             request = json.loads(body)
-            messages = request["messages"]
-            model = str(request.get("model", "local-model"))
-            prompt = _text(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
-        except (ValueError, KeyError, TypeError, AttributeError):
+            if gemini:
+                model = gemini.group(1)
+                turns = [content for content in request["contents"] if content.get("role", "user") == "user"]
+                prompt = _text(turns[-1]["parts"] if turns else [])
+            else:
+                messages = request["messages"]
+                model = str(request.get("model", "local-model"))
+                prompt = _text(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             self._error(400, "expected a JSON chat completion request with messages", "invalid_request_error")
             return
         if anthropic and request.get("stream"):
@@ -422,6 +437,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.endpoint._state(stated)
             if anthropic and refusal.get("type") != "error":  # Anthropic's error shape, whatever the headers
                 refusal = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit exceeded"}}
+            elif gemini and refusal.get("error", {}).get("status") != "RESOURCE_EXHAUSTED":
+                refusal = _gemini_error(None)
             self._json(429, refusal, limits)
             return
 
@@ -430,6 +447,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         text = f"echo: {prompt}"
         if anthropic:
             self._json(200, _message(model, text), limits)
+        elif gemini:
+            self._json(200, _generated(model, text), limits)
         elif request.get("stream"):
             self._stream(model, text, limits)
         else:
@@ -577,6 +596,9 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
     elif dialect == "retry-after" and not verdict.allowed:
         headers = {"Retry-After": str(math.ceil(wait))}
         stated = math.ceil(wait)
+    elif dialect == "gemini" and not verdict.allowed:
+        body = _gemini_error(math.ceil(wait))
+        stated = math.ceil(wait)
     elif dialect == "retry-after-ms" and not verdict.allowed:
         headers = {"retry-after-ms": str(math.ceil(wait * 1000))}
         stated = math.ceil(wait * 1000) / 1000
@@ -636,6 +658,26 @@ def _message(model: str, text: str) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": 1, "output_tokens": len(text.split())},
     }
+
+
+def _generated(model: str, text: str) -> dict[str, Any]:
+    """A Gemini generateContent answer."""
+    return {
+        "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": len(text.split()), "totalTokenCount": 2},
+        "modelVersion": model,
+    }
+
+
+def _gemini_error(retry_delay: int | None) -> dict[str, Any]:
+    """Google's 429 body: RESOURCE_EXHAUSTED, with a RetryInfo if ``retry_delay`` (whole seconds) is given."""
+    details: list[dict[str, Any]] = [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": "RequestsPerMinute"}]}
+    ]
+    if retry_delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay}s"})
+    message = "You exceeded your current quota, please check your plan and billing details."
+    return {"error": {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED", "details": details}}
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:
