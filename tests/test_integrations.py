@@ -17,6 +17,8 @@ import groq
 import httpx2
 from google import genai
 from google.genai import types
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
@@ -178,3 +180,67 @@ def test_google_genai_async_from_64_tasks() -> None:
     assert len(answers) == REQUESTS
     assert (stats.ok, stats.early) == (REQUESTS, 0)
     assert stats.rate_limited == len(retries)
+
+
+def _chat(url: str, *, asynchronous: bool = True) -> ChatOpenAI:
+    """LangChain's ChatOpenAI with aicoder's clients: ``http_client`` covers only the sync calls, and
+    ``http_async_client`` the async ones (left out, ``asynchronous=False``, to show the trap)."""
+    clients = {"http_client": http_client(Config())}
+    if asynchronous:
+        clients["http_async_client"] = async_http_client(Config())  # type: ignore[assignment]
+    return ChatOpenAI(model="m", api_key=SecretStr("sk-local"), base_url=url, max_retries=0, **clients)  # type: ignore[arg-type]
+
+
+def test_langchain_sync_from_eight_threads() -> None:
+    """``ChatOpenAI(http_client=aicoder.http_client(), http_async_client=…, max_retries=0)``: invoke."""
+    retries, previous = _counting_retries()
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            llm = _chat(endpoint.base_url)
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda _: llm.invoke("hi"), range(REQUESTS)))
+            llm.root_client.close()
+            asyncio.run(llm.root_async_client.close())  # type: ignore[union-attr]
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert all(answer.content == "echo: hi" for answer in answers)
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
+
+
+async def _ainvoke_all(llm: ChatOpenAI) -> list[object]:
+    try:
+        return await asyncio.gather(*(llm.ainvoke("hi") for _ in range(REQUESTS)), return_exceptions=True)
+    finally:
+        llm.root_client.close()  # type: ignore[union-attr]
+        await llm.root_async_client.close()  # type: ignore[union-attr]
+
+
+def test_langchain_async_from_64_tasks() -> None:
+    """ainvoke goes through ``http_async_client``."""
+    retries, previous = _counting_retries()
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            answers = asyncio.run(_ainvoke_all(_chat(endpoint.base_url)))
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert not [answer for answer in answers if isinstance(answer, Exception)]
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
+
+
+def test_langchain_given_only_http_client_sends_its_async_calls_around_aicoder() -> None:
+    """The trap docs/integrations.md warns of: without ``http_async_client``, ainvoke takes the SDK's own
+    client. aicoder never sees those calls: nothing paces them, and every 429 is the SDK's to retry."""
+    retries, previous = _counting_retries()
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            answers = asyncio.run(_ainvoke_all(_chat(endpoint.base_url, asynchronous=False)))
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert retries == []  # aicoder retried nothing
+    assert stats.rate_limited > 0
+    assert sum(isinstance(answer, Exception) for answer in answers) == stats.rate_limited  # with max_retries=0
