@@ -137,7 +137,7 @@ def test_a_refusal_that_says_a_window_ran_out_ends_no_spending() -> None:
     pace.next_turn(0.0, None)
     pace.learn(0.0, [Quota("requests", 100, 100, None, None, "window", "litellm", "x")], serial=1)
     turns(pace, 3)
-    assert not pace.refused(0.01, 0.0, 0.0, None, serial=4, window=True)
+    assert not pace.refused(0.01, 0.0, 0.0, None, serial=4, window_ran_out=True)
     assert pace.spends and pace.rate is None
     assert turns(pace, 3, now=1.0) == [1.0, 1.0, 1.0]
 

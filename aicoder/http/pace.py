@@ -549,14 +549,21 @@ class Pace:
         """The turn named ``ticket`` will not be taken. Here, nothing to undo: only a sent turn is counted."""
 
     def refused(
-        self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0, window: bool = False
+        self,
+        now: float,
+        sent_at: float,
+        granted_at: float,
+        hint: float | None,
+        serial: int = 0,
+        window_ran_out: bool = False,
     ) -> bool:
         """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
         cut the rate (see :meth:`Feedback.refused`). While what the server says remains is spent, a refusal cuts
-        nothing: within it, it ends the spending; past it, the server's window ran out. A refusal that says a
-        ``window`` ran out (LiteLLM's) cuts nothing and ends no spending: the window is waited out, then spent.
+        nothing: within it, it ends the spending; past it, the server's window ran out. A refusal that says its
+        window ran out (``window_ran_out``, as LiteLLM's do) cuts nothing and ends no spending: the window is
+        waited out, then spent.
         """
-        if window:  # counted elsewhere too (other clients, answers out of order): the rate is not what was wrong
+        if window_ran_out:  # counted elsewhere too (other clients, answers out of order): the rate was right
             self.feedback.refusal(sent_at)
             return False
         if self.spends and self._spend_said_by >= 0 and serial > 0:

@@ -632,16 +632,22 @@ class RedisPace:
         self.paces.run("cancel", [self._sends], [ticket])
 
     def refused(
-        self, now: float, sent_at: float, granted_at: float, hint: float | None, serial: int = 0, window: bool = False
+        self,
+        now: float,
+        sent_at: float,
+        granted_at: float,
+        hint: float | None,
+        serial: int = 0,
+        window_ran_out: bool = False,
     ) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
-        process has cut meanwhile or the refusal says a ``window`` ran out (:meth:`Pace.refused`). The local pace
+        process has cut meanwhile or the refusal says its window ran out (:meth:`Pace.refused`). The local pace
         adopts the shared rate either way, to reschedule by."""
         answer = None
         if self._offset is not None:
             keys = [self._pace, self._sends, self._refusals]
             remote = [sent_at + self._offset, granted_at + self._offset]
-            refusal = [self.paces.TTL, _member(), *remote, self.paces.SAMPLES, serial, int(window)]
+            refusal = [self.paces.TTL, _member(), *remote, self.paces.SAMPLES, serial, int(window_ran_out)]
             answer = self.paces.run("refuse", keys, refusal)
         if answer is None:
             if self._alone and (self.local.feedback.rate is not None or self.local.lanes):
@@ -649,7 +655,7 @@ class RedisPace:
                 # about the turns the others took as about its own, which are a fraction of them: it cuts nothing.
                 self.local.feedback.refusal(sent_at)
                 return False
-            return self.local.refused(now, sent_at, granted_at, hint, window=window)
+            return self.local.refused(now, sent_at, granted_at, hint, window_ran_out=window_ran_out)
         self.local.feedback.refusal(sent_at)
         remote_now, stored = float(answer[1]), _pairs(answer[2])
         state = {name: float(stored[field]) for name, field in _STATE_FIELDS.items() if field in stored}
