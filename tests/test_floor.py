@@ -1,7 +1,8 @@
 """A time the server states is a floor: no request, retry or first attempt, goes before it, on any path.
 
 One table of real 429 formats, in headers and in bodies, runs through the adapter, the SDK bridge, the
-asyncio transport, the pace in Redis, and classic httpx clients, sync and async. Waits are recorded, not slept
+asyncio transport, the pace in Redis, and classic httpx clients, sync and async. So do the two ways of
+giving up (out of retries, a hint past LLM_RETRY_MAX_HINT): the same requests, the same give-up. Waits are recorded, not slept
 (:func:`aicoder.testing.instant_waits`): a request that would go early shows a wait shorter than the time
 the server stated.
 """
@@ -30,8 +31,9 @@ from aicoder.http.cooldown import Cooldowns
 from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import server_hint
 from aicoder.http.policy import LinearRetry
+from aicoder.instrumentation import GiveUpDetails, get_hooks, set_hooks
 from tests.redis_server import redis_server
-from tests.servers import Reply, completion, scripted_server
+from tests.servers import Reply, completion, rate_limited, scripted_server
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -259,3 +261,54 @@ def test_no_send_before_the_stated_time(scenario: str, path: str, request: pytes
     assert server.count == 3
     assert max(retry_waits) >= stated.floor - slack
     assert max(later_waits, default=0.0) >= stated.floor - slack
+
+
+#: Two ways to give up, and what every path must report of them: requests the server saw, and the give-up.
+GIVE_UPS = {
+    "retries exhausted": (
+        [{"retry-after-ms": "10"}] * 3,
+        3,
+        GiveUpDetails("POST", "", "", 3, "retries exhausted", 0.01),
+    ),
+    "hint past LLM_RETRY_MAX_HINT": (
+        [{"retry-after": "999"}],
+        1,
+        GiveUpDetails("POST", "", "", 1, "hint past LLM_RETRY_MAX_HINT", 999.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("give_up", GIVE_UPS)
+def test_every_path_gives_up_alike(give_up: str, path: str, request: pytest.FixtureRequest) -> None:
+    """Out of retries (2), or asked to wait longer than LLM_RETRY_MAX_HINT (120 s): the same requests reach
+    the server and the same give-up reaches the hooks, whichever path sent them."""
+    refusals, requests_seen, expected = GIVE_UPS[give_up]
+    redis = request.getfixturevalue("redis_url") if path == "redis" else None
+    give_ups: list[GiveUpDetails] = []
+    previous = get_hooks()
+    set_hooks([_GiveUps(give_ups)])
+    try:
+        with scripted_server(*(rate_limited(headers) for headers in refusals)) as server:
+            send = PATHS[path](f"{server.url}/v1", _config(f"{server.url}/v1", redis))
+            with instant_waits(), pytest.raises((AssertionError, openai.RateLimitError)):
+                send()
+    finally:
+        set_hooks(previous)
+    assert server.count == requests_seen
+    assert [(g.method, g.attempts, g.reason, g.hint) for g in give_ups] == [
+        (expected.method, expected.attempts, expected.reason, expected.hint)
+    ]
+
+
+class _GiveUps:
+    """A hook that keeps the give-ups, and ignores the retries."""
+
+    def __init__(self, kept: list[GiveUpDetails]) -> None:
+        self.kept = kept
+
+    def __call__(self, details: object) -> None:
+        pass
+
+    def on_give_up(self, details: GiveUpDetails) -> None:
+        self.kept.append(details)
