@@ -160,9 +160,11 @@ def _build_parser() -> _ArgumentParser:
     )
     simulate.add_argument(
         "--provider",
-        choices=["openrouter", "openai"],
+        choices=["openrouter", "openai", "anthropic", "gemini"],
         default="openrouter",
-        help="send with plain requests (openrouter) or the openai SDK (default: %(default)s)",
+        help="send with LLMClient over plain requests (openrouter) or the openai SDK (openai), or with the "
+        "anthropic SDK (Messages API) or google-genai (generateContent) over aicoder.http_client(), each "
+        "installed (default: %(default)s)",
     )
     _add_retry_flags(simulate)
     simulate.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")

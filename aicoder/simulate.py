@@ -20,15 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from aicoder.config import Config
+from aicoder.config import Config, ConfigError
 from aicoder.http.adapter import retrying_session
+from aicoder.http.clients import http_client
 from aicoder.http.tokens import estimate_cost
 from aicoder.llm.api_client import LLMClient
 from aicoder.testing.endpoint import FIXED_WINDOW_DIALECTS, WINDOW, RateLimitedEndpoint
 
 __all__ = ["SimulationResult", "ideal_seconds", "simulate"]
 
-Provider = Literal["openrouter", "openai"]
+#: How a batch is sent: LLMClient with plain requests (openrouter) or the openai SDK (openai), or the anthropic SDK
+#: (Anthropic's Messages API) or google-genai (Gemini's generateContent) over aicoder's http_client().
+Provider = Literal["openrouter", "openai", "anthropic", "gemini"]
 LOCAL_KEY = "local-endpoint-needs-no-key"
 SYSTEM_PROMPT = "You are a test."
 
@@ -167,10 +170,9 @@ def _senders(provider: Provider, config: Config, threads: int, processes: int, b
     """Send ``batch`` from ``threads`` threads in this process, or in each of ``processes`` processes;
     yield the time the sending began."""
     if processes == 1:
-        session = retrying_session(config, pool_maxsize=max(10, threads))
-        client = LLMClient(f"{provider}/local-model", config=config, session=session)
+        send, close = _client(provider, config, threads)
         workers = [
-            threading.Thread(target=_send_all, args=(client, batch.claim, batch.finish), daemon=True)
+            threading.Thread(target=_send_all, args=(send, batch.claim, batch.finish), daemon=True)
             for _ in range(threads)
         ]
         started = time.monotonic()
@@ -179,7 +181,7 @@ def _senders(provider: Provider, config: Config, threads: int, processes: int, b
         yield started
         for worker in workers:
             worker.join()
-        session.close()
+        close()
         return
     context = multiprocessing.get_context("spawn")
     claimed, ready, go = context.Value("i", 0), context.Semaphore(0), context.Event()
@@ -236,13 +238,48 @@ def _senders(provider: Provider, config: Config, threads: int, processes: int, b
             helper.join(timeout=5)
 
 
-def _send_all(client: LLMClient, claim: Callable[[], int | None], finish: Callable[[float, str | None], None]) -> None:
-    """Send the batch's requests, one after another, as long as there are any left."""
+def _client(provider: Provider, config: Config, threads: int) -> tuple[Callable[[int], object], Callable[[], None]]:
+    """What sends request number ``index`` of a batch for ``provider``, to the endpoint ``config`` points at,
+    and what closes it. The anthropic and Gemini SDKs must be installed to be used."""
+    if provider in ("openrouter", "openai"):
+        session = retrying_session(config, pool_maxsize=max(10, threads))
+        client = LLMClient(f"{provider}/local-model", config=config, session=session)
+        return (lambda index: client.sendRequest(SYSTEM_PROMPT, prompt(index), verbose=False)), session.close
+    url = (config.openrouter_base_url or "").removesuffix("/v1")
+    http = http_client(config)
+    if provider == "anthropic":
+        try:
+            import anthropic
+        except ImportError:
+            raise ConfigError("--provider anthropic sends with the anthropic SDK: pip install anthropic") from None
+        messages = anthropic.Anthropic(api_key=LOCAL_KEY, base_url=url, http_client=http, max_retries=0).messages
+        return (
+            lambda index: messages.create(
+                model="local-model",
+                max_tokens=64,
+                system=SYSTEM_PROMPT,
+                messages=[{"role": "user", "content": prompt(index)}],
+            )
+        ), http.close
+    try:
+        from google import genai
+        from google.genai import types
+    except ImportError:
+        raise ConfigError("--provider gemini sends with google-genai: pip install google-genai") from None
+    models = genai.Client(api_key=LOCAL_KEY, http_options=types.HttpOptions(base_url=url, httpx_client=http)).models
+    return (lambda index: models.generate_content(model="local-model", contents=prompt(index))), http.close
+
+
+def _send_all(
+    send: Callable[[int], object], claim: Callable[[], int | None], finish: Callable[[float, str | None], None]
+) -> None:
+    """Send the batch's requests, one after another, as long as there are any left. Whatever a request raises
+    (aicoder's error, or an SDK's) is its failure."""
     while (index := claim()) is not None:
         sent = time.monotonic()
         try:
-            client.sendRequest(SYSTEM_PROMPT, prompt(index), verbose=False)
-        except RuntimeError as exc:
+            send(index)
+        except Exception as exc:
             finish(time.monotonic() - sent, str(exc))
         else:
             finish(time.monotonic() - sent, None)
@@ -274,10 +311,9 @@ def _process_main(
             claimed.value += 1
             return int(claimed.value)
 
-    session = retrying_session(config, pool_maxsize=max(10, threads))
-    client = LLMClient(f"{provider}/local-model", config=config, session=session)
+    send, close = _client(provider, config, threads)
     workers = [
-        threading.Thread(target=_send_all, args=(client, claim, lambda *result: results.put(result)), daemon=True)
+        threading.Thread(target=_send_all, args=(send, claim, lambda *result: results.put(result)), daemon=True)
         for _ in range(threads)
     ]
     ready.release()
@@ -286,7 +322,7 @@ def _process_main(
         worker.start()
     for worker in workers:
         worker.join()
-    session.close()
+    close()
 
 
 class _Batch:

@@ -432,3 +432,15 @@ def test_limits_without_an_answer_exits_1_naming_the_url_not_the_key(
     err = capsys.readouterr().err
     assert f"no answer from http://127.0.0.1:{port}/v1/chat/completions: ConnectionError" in err
     assert "SENTINEL" not in err
+
+
+@pytest.mark.parametrize(("provider", "dialect"), [("anthropic", "anthropic"), ("gemini", "gemini")])
+def test_simulate_sends_through_each_sdk_in_its_own_api(
+    provider: str, dialect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--provider anthropic runs the batch through the anthropic SDK (Messages API), gemini through google-genai
+    (generateContent), both over aicoder.http_client()."""
+    argv = ["simulate", "--provider", provider, "--dialect", dialect, "--requests", "12", "--concurrency", "4"]
+    assert main([*argv, "--rate", "100", "--no-compare", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["succeeded"], result["failed"], result["early_sends"]) == (12, 0, 0)

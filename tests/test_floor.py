@@ -2,9 +2,9 @@
 
 One table of real 429 formats, in headers and in bodies, runs through the adapter, the SDK bridge, the
 asyncio transport, the pace in Redis, and classic httpx clients, sync and async. So do the two ways of
-giving up (out of retries, a hint past LLM_RETRY_MAX_HINT): the same requests, the same give-up. Waits are recorded, not slept
-(:func:`aicoder.testing.instant_waits`): a request that would go early shows a wait shorter than the time
-the server stated.
+giving up (out of retries, a hint past LLM_RETRY_MAX_HINT): the same requests, the same give-up. Waits
+are recorded, not slept (:func:`aicoder.testing.instant_waits`): a request that would go early shows a
+wait shorter than the time the server stated.
 """
 
 from __future__ import annotations
