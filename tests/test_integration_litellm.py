@@ -1,0 +1,82 @@
+"""The LiteLLM SDK (on classic httpx) through aicoder's classic clients, for real, against the endpoint.
+
+LiteLLM fetches its model price map from the internet at import unless told not to: the tests have no
+network, so the variable is set before the import, as a user's offline job must set it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+
+from aicoder.config import Config
+from aicoder.http.classic_httpx import async_httpx_client, httpx_client
+from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
+from aicoder.testing import RateLimitedEndpoint
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+REQUESTS = 40
+
+
+def test_litellm_completion_from_eight_threads() -> None:
+    """``litellm.client_session = aicoder.httpx_client()``, and ``max_retries=0`` on each call."""
+    retries: list[RetryDetails] = []
+    previous = get_hooks()
+    set_hooks([retries.append])
+    litellm.client_session = httpx_client(Config())
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+
+            def complete(_: int) -> str:
+                answer = litellm.completion(
+                    model="openai/m", api_base=endpoint.base_url, api_key="sk-local", messages=MESSAGES, max_retries=0
+                )
+                return str(answer.choices[0].message.content)  # type: ignore[union-attr]
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(complete, range(REQUESTS)))
+            stats = endpoint.stats()
+    finally:
+        litellm.client_session.close()
+        litellm.client_session = None
+        set_hooks(previous)
+    assert answers == ["echo: hi"] * REQUESTS
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)  # every 429 retried by aicoder, none by LiteLLM
+
+
+def test_litellm_acompletion_from_64_tasks() -> None:
+    """``litellm.aclient_session = aicoder.async_httpx_client()``."""
+    retries: list[RetryDetails] = []
+    previous = get_hooks()
+    set_hooks([retries.append])
+
+    async def batch(url: str) -> list[object]:
+        litellm.aclient_session = async_httpx_client(Config())
+        try:
+            return await asyncio.gather(
+                *(
+                    litellm.acompletion(
+                        model="openai/m", api_base=url, api_key="sk-local", messages=MESSAGES, max_retries=0
+                    )
+                    for _ in range(REQUESTS)
+                )
+            )
+        finally:
+            await litellm.aclient_session.aclose()
+            litellm.aclient_session = None
+
+    try:
+        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+            answers = asyncio.run(batch(endpoint.base_url))
+            stats = endpoint.stats()
+    finally:
+        set_hooks(previous)
+    assert len(answers) == REQUESTS
+    assert (stats.ok, stats.early) == (REQUESTS, 0)
+    assert stats.rate_limited == len(retries)
