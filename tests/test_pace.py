@@ -304,6 +304,17 @@ def test_after_a_refusal_the_rate_dwells_below_what_was_refused() -> None:
     assert feedback.w_max < 12 * 0.95
 
 
+@pytest.mark.parametrize(("costly", "scale"), [(False, Feedback.SCALE), (True, Feedback.MEASURED_SCALE)])
+def test_a_refusal_that_costs_a_second_makes_the_regrowth_gentle(costly: bool, scale: float) -> None:
+    """A server that states its waits in whole seconds holds everything for one at each refusal: past the cut,
+    the rate searches for more as gently as a measured one, so that it overshoots less often."""
+    feedback = Feedback()
+    for at in (0.0, 0.01, 0.02, 0.03):
+        feedback.sent(at)
+    assert feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03, costly=costly)
+    assert feedback.scale == scale
+
+
 def test_an_idle_spell_makes_the_accepted_count_a_floor_only() -> None:
     """After a pause the server's bucket may have filled: what it took is a floor, not its rate."""
     feedback = Feedback()

@@ -438,8 +438,8 @@ class Cooldowns:
                 # measures the server from the sends since the hold before it, which the new one leaves as it was.
                 held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 next_token = hint.next_token if hint is not None else None
-                ran_out = hint is not None and hint.window_ran_out
-                cut = pace.refused(now, turn.due, turn.granted_at, next_token, turn.serial, ran_out)
+                ran_out, costly = hint is not None and hint.window_ran_out, hint is not None and hint.coarse
+                cut = pace.refused(now, turn.due, turn.granted_at, next_token, turn.serial, ran_out, costly)
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)
                 if cut:

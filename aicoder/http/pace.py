@@ -282,12 +282,22 @@ class Feedback:
         return len(recent) / max(now - recent[-1], self.MIN_WINDOW)
 
     def refused(
-        self, now: float, sent_at: float, granted_at: float, hint: float | None = None, since: float = -math.inf
+        self,
+        now: float,
+        sent_at: float,
+        granted_at: float,
+        hint: float | None = None,
+        since: float = -math.inf,
+        costly: bool = False,
     ) -> bool:
         """Learn from a 429 for a request granted its turn at ``granted_at`` and sent at ``sent_at``.
 
         ``hint`` is the time until the server's next token, if it said so precisely;
-        ``since``, when the latest hold before the request ended. Returns whether the rate was cut.
+        ``since``, when the latest hold before the request ended. ``costly``: the server
+        stated its wait in whole seconds, so each refusal holds everything for one: the
+        rate then regrows as gently as a measured one (``MEASURED_SCALE``), since finding
+        more sooner is worth less than the second each overshoot costs. Returns whether
+        the rate was cut.
         """
         first_after_hold = since > -math.inf and not any(since <= at < sent_at for at in self._sends)
         self.refusal(sent_at)
@@ -301,7 +311,7 @@ class Feedback:
         current = rate if measured is None else measured if rate is None else min(rate, measured)
         if current is None:  # one lone request so far: no rate to cut from yet
             return False
-        new, w_max, scale = current * self.BETA, current, self.SCALE
+        new, w_max, scale = current * self.BETA, current, self.MEASURED_SCALE if costly else self.SCALE
         if hint:  # the server's next token comes within one interval: it allows at most 1 / hint
             new, w_max = min(new, 1 / hint), min(w_max, 1 / hint)
         accepted, saturated = self._accepted_rate(sent_at)
@@ -556,12 +566,13 @@ class Pace:
         hint: float | None,
         serial: int = 0,
         window_ran_out: bool = False,
+        costly: bool = False,
     ) -> bool:
         """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
         cut the rate (see :meth:`Feedback.refused`). While what the server says remains is spent, a refusal cuts
         nothing: within it, it ends the spending; past it, the server's window ran out. A refusal that says its
         window ran out (``window_ran_out``, as LiteLLM's do) cuts nothing and ends no spending: the window is
-        waited out, then spent.
+        waited out, then spent. ``costly``: see :meth:`Feedback.refused`.
         """
         if window_ran_out:  # counted elsewhere too (other clients, answers out of order): the rate was right
             self.feedback.refusal(sent_at)
@@ -575,7 +586,7 @@ class Pace:
             self.feedback.refusal(sent_at)
             return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until
-        cut = self.feedback.refused(now, sent_at, granted_at, hint, since)
+        cut = self.feedback.refused(now, sent_at, granted_at, hint, since, costly)
         if cut:
             self._spaced_at = self.feedback.rate or math.inf
         return cut

@@ -639,6 +639,7 @@ class RedisPace:
         hint: float | None,
         serial: int = 0,
         window_ran_out: bool = False,
+        costly: bool = False,
     ) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
         process has cut meanwhile or the refusal says its window ran out (:meth:`Pace.refused`). The local pace
@@ -655,7 +656,7 @@ class RedisPace:
                 # about the turns the others took as about its own, which are a fraction of them: it cuts nothing.
                 self.local.feedback.refusal(sent_at)
                 return False
-            return self.local.refused(now, sent_at, granted_at, hint, window_ran_out=window_ran_out)
+            return self.local.refused(now, sent_at, granted_at, hint, window_ran_out=window_ran_out, costly=costly)
         self.local.feedback.refusal(sent_at)
         remote_now, stored = float(answer[1]), _pairs(answer[2])
         state = {name: float(stored[field]) for name, field in _STATE_FIELDS.items() if field in stored}
@@ -665,7 +666,7 @@ class RedisPace:
         feedback = Feedback.restore(state, _scores(answer[3]), _scores(answer[4]), self.local.feedback.min_rate)
         hold, quiet = (float(stored.get(field, "-inf")) for field in ("hold", "quiet"))
         since = hold if hold <= remote[0] else quiet
-        if not feedback.refused(remote_now, remote[0], remote[1], hint, since):
+        if not feedback.refused(remote_now, remote[0], remote[1], hint, since, costly):
             return False
         written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
         written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}
