@@ -277,9 +277,9 @@ async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:
             lags.append(time.monotonic() - before - 0.01)
 
     turns = await asyncio.gather(ticker(), *(cooldowns.atake_turn(key) for _ in range(256)))
-    # A loop blocked by the hold would lag 0.2 s. The first tick also waits while 256 tasks take their turns,
-    # which takes tens of milliseconds on a loaded machine.
-    assert max(lags) < 0.12
+    # A loop blocked by the hold would lag 0.2 s. The first tick waits while 256 tasks take their turns, which
+    # takes tens of milliseconds on a loaded machine: the ticks after it are the ones spent waiting on the hold.
+    assert max(lags[1:]) < 0.1
     assert min(turn.due for turn in turns[1:]) >= pace.held_until - 0.2 + 0.19
 
 

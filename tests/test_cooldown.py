@@ -356,3 +356,28 @@ def test_coordination_can_be_switched_off() -> None:
 def test_adapters_share_the_process_cooldowns_by_default() -> None:
     """Two adapters built separately coordinate through the same object."""
     assert LinearBackoffAdapter(Config()).cooldowns is LinearBackoffAdapter(Config()).cooldowns is default_cooldowns()
+
+
+def test_a_turn_come_but_not_yet_taken_follows_a_later_hold() -> None:
+    """A turn whose time came while its thread still slept (a busy interpreter can keep it tens of
+    milliseconds) has not gone: a hold made before the thread takes it moves it behind the hold."""
+    now = 1000.0
+    asleep, release = threading.Event(), threading.Event()
+
+    def stalled(seconds: float) -> None:
+        asleep.set()
+        assert release.wait(5)
+
+    cooldowns = Cooldowns(clock=lambda: now, sleep=stalled, probe_timeout=0.01)
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, {"x-ratelimit-limit-requests": "60"})  # a turn a second, nothing to spend
+    first = cooldowns.take_turn(KEY)  # due now: taken at once
+    taken: list[float] = []
+    second = threading.Thread(target=lambda: taken.append(cooldowns.take_turn(KEY).due))
+    second.start()
+    assert asleep.wait(5)  # its turn is a second away; its thread sleeps
+    now += 2.0  # the turn has come, but its thread has not woken yet
+    cooldowns.observe(first, 429, {}, ServerHint(5.0, "retry-after", coarse=True))
+    release.set()
+    second.join(5)
+    assert taken == [now + 5.0]

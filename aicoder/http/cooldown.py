@@ -459,13 +459,16 @@ class Cooldowns:
 
     @staticmethod
     def _reschedule(destination: _Destination, now: float, *, followed: bool = False) -> None:
-        """Move the turns handed out but not yet due behind a new hold or rate: they are granted anew. Lock held.
+        """Move the turns handed out but not yet taken behind a new hold or rate: they are granted anew. Lock held.
 
+        A turn whose time has come but whose thread or task has not yet taken it (a
+        busy interpreter can keep it tens of milliseconds) has not gone: it moves too,
+        or it would go after a hold the server stated.
         ``followed``: the hold or rate came from another process, through the shared
         pace; only the turns it moved are granted anew.
         """
         # Followed, a turn due now has not gone yet: it is asking whether it may.
-        pending = _waiting(destination, now, including_now=followed)
+        pending = _waiting(destination, now, including_now=followed) if followed else _untaken(destination)
         pace = destination.pace
         costs = [turn.cost if pace.counts_tokens else None for turn in pending]
         times = pace.reschedule([turn.due for turn in pending], [turn.ticket for turn in pending], costs)
@@ -510,6 +513,11 @@ class Cooldowns:
         if destination.first_answer is not None and destination.probing in (None, turn):
             destination.first_answer.set()
             destination.first_answer, destination.probing = None, None
+
+
+def _untaken(destination: _Destination) -> list[Turn]:
+    """``destination``'s pending turns, due or not, that no thread or task has taken yet, soonest first."""
+    return sorted(destination.pending, key=lambda turn: turn.due)
 
 
 def _waiting(destination: _Destination, now: float, *, including_now: bool = False) -> list[Turn]:
