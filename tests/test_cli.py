@@ -203,7 +203,7 @@ def test_simulate_exhausted_budget_exits_1(capsys: pytest.CaptureFixture[str], m
         ["simulate", "--concurrency", "1000000000"],  # once started threads until memory ran out
         ["simulate", "--foreign", "0.95"],
         ["simulate", "--dialect", "klingon"],
-        ["simulate", "--provider", "anthropic"],
+        ["simulate", "--provider", "cohere"],
         ["simulate", "--max", "nan"],
         ["simulate", "--processes", "0"],
         ["simulate", "--processes", "65"],
@@ -218,15 +218,12 @@ def test_simulate_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixtur
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("given", ["url", "local"])
-def test_simulate_processes_share_a_pace_through_redis(
-    given: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """--processes with --redis URL, or a redis-server of its own: the batch comes from several processes,
-    beside the same batch with a pace per process."""
-    with redis_server(tmp_path) as (url, _):
+def test_simulate_processes_share_a_pace_through_redis(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--processes with --redis local (a redis-server of its own): the batch comes from several processes,
+    beside the same batch with a pace per process. (A URL goes the same way: test_redis_pace.py.)"""
+    with redis_server(tmp_path):  # skips where redis-server is missing, and fails under CI=true
         argv = ["simulate", "--processes", "2", "--concurrency", "2", "--requests", "8", "--rate", "40", "--burst", "2"]
-        assert main([*argv, "--redis", url if given == "url" else "local"]) == 0
+        assert main([*argv, "--redis", "local"]) == 0
     out = capsys.readouterr().out
     assert "8 requests from 2 processes x 2 threads on one key" in out
     assert "pace per process" in out and "pace in Redis" in out
@@ -340,7 +337,7 @@ raise SystemExit(1)
 
 
 def test_no_exit_hangs_after_a_connection_error() -> None:
-    """A process that failed to connect exits, every time: 50 library scripts that keep their
+    """A process that failed to connect exits, every time: 30 library scripts that keep their
     ConnectionError, and 10 ``aicoder ask`` runs, against a port nothing listens on. (A lock that a stopped
     daemon thread held, taken from a weakref callback during the exit's garbage collection, hung 1 in 15.)"""
     import os
@@ -352,7 +349,7 @@ def test_no_exit_hangs_after_a_connection_error() -> None:
     url = f"http://127.0.0.1:{port}/v1"
     environment = os.environ | {"OPENROUTER_API_KEY": "sk-closed-port", "OPENROUTER_BASE_URL": url}
     script = KEEPS_A_CONNECTION_ERROR.format(url=f"{url}/chat/completions")
-    commands = [[sys.executable, "-c", script]] * 50 + [[sys.executable, "-m", "aicoder", "ask", "hi"]] * 10
+    commands = [[sys.executable, "-c", script]] * 30 + [[sys.executable, "-m", "aicoder", "ask", "hi"]] * 10
     codes: list[int | None] = []
     for start in range(0, len(commands), 10):  # ten at a time
         runs = [
@@ -366,7 +363,7 @@ def test_no_exit_hangs_after_a_connection_error() -> None:
                 run.kill()
                 run.wait()
                 codes.append(None)  # hung
-    assert codes == [1] * 60
+    assert codes == [1] * 40
 
 
 #: What ``aicoder limits`` should find in each dialect's successful answer (None: nothing, until a 429).

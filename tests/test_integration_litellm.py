@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-import litellm
+import pytest
 
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
@@ -20,17 +19,28 @@ from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
 from aicoder.testing import RateLimitedEndpoint
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+#: Real SDKs, end to end: integration tests, beside the unit suite (``-m "not integration"`` leaves them out).
+pytestmark = pytest.mark.integration
 REQUESTS = 40
 
 
-def test_litellm_completion_from_eight_threads() -> None:
+@pytest.fixture(scope="module")
+def litellm() -> ModuleType:
+    """LiteLLM, imported with its price map kept local (imported here: collecting the unit suite skips it)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+def test_litellm_completion_from_eight_threads(litellm: ModuleType) -> None:
     """``litellm.client_session = aicoder.httpx_client()``, and ``max_retries=0`` on each call."""
     retries: list[RetryDetails] = []
     previous = get_hooks()
     set_hooks([retries.append])
     litellm.client_session = httpx_client(Config())
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
 
             def complete(_: int) -> str:
                 answer = litellm.completion(
@@ -50,7 +60,7 @@ def test_litellm_completion_from_eight_threads() -> None:
     assert stats.rate_limited == len(retries)  # every 429 retried by aicoder, none by LiteLLM
 
 
-def test_litellm_acompletion_from_64_tasks() -> None:
+def test_litellm_acompletion_from_64_tasks(litellm: ModuleType) -> None:
     """``litellm.aclient_session = aicoder.async_httpx_client()``."""
     retries: list[RetryDetails] = []
     previous = get_hooks()
@@ -72,7 +82,7 @@ def test_litellm_acompletion_from_64_tasks() -> None:
             litellm.aclient_session = None
 
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
             answers = asyncio.run(batch(endpoint.base_url))
             stats = endpoint.stats()
     finally:

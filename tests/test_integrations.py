@@ -1,6 +1,6 @@
 """The SDKs users already have, for real, through aicoder's clients, against the built-in endpoint.
 
-Each runs a batch from 8 threads (or 64 asyncio tasks) against a limit of 50 a
+Each runs a batch from 8 threads (or 64 asyncio tasks) against a limit of 100 a
 second (200 for Gemini, whose 429s state whole seconds), in its own API and
 dialect, with its own retries off: every request completes, none goes before a
 time the endpoint stated, and the SDK adds no request of its own (the endpoint
@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-import anthropic
-import groq
-import httpx2
-from google import genai
-from google.genai import types
-from langchain_openai import ChatOpenAI
-from pydantic import SecretStr
+import pytest
 
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
@@ -26,7 +21,14 @@ from aicoder.http.clients import async_http_client, http_client
 from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
 from aicoder.testing import RateLimitedEndpoint
 
+if TYPE_CHECKING:  # each SDK is imported by its tests: collecting the unit suite imports none of them
+    import httpx2
+    from google import genai
+    from langchain_openai import ChatOpenAI
+
 MESSAGES = [{"role": "user", "content": "hi"}]
+#: Real SDKs, end to end: integration tests, beside the unit suite (``-m "not integration"`` leaves them out).
+pytestmark = pytest.mark.integration
 REQUESTS = 40
 
 
@@ -39,9 +41,11 @@ def _counting_retries() -> tuple[list[RetryDetails], list[object]]:
 
 def test_groq_sync_from_eight_threads() -> None:
     """groq 1.x is built on classic httpx: ``Groq(http_client=aicoder.httpx_client(), max_retries=0)``."""
+    import groq
+
     retries, previous = _counting_retries()
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
             client = groq.Groq(
                 api_key="gsk-local", base_url=endpoint.url, http_client=httpx_client(Config()), max_retries=0
             )
@@ -60,6 +64,8 @@ def test_groq_sync_from_eight_threads() -> None:
 
 def test_groq_async_from_64_tasks() -> None:
     """``AsyncGroq(http_client=aicoder.async_httpx_client(), max_retries=0)``."""
+    import groq
+
     retries, previous = _counting_retries()
 
     async def batch(url: str) -> list[object]:
@@ -76,7 +82,7 @@ def test_groq_async_from_64_tasks() -> None:
             return await asyncio.gather(*(one() for _ in range(REQUESTS)))
 
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
             answers = asyncio.run(batch(endpoint.url))
             stats = endpoint.stats()
     finally:
@@ -89,9 +95,11 @@ def test_groq_async_from_64_tasks() -> None:
 def test_anthropic_sync_from_eight_threads() -> None:
     """anthropic 2.x is built on httpx2: ``Anthropic(http_client=aicoder.http_client(), max_retries=0)``, against
     the Messages API in Anthropic's own dialect (``anthropic-ratelimit-*``, integer ``retry-after``)."""
+    import anthropic
+
     retries, previous = _counting_retries()
     try:
-        with RateLimitedEndpoint(rate=50, burst=5, dialect="anthropic") as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5, dialect="anthropic") as endpoint:
             client = anthropic.Anthropic(
                 api_key="sk-ant-local", base_url=endpoint.url, http_client=http_client(Config()), max_retries=0
             )
@@ -112,6 +120,8 @@ def test_anthropic_sync_from_eight_threads() -> None:
 
 def test_anthropic_async_from_64_tasks() -> None:
     """``AsyncAnthropic(http_client=aicoder.async_http_client(), max_retries=0)``."""
+    import anthropic
+
     retries, previous = _counting_retries()
 
     async def batch(url: str) -> list[object]:
@@ -124,7 +134,7 @@ def test_anthropic_async_from_64_tasks() -> None:
             )
 
     try:
-        with RateLimitedEndpoint(rate=50, burst=5, dialect="anthropic") as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5, dialect="anthropic") as endpoint:
             answers = asyncio.run(batch(endpoint.url))
             stats = endpoint.stats()
     finally:
@@ -137,6 +147,9 @@ def test_anthropic_async_from_64_tasks() -> None:
 def _gemini(url: str, *, asynchronous: bool = False) -> tuple[genai.Client, httpx2.Client | httpx2.AsyncClient]:
     """A google-genai client over one of aicoder's clients, which the caller closes (genai leaves a client it
     was given open)."""
+    from google import genai
+    from google.genai import types
+
     http = async_http_client(Config()) if asynchronous else http_client(Config())
     given = {"httpx_async_client": http} if asynchronous else {"httpx_client": http}
     return genai.Client(api_key="AIza-local", http_options=types.HttpOptions(base_url=url, **given)), http
@@ -185,6 +198,9 @@ def test_google_genai_async_from_64_tasks() -> None:
 def _chat(url: str, *, asynchronous: bool = True) -> ChatOpenAI:
     """LangChain's ChatOpenAI with aicoder's clients: ``http_client`` covers only the sync calls, and
     ``http_async_client`` the async ones (left out, ``asynchronous=False``, to show the trap)."""
+    from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
+
     clients = {"http_client": http_client(Config())}
     if asynchronous:
         clients["http_async_client"] = async_http_client(Config())  # type: ignore[assignment]
@@ -195,7 +211,7 @@ def test_langchain_sync_from_eight_threads() -> None:
     """``ChatOpenAI(http_client=aicoder.http_client(), http_async_client=…, max_retries=0)``: invoke."""
     retries, previous = _counting_retries()
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
             llm = _chat(endpoint.base_url)
             with ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(lambda _: llm.invoke("hi"), range(REQUESTS)))
@@ -221,7 +237,7 @@ def test_langchain_async_from_64_tasks() -> None:
     """ainvoke goes through ``http_async_client``."""
     retries, previous = _counting_retries()
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
             answers = asyncio.run(_ainvoke_all(_chat(endpoint.base_url)))
             stats = endpoint.stats()
     finally:
@@ -236,7 +252,7 @@ def test_langchain_given_only_http_client_sends_its_async_calls_around_aicoder()
     client. aicoder never sees those calls: nothing paces them, and every 429 is the SDK's to retry."""
     retries, previous = _counting_retries()
     try:
-        with RateLimitedEndpoint(rate=50, burst=5) as endpoint:
+        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
             answers = asyncio.run(_ainvoke_all(_chat(endpoint.base_url, asynchronous=False)))
             stats = endpoint.stats()
     finally:
