@@ -17,7 +17,7 @@ from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
 from aicoder.http.cooldown import Cooldowns, default_cooldowns
 from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import SAFETY_MARGIN
+from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
 from aicoder.testing import RateLimitedEndpoint
 from tests.pacing import regrown_to_twenty_a_second, slowed_to_five_a_second
 
@@ -160,6 +160,28 @@ def test_a_one_second_hint_is_not_a_pace(cooldowns: Cooldowns, fake: FakeTime) -
     later = turns(cooldowns, fake, 5)
     assert later[0] == pytest.approx(refused_at + 1.0) and refused_at >= granted[-1]
     assert all(b - a < 0.5 for a, b in itertools.pairwise(later))
+
+
+@pytest.mark.parametrize(
+    ("hint", "scale"),
+    [
+        (ServerHint(0.02, "retry-after-ms"), Feedback.SCALE),
+        (ServerHint(1.0, "retry-after", coarse=True), Feedback.MEASURED_SCALE),
+        (ServerHint(1.5, "body: RetryInfo.retryDelay", "gemini", window=True), Feedback.MEASURED_SCALE),
+    ],
+    ids=["20 ms", "whole seconds", "1.5 s"],
+)
+def test_a_refusal_that_holds_a_second_or_more_makes_the_regrowth_gentle(
+    hint: ServerHint, scale: float, cooldowns: Cooldowns, fake: FakeTime
+) -> None:
+    """The cut a 429 makes regrows at MEASURED_SCALE when the wait it states costs a second or more."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, {})
+    turns(cooldowns, fake, 6)
+    cooldowns.observe(cooldowns.take_turn(KEY), 429, {}, hint)
+    pace = cooldowns.pace(KEY)
+    assert isinstance(pace, Pace) and pace.rate is not None  # cut
+    assert pace.feedback.scale == scale
 
 
 def per_minute_rate(limit: int, reset: str) -> dict[str, str]:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: The quotas of answers other than 429s are read at most this often per destination, in seconds.
 LEARN_INTERVAL = 0.05
+#: A refusal whose stated wait is this long (seconds), or in whole seconds, makes the rate regrow gently.
+COSTLY_HOLD = 1.0
 
 
 class _Destination:
@@ -438,7 +440,10 @@ class Cooldowns:
                 # measures the server from the sends since the hold before it, which the new one leaves as it was.
                 held = hint is not None and pace.hold(now + hint.seconds, now)  # a stated time is a floor
                 next_token = hint.next_token if hint is not None else None
-                ran_out, costly = hint is not None and hint.window_ran_out, hint is not None and hint.coarse
+                # A refusal that holds everything for a second or more (whole-second waits, Gemini's retryDelay)
+                # is costly: the rate regrows gently after it.
+                ran_out = hint is not None and hint.window_ran_out
+                costly = hint is not None and (hint.coarse or hint.seconds >= COSTLY_HOLD)
                 cut = pace.refused(now, turn.due, turn.granted_at, next_token, turn.serial, ran_out, costly)
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)

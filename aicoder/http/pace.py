@@ -294,10 +294,10 @@ class Feedback:
 
         ``hint`` is the time until the server's next token, if it said so precisely;
         ``since``, when the latest hold before the request ended. ``costly``: the server
-        stated its wait in whole seconds, so each refusal holds everything for one: the
-        rate then regrows as gently as a measured one (``MEASURED_SCALE``), since finding
-        more sooner is worth less than the second each overshoot costs. Returns whether
-        the rate was cut.
+        stated a wait of a second or more, or in whole seconds, so each refusal holds
+        everything for that long: the rate then regrows as gently as a measured one
+        (``MEASURED_SCALE``), since finding more sooner is worth less than what each
+        overshoot costs. Returns whether the rate was cut.
         """
         first_after_hold = since > -math.inf and not any(since <= at < sent_at for at in self._sends)
         self.refusal(sent_at)
