@@ -61,7 +61,8 @@ TOKEN_COST = estimate_cost(json.dumps({"messages": MESSAGES})).total  # type: ig
 GOALS = (
     {dialect: (1.10, 0.15) for dialect in DIALECTS}
     | {dialect: (1.05, 0.10) for dialect in ("openai", "openai-tokens", "anthropic", "github", "ietf")}
-    | {"retry-after": (1.25, 0.10), "bare": (1.5, 0.5), "litellm": (1.25, math.inf), "litellm-unenforced": (0, 0)}
+    | {"retry-after": (1.25, 0.10), "gemini": (1.25, 0.10), "bare": (1.5, 0.5)}
+    | {"litellm": (1.25, math.inf), "litellm-unenforced": (0, 0)}
 )
 #: A declared limit nothing enforces has no ideal time: the goal is to take at most this much of the SDK's.
 UNENFORCED_SDK_RATIO = 1.5
