@@ -536,7 +536,7 @@ def _lived(events: list[tuple[object, ...]]) -> tuple[Pace, float, list[float]]:
     return pace, now, sorted(at for at in handed if at > now)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_EVENTS)
 def test_a_reschedule_never_moves_a_turn_earlier(events: list[tuple[object, ...]]) -> None:
     pace, _, pending = _lived(events)
@@ -544,7 +544,7 @@ def test_a_reschedule_never_moves_a_turn_earlier(events: list[tuple[object, ...]
     assert all(after >= before for before, after in zip(pending, moved, strict=True))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_EVENTS)
 def test_a_hurry_never_moves_a_turn_later_nor_before_the_hold(events: list[tuple[object, ...]]) -> None:
     pace, _, pending = _lived(events)
