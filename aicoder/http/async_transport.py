@@ -92,7 +92,6 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
                 await response.aclose()
                 raise
             await response.aclose()
-            _raise_if_cancelled()
             seconds = retry.waits[-1].seconds
             if turn is None:
                 await waiting.asleep(seconds)
@@ -132,18 +131,6 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._transport.aclose()
-
-
-def _raise_if_cancelled() -> None:
-    """Raise the cancellation this task was asked for, if a shielded close swallowed it.
-
-    Closing a response runs its connection's cleanup shielded from cancellation; a
-    Ctrl-C (``asyncio.run`` cancels the main task) that lands meanwhile is then lost,
-    and the task would go on to wait out the retry's whole backoff.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _increment(retry: LinearRetry, request: httpx2.Request, answer: HTTPResponse, turn: Turn | None) -> LinearRetry:
