@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -44,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 import aicoder
 from aicoder.config import Config
 from aicoder.http.cooldown import default_cooldowns
+from tests.perf.batches import run_threads
 from tests.perf.bench import endpoint_process, time_paired
 
 RATE, BURST = 5.0, 5
@@ -132,28 +132,14 @@ def _chat(v1: str, ours: bool) -> ChatOpenAI:
 
 
 def run_sync(send: Sync, requests: int, threads: int) -> tuple[int, float]:
-    failures, left, lock = 0, requests, threading.Lock()
+    """The failures and wall time of ``requests`` sends from ``threads`` threads (batches.run_threads)."""
 
-    def work() -> None:
-        nonlocal failures, left
-        while True:
-            with lock:
-                if left == 0:
-                    return
-                left -= 1
-            try:
-                send()
-            except Exception:
-                with lock:
-                    failures += 1
+    def succeeded(_: int) -> bool:
+        send()
+        return True
 
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
-    started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return failures, time.monotonic() - started
+    failures, wall, _ = run_threads(succeeded, requests, threads)
+    return failures, wall
 
 
 def run_async(send: Async, requests: int, tasks: int) -> tuple[int, float]:
