@@ -31,6 +31,14 @@ def test_the_http_layer_never_imports_openai() -> None:
     assert "openai" not in modules
 
 
+def test_the_openai_sdk_is_imported_only_for_the_openai_provider() -> None:
+    """The CLI and an OpenRouter client start without the openai SDK, half a second to import."""
+    openrouter_client = "from aicoder import Config, LLMClient; LLMClient('m', config=Config(openrouter_api_key='k'))"
+    assert "openai" not in imported_modules(f"import aicoder.cli; {openrouter_client}")
+    openai_client = "from aicoder import Config, LLMClient; LLMClient('openai/m', config=Config(openai_api_key='k'))"
+    assert "openai" in imported_modules(openai_client)
+
+
 def test_import_aicoder_imports_names_only_when_used() -> None:
     """``import aicoder`` alone loads no HTTP or LLM module; a name brings in its own module."""
     assert not {"openai", "requests", "aicoder.llm.api_client"} & imported_modules("import aicoder")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-import openai
 import requests
 
 from aicoder.config import MAX_HINT_CAP, Config, ConfigError
@@ -25,17 +24,11 @@ from aicoder.http.policy import TOO_MANY_REQUESTS, LinearRetry
 from aicoder.http.redaction import redact, redact_chain, safe_url
 from aicoder.http.transport import RETRY_EXTENSION, WAITS_EXTENSION
 from aicoder.llm.errors import LLMError, RateLimitError
-from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenAIProvider, OpenRouterProvider
+from aicoder.llm.providers import LLMProvider, MalformedResponseError, Message, OpenRouterProvider
 
 __all__ = ["LLMClient"]
 
-_PROVIDERS: dict[str, type[LLMProvider]] = {
-    "openai": OpenAIProvider,
-    "openrouter": OpenRouterProvider,
-}
 _MESSAGE_LIMIT = 300
-#: What a provider raises when a request fails: each becomes one :class:`~aicoder.llm.errors.LLMError`.
-_FAILURES = (requests.RequestException, httpx2.HTTPError, openai.OpenAIError, MalformedResponseError)
 
 
 class LLMClient:
@@ -60,7 +53,7 @@ class LLMClient:
                 f"model {modelWithPrefix!r} is not allowed: expected a model name such as 'openai/gpt-4o'"
             )
         prefix, slash, name = modelWithPrefix.partition("/")
-        provider_class = _PROVIDERS.get(prefix) if slash else None
+        provider_class = _provider_class(prefix) if slash else None
         self.model = name if provider_class is not None else modelWithPrefix
         if not self.model.strip():
             raise ConfigError(
@@ -80,7 +73,7 @@ class LLMClient:
         """
         try:
             return self.provider.create_completion(self.model, _messages(systemPrompt, userPrompt), verbose=verbose)
-        except _FAILURES as exc:
+        except self.provider.failures as exc:
             raise self._failure(exc) from exc
 
     async def asendRequest(self, systemPrompt: str, userPrompt: str, verbose: bool = False) -> str:  # noqa: N802, N803
@@ -94,7 +87,7 @@ class LLMClient:
             return await self.provider.acreate_completion(
                 self.model, _messages(systemPrompt, userPrompt), verbose=verbose
             )
-        except _FAILURES as exc:
+        except self.provider.failures as exc:
             raise self._failure(exc) from exc
 
     async def aclose(self) -> None:
@@ -105,6 +98,17 @@ class LLMClient:
         error = _error(self.provider.name, exc, self.provider.secrets)
         redact_chain(exc, self.provider.secrets)  # a traceback printed later shows no secret either
         return error
+
+
+def _provider_class(prefix: str) -> type[LLMProvider] | None:
+    """The provider a model prefix names; the openai SDK, slow to import, is imported only when named."""
+    if prefix == "openrouter":
+        return OpenRouterProvider
+    if prefix == "openai":
+        from aicoder.llm.providers.openai import OpenAIProvider
+
+        return OpenAIProvider
+    return None
 
 
 def _messages(system: str, user: str) -> list[Message]:
@@ -217,7 +221,8 @@ def _describe_transport_error(provider: str, exc: Exception) -> str:
         return f"{provider} request failed: {exc}"
     request = _request_of(exc)
     where = f" {request.method} {safe_url(str(request.url))}" if request is not None else ""
-    timed_out = isinstance(exc, (requests.Timeout, openai.APITimeoutError, httpx2.TimeoutException))
+    timeouts = (requests.Timeout, httpx2.TimeoutException)
+    timed_out = isinstance(exc, timeouts) or isinstance(exc.__cause__, timeouts)  # the openai SDK wraps httpx2's
     what = "timed out" if timed_out else "could not complete"
     return f"{provider} request{where} {what}: {_root_cause(exc)}. Not retried: aicoder retries only HTTP 429."
 
@@ -243,8 +248,8 @@ def _http_failure(exc: Exception) -> _Failure | None:
             retry=retry_state(response),
             waits=waits_of(response),
         )
-    if isinstance(exc, (openai.APIStatusError, httpx2.HTTPStatusError)):
-        sdk_response = exc.response
+    sdk_response = getattr(exc, "response", None)  # httpx2.HTTPStatusError's, or the openai SDK's APIStatusError's
+    if isinstance(sdk_response, httpx2.Response):
         retry = sdk_response.extensions.get(RETRY_EXTENSION)
         waits = sdk_response.extensions.get(WAITS_EXTENSION)
         return _Failure(

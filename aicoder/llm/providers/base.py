@@ -78,6 +78,12 @@ class LLMProvider(ABC):
     #: The settings that give the key and the base URL: ``(variable, Config field)``.
     key_setting: ClassVar[tuple[str, str]]
     base_url_setting: ClassVar[tuple[str, str]]
+    #: What a request may fail with: :class:`~aicoder.llm.api_client.LLMClient` explains each as one error.
+    failures: ClassVar[tuple[type[Exception], ...]] = (
+        requests.RequestException,
+        httpx2.HTTPError,
+        MalformedResponseError,
+    )
     session: requests.Session
     #: Secrets that must never appear in a message: :class:`~aicoder.llm.api_client.LLMClient` redacts them.
     secrets: tuple[str, ...] = ()

@@ -32,6 +32,7 @@ class OpenAIProvider(LLMProvider):
     name = "openai"
     key_setting = ("OPENAI_API_KEY", "openai_api_key")
     base_url_setting = ("OPENAI_BASE_URL", "openai_base_url")
+    failures = (*LLMProvider.failures, openai.OpenAIError)
 
     def _start(self) -> None:
         self.client = openai.OpenAI(
