@@ -431,6 +431,7 @@ def test_limits_without_an_answer_exits_1_naming_the_url_not_the_key(
     assert "SENTINEL" not in err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("provider", "dialect"), [("anthropic", "anthropic"), ("gemini", "gemini")])
 def test_simulate_sends_through_each_sdk_in_its_own_api(
     provider: str, dialect: str, capsys: pytest.CaptureFixture[str]

@@ -33,10 +33,15 @@ def test_the_http_layer_never_imports_openai() -> None:
 
 def test_the_openai_sdk_is_imported_only_for_the_openai_provider() -> None:
     """The CLI and an OpenRouter client start without the openai SDK, half a second to import."""
-    openrouter_client = "from aicoder import Config, LLMClient; LLMClient('m', config=Config(openrouter_api_key='k'))"
-    assert "openai" not in imported_modules(f"import aicoder.cli; {openrouter_client}")
-    openai_client = "from aicoder import Config, LLMClient; LLMClient('openai/m', config=Config(openai_api_key='k'))"
-    assert "openai" in imported_modules(openai_client)
+    code = (
+        "import sys, aicoder.cli; from aicoder import Config, LLMClient\n"
+        "LLMClient('m', config=Config(openrouter_api_key='k'))\n"
+        "print('openai' in sys.modules)\n"
+        "LLMClient('openai/m', config=Config(openai_api_key='k'))\n"
+        "print('openai' in sys.modules)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.split() == ["False", "True"]
 
 
 def test_import_aicoder_imports_names_only_when_used() -> None:
