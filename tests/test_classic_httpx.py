@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -87,4 +88,30 @@ def test_a_refused_connection_is_httpx_connect_error(asynchronous: bool) -> None
     else:
         with pytest.raises(httpx.ConnectError) as caught, httpx_client(CONFIG) as client:
             client.get(url)
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_trickled_body_times_out_as_httpx_read_timeout(asynchronous: bool) -> None:
+    """A body that trickles on past LLM_REQUEST_TIMEOUT ends at the deadline as httpx's own ReadTimeout."""
+    from tests.test_deadline import trickling_server
+
+    timeout = 0.3
+    config = Config(request_timeout=timeout)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"
+    with trickling_server(head, b"data", every=0.01) as url:
+        started = time.monotonic()
+        if asynchronous:
+
+            async def read() -> None:
+                async with async_httpx_client(config) as client:
+                    await client.get(f"{url}/v1/models")
+
+            with pytest.raises(httpx.ReadTimeout) as caught:
+                asyncio.run(read())
+        else:
+            with pytest.raises(httpx.ReadTimeout) as caught, httpx_client(config) as client:
+                client.get(f"{url}/v1/models")
+        elapsed = time.monotonic() - started
+    assert timeout <= elapsed < timeout + 2  # at the deadline, not after 100,000 bytes at 100 a second
     assert caught.value.__cause__ is not None

@@ -5,10 +5,12 @@
     client = groq.Groq(http_client=aicoder.httpx_client(), max_retries=0)
     client = groq.AsyncGroq(http_client=aicoder.async_httpx_client(), max_retries=0)
 
-httpx and httpx2 share one API, so there is no second bridge: :class:`HttpxTransport`
-and :class:`AsyncHttpxTransport` hand each request to aicoder's httpx2 transports
-(:class:`~aicoder.http.transport.RequestsTransport`,
-:class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport`) and convert at the
+httpx and httpx2 share one API, so there is no second bridge. :class:`HttpxTransport`
+sends each request through the sync bridge's own code
+(:meth:`~aicoder.http.transport.RequestsTransport.exchange`) and builds httpx's
+response from the ``requests`` one, as the bridge builds httpx2's.
+:class:`AsyncHttpxTransport` hands each request to
+:class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport` and converts at the
 edge: the request in; the response, still streaming, and any error out. The policy,
 the pace, the hooks and the errors are the very same objects. Needs httpx:
 ``pip install httpx`` (or, from a checkout, ``pip install -e '.[httpx]'``).
@@ -20,11 +22,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
+import requests
 
 from aicoder.config import Config
 from aicoder.http.adapter import retrying_session
 from aicoder.http.async_transport import DEFAULT_LIMITS, AsyncLinearBackoffTransport
-from aicoder.http.transport import RequestsTransport
+from aicoder.http.transport import RequestsTransport, ResponseStream
 
 try:
     import httpx
@@ -38,19 +41,22 @@ SDK_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 
 
 class HttpxTransport(httpx.BaseTransport):
-    """An httpx transport that sends through an httpx2 one (default: :class:`RequestsTransport` over
-    :func:`~aicoder.http.adapter.retrying_session`), which it closes with itself."""
+    """:class:`~aicoder.http.transport.RequestsTransport` for classic httpx: an httpx transport that sends
+    every request through ``session`` (mount a :class:`~aicoder.http.adapter.LinearBackoffAdapter` on it to
+    retry), and closes it with itself only if ``close_session`` is true."""
 
-    def __init__(self, transport: httpx2.BaseTransport) -> None:
-        self.transport = transport
+    def __init__(self, session: requests.Session, *, close_session: bool = False) -> None:
+        self.bridge = RequestsTransport(session, close_session=close_session)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with _as_httpx_errors(request):
-            response = self.transport.handle_request(_as_httpx2(request, request.read()))
-        return _as_httpx(response, _Stream(response, request))
+            response, headers, extensions = self.bridge.exchange(request)
+        return httpx.Response(
+            response.status_code, headers=headers, stream=_Stream(response, request), extensions=extensions
+        )
 
     def close(self) -> None:
-        self.transport.close()
+        self.bridge.close()
 
 
 class AsyncHttpxTransport(httpx.AsyncBaseTransport):
@@ -73,7 +79,7 @@ class AsyncHttpxTransport(httpx.AsyncBaseTransport):
 def httpx_client(config: Config | None = None) -> httpx.Client:
     """An ``httpx.Client`` that retries through aicoder, for ``groq.Groq(http_client=…, max_retries=0)``, LiteLLM
     (``litellm.client_session``) or any code on classic httpx. As :func:`~aicoder.http.clients.http_client`."""
-    transport = HttpxTransport(RequestsTransport(retrying_session(config), close_session=True))
+    transport = HttpxTransport(retrying_session(config), close_session=True)
     return httpx.Client(transport=transport, timeout=SDK_TIMEOUT, follow_redirects=True)
 
 
@@ -102,7 +108,7 @@ def _as_httpx2(request: httpx.Request, body: bytes) -> httpx2.Request:
     )
 
 
-def _as_httpx(response: httpx2.Response, stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
+def _as_httpx(response: httpx2.Response, stream: httpx.AsyncByteStream) -> httpx.Response:
     """The httpx twin of ``response``: its status, header bytes and extensions (aicoder's retry state among
     them), its body streamed still encoded, for httpx to decode as it would its own."""
     return httpx.Response(
@@ -110,18 +116,12 @@ def _as_httpx(response: httpx2.Response, stream: httpx.SyncByteStream | httpx.As
     )
 
 
-class _Stream(httpx.SyncByteStream):
-    def __init__(self, response: httpx2.Response, request: httpx.Request) -> None:
-        self._response, self._request = response, request
+class _Stream(ResponseStream, httpx.SyncByteStream):
+    """The bridge's stream of a ``requests`` body, for httpx: its errors are httpx's."""
 
     def __iter__(self) -> Iterator[bytes]:
         with _as_httpx_errors(self._request):
-            stream = self._response.stream
-            assert isinstance(stream, httpx2.SyncByteStream)  # a sync transport's
-            yield from stream
-
-    def close(self) -> None:
-        self._response.close()
+            yield from super().__iter__()
 
 
 class _AsyncStream(httpx.AsyncByteStream):

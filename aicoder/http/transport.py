@@ -108,10 +108,10 @@ class _MappedExceptions:
                 raise target(message, request=self.request) from exc
 
 
-class _ResponseStream(httpx2.SyncByteStream):
+class ResponseStream(httpx2.SyncByteStream):
     """A ``requests`` response body as an httpx2 stream: each read returns what has arrived."""
 
-    def __init__(self, response: requests.Response, request: httpx2.Request) -> None:
+    def __init__(self, response: requests.Response, request: Any) -> None:
         self._response = response
         self._request = request
 
@@ -168,6 +168,18 @@ class RequestsTransport(httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` with the session's adapter for its URL; return the response, its body still unread."""
+        response, headers, extensions = self.exchange(request)
+        return httpx2.Response(
+            response.status_code,
+            headers=headers,
+            stream=ResponseStream(response, request),
+            extensions=extensions,
+        )
+
+    def exchange(self, request: Any) -> tuple[requests.Response, list[tuple[bytes, bytes]], dict[str, Any]]:
+        """Send ``request``, an httpx2 request or a classic httpx one (the two have one shape), through the
+        session; return the ``requests`` response, its body unread, with the header lines and extensions
+        for the response to hand on. Errors are raised as httpx2's."""
         sdk_retry_guard(request.headers)
         # The body is read whole (the SDK's are small JSON) so that urllib3 can resend it on a retry.
         body = request.read()
@@ -195,12 +207,7 @@ class RequestsTransport(httpx2.BaseTransport):
         headers = _response_headers(response)
         if retry is not None:  # a retrying adapter answered: nothing is left for the SDK to retry
             headers.append(NO_SDK_RETRY)
-        return httpx2.Response(
-            response.status_code,
-            headers=headers,
-            stream=_ResponseStream(response, request),
-            extensions=extensions,
-        )
+        return response, headers, extensions
 
     def _settings_for(self, prepared: requests.PreparedRequest) -> dict[str, Any]:
         """The session's proxies, ``verify`` and ``cert`` for this origin, the environment's included, as
