@@ -20,7 +20,7 @@ from aicoder.http.adapter import retrying_session
 from aicoder.http.cooldown import Cooldowns
 from aicoder.http.destinations import destination_key
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import SAFETY_MARGIN, Pace
+from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost
 from aicoder.testing import RateLimitedEndpoint
@@ -415,6 +415,41 @@ def test_a_probe_refused_after_a_hold_cuts_nothing(where: str, request: pytest.F
         probe = cooldowns.take_turn(key)  # at the hold's end
         cooldowns.observe(probe, 429, {}, ServerHint(0.3, "retry-after", coarse=True))
         assert pace.rate == pytest.approx(cut) and cut > 10
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+@pytest.mark.parametrize("where", ["in process", "in redis"])
+@pytest.mark.parametrize(
+    ("hint", "scale"),
+    [
+        (ServerHint(0.02, "retry-after-ms"), Feedback.SCALE),
+        (ServerHint(1.0, "retry-after", coarse=True), Feedback.MEASURED_SCALE),
+    ],
+    ids=["20 ms", "whole seconds"],
+)
+def test_a_refusal_that_holds_a_second_regrows_gently_wherever_the_pace_is_kept(
+    where: str, hint: ServerHint, scale: float, request: pytest.FixtureRequest
+) -> None:
+    """A 429 whose stated wait costs a second or more cuts to a curve that regrows at MEASURED_SCALE, in one
+    process and in Redis alike, where every process regrows along it; a short one, at SCALE."""
+    shared = RedisPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
+    cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
+    key = destination_key(f"https://gentle-{where.replace(' ', '-')}-{hint.seconds}.test/v1", {})
+    try:
+        cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits: slow start
+        burst = [cooldowns.take_turn(key) for _ in range(12)]
+        for turn in burst[:-1]:
+            cooldowns.observe(turn, 200, {})
+        cooldowns.observe(burst[-1], 429, {}, hint)
+        pace = cooldowns.pace(key)
+        if isinstance(pace, RedisPace):
+            assert shared is not None
+            assert float(shared.client.hget(pace._pace, "F:scale")) == pytest.approx(scale)  # the curve all follow
+            pace = pace.local
+        assert isinstance(pace, Pace) and pace.rate is not None  # cut
+        assert pace.feedback.scale == pytest.approx(scale)
     finally:
         if shared is not None:
             shared.close()
