@@ -18,7 +18,7 @@ import pytest
 from aicoder.config import Config, ConfigError
 from aicoder.http.adapter import retrying_session
 from aicoder.http.cooldown import Cooldowns
-from aicoder.http.destinations import destination_key
+from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
 from aicoder.http.redis_pace import RedisPace, RedisPaces
@@ -482,3 +482,58 @@ def test_past_all_that_remained_one_turn_asks_and_the_others_wait(where: str, re
     finally:
         if shared is not None:
             shared.close()
+
+
+#: Stories of answers, each told to a new destination, and then the turns taken after them: (status, headers,
+#: hint) per answer, in order, each to a turn of its own. (A cut is measured from when requests really went,
+#: which these turns, taken without waiting, do not: test_a_probe_refused_after_a_hold_cuts_nothing and
+#: test_a_refusal_that_holds_a_second_regrows_gently_wherever_the_pace_is_kept tell cuts to both.)
+GRANT_STORIES: dict[str, list[tuple[int, dict[str, str], ServerHint | None]]] = {
+    "a stated wait": [(200, {}, None), (429, {}, ServerHint(0.3, "retry-after-ms"))],
+    "openai, 3 left": [
+        (200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "3"}, None)
+    ],
+    "openai, whole seconds": [
+        (200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "1s"}, None)
+    ],
+    "ietf, a spent window": [
+        (200, {"ratelimit": "limit=10, remaining=0, reset=2", "ratelimit-policy": "10;w=60"}, None)
+    ],
+    "a hold, then a quota": [
+        (429, {}, ServerHint(0.2, "retry-after-ms")),
+        (200, {**PER_MINUTE, "x-ratelimit-limit-requests": "1200"}, None),
+    ],
+}
+
+
+def granted_offsets(
+    cooldowns: Cooldowns, key: DestinationKey, story: list[tuple[int, dict[str, str], ServerHint | None]]
+) -> list[float]:
+    """Tell ``story``'s answers, then take six turns without waiting; return when each is due, from now."""
+    from aicoder.http.waiting import instant_waits
+
+    with instant_waits():
+        told = [cooldowns.take_turn(key) for _ in story]
+        for turn, (status, headers, hint) in zip(told, story, strict=True):
+            cooldowns.observe(turn, status, headers, hint)
+        start = time.monotonic()
+        return [cooldowns.take_turn(key).due - start for _ in range(6)]
+
+
+@pytest.mark.parametrize("story", GRANT_STORIES)
+def test_the_pace_in_redis_grants_what_the_pace_in_process_grants(story: str, redis_url: str) -> None:
+    """One sequence of answers, told to the in-process pace and to the Redis pace: the same turns, at the same
+    times (within 20 ms: the calls to Redis take real time)."""
+    shared = RedisPaces(redis_url)
+    try:
+        here = granted_offsets(
+            Cooldowns(probe_timeout=0.01), destination_key("https://here.test/v1", {}), GRANT_STORIES[story]
+        )
+        there = granted_offsets(
+            Cooldowns(redis=shared, probe_timeout=0.01),
+            destination_key("https://there.test/v1", {}),
+            GRANT_STORIES[story],
+        )
+    finally:
+        shared.close()
+    assert there == pytest.approx(here, abs=0.02)
