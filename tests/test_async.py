@@ -358,6 +358,8 @@ def test_ctrl_c_ends_asyncio_run_promptly(tmp_path: Path) -> None:
             textwrap.dedent(
                 f"""
                 import faulthandler; faulthandler.dump_traceback_later(8, exit=True)  # a hang shows where
+                import signal  # as in a terminal: run in a background job, the tests inherit SIGINT ignored
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 import asyncio, openai
                 from aicoder import Config, async_http_client
                 config = Config(retry_count=3, retry_max_hint=120)
@@ -381,7 +383,6 @@ def test_ctrl_c_ends_asyncio_run_promptly(tmp_path: Path) -> None:
             process.kill()
             _, stderr = process.communicate()
         elapsed = time.monotonic() - started
-    # Promptly: not the 60 s the hint asked for. A loaded machine takes a second or more to tear the process down.
-    assert elapsed < 5, stderr.decode(errors="replace")[-4000:]
+    assert elapsed < 3, stderr.decode(errors="replace")[-4000:]  # not the 60 s the hint asked for
     assert process.returncode != 0
     assert b"KeyboardInterrupt" in stderr
