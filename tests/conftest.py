@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from aicoder.http.cooldown import default_cooldowns
+from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
+from aicoder.testing import EndpointStats
 
 _PREFIXES = ("LLM_", "OPENAI_", "OPENROUTER_")
 
@@ -23,3 +25,22 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     default_cooldowns().clear()
     yield
     default_cooldowns().clear()
+
+
+@pytest.fixture
+def retries() -> Iterator[list[RetryDetails]]:
+    """The retries aicoder makes during the test, in the order its hooks report them (no other hook runs)."""
+    recorded: list[RetryDetails] = []
+    previous = get_hooks()
+    set_hooks([recorded.append])
+    try:
+        yield recorded
+    finally:
+        set_hooks(previous)
+
+
+def assert_all_through_aicoder(stats: EndpointStats, retries: list[RetryDetails], requests: int) -> None:
+    """Every request completed, none went before a time the endpoint stated, and every 429 the endpoint sent was
+    retried by aicoder: the SDK retried none (its retries would add 429s aicoder never saw)."""
+    assert (stats.ok, stats.early) == (requests, 0)
+    assert stats.rate_limited == len(retries)

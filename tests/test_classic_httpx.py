@@ -14,26 +14,20 @@ import pytest
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
 from aicoder.http.waiting import instant_waits
-from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
+from aicoder.instrumentation import RetryDetails
 from tests.servers import Reply, completion, rate_limited, scripted_server
 
 CONFIG = Config(retry_count=2, retry_min_delay=0.01, retry_max_delay=0.01)
 
 
-def test_a_429_is_retried_once_and_the_answer_is_an_httpx_response() -> None:
+def test_a_429_is_retried_once_and_the_answer_is_an_httpx_response(retries: list[RetryDetails]) -> None:
     """A 429 then a 200: httpx gets the 200, with aicoder's retry state, and the hooks saw one retry."""
-    retries: list[RetryDetails] = []
-    previous = get_hooks()
-    set_hooks([retries.append])
-    try:
-        with (
-            scripted_server(rate_limited({"retry-after-ms": "20"}), completion("ok")) as server,
-            instant_waits() as waits,
-            httpx_client(CONFIG) as client,
-        ):
-            answer = client.post(f"{server.url}/v1/chat/completions", json={"messages": []})
-    finally:
-        set_hooks(previous)
+    with (
+        scripted_server(rate_limited({"retry-after-ms": "20"}), completion("ok")) as server,
+        instant_waits() as waits,
+        httpx_client(CONFIG) as client,
+    ):
+        answer = client.post(f"{server.url}/v1/chat/completions", json={"messages": []})
     assert isinstance(answer, httpx.Response)
     assert answer.status_code == 200
     assert answer.json()["choices"][0]["message"]["content"] == "ok"

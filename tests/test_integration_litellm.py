@@ -15,8 +15,9 @@ import pytest
 
 from aicoder.config import Config
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
-from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
+from aicoder.instrumentation import RetryDetails
 from aicoder.testing import RateLimitedEndpoint
+from tests.conftest import assert_all_through_aicoder
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 #: Real SDKs, end to end: integration tests, beside the unit suite (``-m "not integration"`` leaves them out).
@@ -33,11 +34,8 @@ def litellm() -> ModuleType:
     return litellm
 
 
-def test_litellm_completion_from_eight_threads(litellm: ModuleType) -> None:
+def test_litellm_completion_from_eight_threads(litellm: ModuleType, retries: list[RetryDetails]) -> None:
     """``litellm.client_session = aicoder.httpx_client()``, and ``max_retries=0`` on each call."""
-    retries: list[RetryDetails] = []
-    previous = get_hooks()
-    set_hooks([retries.append])
     litellm.client_session = httpx_client(Config())
     try:
         with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
@@ -54,17 +52,12 @@ def test_litellm_completion_from_eight_threads(litellm: ModuleType) -> None:
     finally:
         litellm.client_session.close()
         litellm.client_session = None
-        set_hooks(previous)
     assert answers == ["echo: hi"] * REQUESTS
-    assert (stats.ok, stats.early) == (REQUESTS, 0)
-    assert stats.rate_limited == len(retries)  # every 429 retried by aicoder, none by LiteLLM
+    assert_all_through_aicoder(stats, retries, REQUESTS)
 
 
-def test_litellm_acompletion_from_64_tasks(litellm: ModuleType) -> None:
+def test_litellm_acompletion_from_64_tasks(litellm: ModuleType, retries: list[RetryDetails]) -> None:
     """``litellm.aclient_session = aicoder.async_httpx_client()``."""
-    retries: list[RetryDetails] = []
-    previous = get_hooks()
-    set_hooks([retries.append])
 
     async def batch(url: str) -> list[object]:
         litellm.aclient_session = async_httpx_client(Config())
@@ -81,12 +74,8 @@ def test_litellm_acompletion_from_64_tasks(litellm: ModuleType) -> None:
             await litellm.aclient_session.aclose()
             litellm.aclient_session = None
 
-    try:
-        with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
-            answers = asyncio.run(batch(endpoint.base_url))
-            stats = endpoint.stats()
-    finally:
-        set_hooks(previous)
+    with RateLimitedEndpoint(rate=100, burst=5) as endpoint:
+        answers = asyncio.run(batch(endpoint.base_url))
+        stats = endpoint.stats()
     assert len(answers) == REQUESTS
-    assert (stats.ok, stats.early) == (REQUESTS, 0)
-    assert stats.rate_limited == len(retries)
+    assert_all_through_aicoder(stats, retries, REQUESTS)
