@@ -301,7 +301,12 @@ def _limits(args: argparse.Namespace) -> int:
         paces = found.paces
         if paces:
             pace = ", ".join(f"{rate:.4g} {dimension} a second" for dimension, rate in paces.items())
-            print(f"aicoder's sustained pace: {pace} (what an answer says remains may be spent sooner)")
+            spending = (
+                "what an answer says remains may be spent sooner"
+                if found.spends_remaining
+                else "no faster: its resets are whole seconds, or it says nothing of what remains"
+            )
+            print(f"aicoder's sustained pace: {pace} ({spending})")
         else:
             print("no limit of a minute or less: aicoder spends what remains, and paces by what its 429s say")
     if found.hint is not None:

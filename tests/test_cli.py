@@ -368,11 +368,11 @@ def test_no_exit_hangs_after_a_connection_error() -> None:
 
 #: What ``aicoder limits`` should find in each dialect's successful answer (None: nothing, until a 429).
 LIMITS_SAID = {
-    "openai": ("dialect: openai", "9.9 requests a second"),
+    "openai": ("dialect: openai", "1.65e+05 tokens a second (what an answer says remains may be spent sooner)"),
     "openai-tokens": ("dialect: openai", "990 tokens a second"),
-    "anthropic": ("dialect: anthropic", "9.9 requests a second"),
+    "anthropic": ("dialect: anthropic", "9.9 requests a second, 1.65e+05 tokens a second (no faster: its resets are"),
     "github": ("dialect: x-ratelimit", "no limit of a minute or less"),
-    "ietf": ("dialect: ietf", "9.9 requests a second"),
+    "ietf": ("dialect: ietf", "9.9 requests a second (no faster: its resets are whole seconds"),
     "litellm": ("dialect: litellm", "no limit of a minute or less"),
     "litellm-unenforced": ("dialect: openai", "9.9 requests a second"),
     "openrouter": ("states no limits", None),

@@ -13,7 +13,7 @@ import requests
 
 from aicoder.config import Config
 from aicoder.http.hints import ServerHint, server_hint
-from aicoder.http.pace import MAX_PACED_WINDOW, SAFETY_MARGIN
+from aicoder.http.pace import MAX_PACED_WINDOW, SAFETY_MARGIN, requests_remaining
 from aicoder.http.quotas import Quota, read_quotas
 from aicoder.http.redaction import redact, safe_url
 from aicoder.llm.api_client import LLMClient
@@ -51,6 +51,12 @@ class Limits:
                 paced = rate * (1 - SAFETY_MARGIN)
                 paces[quota.dimension] = min(paces.get(quota.dimension, paced), paced)
         return paces
+
+    @property
+    def spends_remaining(self) -> bool:
+        """Whether aicoder would spend what the answer says remains faster than the pace: not where the server
+        states whole-second resets (its refusals would cost a second), nor where it says nothing remains."""
+        return requests_remaining(self.quotas)[0] is not None
 
 
 def probe_limits(model: str, config: Config | None = None) -> Limits:
