@@ -1,12 +1,16 @@
-"""A destination whose feedback rate has been cut, then regrown: the setting of the hurry's tests."""
+"""A destination whose feedback rate has been cut, then regrown: the setting of the hurry's tests; and turns
+waiting to be moved, for the paces' reschedules."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from aicoder.http.cooldown import Cooldowns, Turn
 from aicoder.http.destinations import DestinationKey
 from aicoder.http.pace import Pace
+from aicoder.http.tokens import RequestCost
 
 
 def slowed_to_five_a_second(cooldowns: Cooldowns, key: DestinationKey) -> Turn:
@@ -32,3 +36,16 @@ def paced(cooldowns: Cooldowns, key: DestinationKey) -> Pace:
     pace = cooldowns.pace(key)
     assert isinstance(pace, Pace)
     return pace
+
+
+class Waiting(NamedTuple):
+    """A turn handed out and not yet taken (a :class:`~aicoder.http.pace.PendingTurn`), for a pace to move."""
+
+    due: float
+    ticket: str | None = None
+    cost: RequestCost | None = None
+
+
+def waiting(times: Iterable[float], cost: RequestCost | None = None) -> list[Waiting]:
+    """Turns due at ``times``, each for a request of ``cost``."""
+    return [Waiting(at, cost=cost) for at in times]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, SPEND_WITHIN, Feedback, Lane, Pace
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
+from tests.pacing import waiting
 
 
 def per_minute(dimension: str, limit: float, remaining: float, reset: float) -> Quota:
@@ -414,7 +415,7 @@ def test_a_hold_moves_turns_already_handed_out() -> None:
         pace.feedback.sent(at)
     pace.feedback.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)  # at most 4 a second
     pace.hold(1.0, 0.0)
-    assert pace.reschedule([0.1, 0.2]) == pytest.approx([1.0, 1.25])
+    assert pace.reschedule(waiting([0.1, 0.2])) == pytest.approx([1.0, 1.25])
 
 
 def regrow_until_hurried(pace: Pace, queued: list[float]) -> int:
@@ -481,10 +482,11 @@ def test_turns_spent_at_once_are_put_through_the_lanes_when_the_server_refuses_o
     spent = [pace.next_turn(0.0, cost).at for _ in range(3)]
     assert spent == [0.0, 0.0, 0.0]
     pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
-    moved = pace.reschedule(spent[1:], costs=[cost, cost])
+    moved = pace.reschedule(waiting(spent[1:], cost))
     step = 5 / (10 * (1 - SAFETY_MARGIN))
     assert moved[1] - moved[0] == pytest.approx(step)
-    assert pace.reschedule(moved) == moved  # once: turns granted through the lanes are not put through again
+    # Once: turns granted through the lanes are not put through again.
+    assert pace.reschedule(waiting(moved, cost)) == moved
 
 
 def test_turns_put_through_the_lanes_keep_the_first_ones_time() -> None:
@@ -499,7 +501,7 @@ def test_turns_put_through_the_lanes_keep_the_first_ones_time() -> None:
     assert spent == [1.0, 1.0, 1.0]
     pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
-    assert pace.reschedule(spent) == pytest.approx([1.0, 1.0 + interval, 1.0 + 2 * interval])
+    assert pace.reschedule(waiting(spent)) == pytest.approx([1.0, 1.0 + interval, 1.0 + 2 * interval])
 
 
 # --- invariants, on generated histories ---
@@ -540,7 +542,7 @@ def _lived(events: list[tuple[object, ...]]) -> tuple[Pace, float, list[float]]:
 @given(_EVENTS)
 def test_a_reschedule_never_moves_a_turn_earlier(events: list[tuple[object, ...]]) -> None:
     pace, _, pending = _lived(events)
-    moved = pace.reschedule(pending)
+    moved = pace.reschedule(waiting(pending))
     assert all(after >= before for before, after in zip(pending, moved, strict=True))
 
 

@@ -24,6 +24,7 @@ from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost
 from aicoder.testing import RateLimitedEndpoint
+from tests.pacing import Waiting
 from tests.redis_server import redis_server
 
 KEY = destination_key("https://api.test/v1", {"Authorization": "Bearer sk-SENTINEL-KEY-0123456789"})
@@ -161,7 +162,7 @@ def test_a_hold_from_one_process_moves_the_turns_another_has_waiting(
     b.observe(refused, 429, {}, ServerHint(0.3, "retry-after-ms"))
     held = time.monotonic() + 0.25
     waiting = [grant for grant in grants if grant.at > grants[0].at]  # the first went at once
-    moved = pace.reschedule([grant.at for grant in waiting], [grant.ticket for grant in waiting])
+    moved = pace.reschedule([Waiting(grant.at, grant.ticket) for grant in waiting])
     assert len(waiting) == 4
     assert all(at >= held for at in moved)
     assert len(set(moved)) == 4  # and spaced by the rate the 429 cut to

@@ -474,9 +474,7 @@ class Cooldowns:
         """
         # Followed, a turn due now has not gone yet: it is asking whether it may.
         pending = _waiting(destination, now, including_now=followed) if followed else _untaken(destination)
-        pace = destination.pace
-        costs = [turn.cost if pace.counts_tokens else None for turn in pending]
-        times = pace.reschedule([turn.due for turn in pending], [turn.ticket for turn in pending], costs)
+        times = destination.pace.reschedule(pending)
         for turn, at in zip(pending, times, strict=True):
             if not followed or at != turn.due:
                 turn.due, turn.granted_at = at, now

@@ -62,7 +62,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
@@ -378,6 +378,20 @@ class Feedback:
         return None, False
 
 
+class PendingTurn(Protocol):
+    """A turn handed out and not yet taken, as a pace moves it: when it is due, what names it where the pace is
+    kept (``None`` here), and the cost of its request."""
+
+    @property
+    def due(self) -> float: ...
+
+    @property
+    def ticket(self) -> str | None: ...
+
+    @property
+    def cost(self) -> RequestCost | None: ...
+
+
 class Grant(NamedTuple):
     """A turn handed out: its time, whether the feedback rate set it, what names it where the pace is kept,
     its number among the destination's turns, and whether it is the first past all the server said remained
@@ -518,20 +532,15 @@ class Pace:
             else:
                 lane.rate = rate
 
-    def reschedule(
-        self,
-        times: Sequence[float],
-        tickets: Sequence[str | None] = (),
-        costs: Sequence[RequestCost | None] = (),
-    ) -> list[float]:
-        """Move turns already handed out (sorted ``times``, for requests of ``costs``) behind the hold and the
-        feedback rate, if they changed; and, once, when a refusal has just ended the spending of what remained,
-        behind every sustained lane, as they would have been granted without it.
+    def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
+        """Move ``turns`` already handed out (sorted by when they are due) behind the hold and the feedback rate,
+        if they changed; and, once, when a refusal has just ended the spending of what remained, behind every
+        sustained lane, as they would have been granted without it. Return their new times.
 
         Threads asleep until their turn then wake at the new time: a cut or a hold
         takes effect at once, not after the queue granted at the old rate has drained.
-        (``tickets`` name the turns where the pace is kept elsewhere; here they are unused.)
         """
+        times = [turn.due for turn in turns]
         moved: list[float] = []
         interval = 1 / self.feedback.rate if self.feedback.rate else 0.0
         relane, self._relane = self._relane, False
@@ -541,7 +550,7 @@ class Pace:
         for index, at in enumerate(times):
             at = max(at, self.held_until, moved[-1] + interval if moved else at)
             if relane:
-                cost = costs[index] if costs else None
+                cost = turns[index].cost if self.counts_tokens else None
                 for dimension, lane in self.lanes.items():
                     at = max(at, lane.ready_at(_units(cost, dimension), self.share))
                 for dimension, lane in self.lanes.items():

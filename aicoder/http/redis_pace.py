@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aicoder.http.pace import Feedback, Grant, Pace, requests_remaining
+from aicoder.http.pace import Feedback, Grant, Pace, PendingTurn, requests_remaining
 from aicoder.http.quotas import Quota
 from aicoder.http.redaction import safe_url
 from aicoder.http.tokens import RequestCost
@@ -694,19 +694,17 @@ class RedisPace:
         self._regrowths += held_back and self.local.rate is not None and not self.local.refilled(sent_at)
         return False
 
-    def reschedule(
-        self, times: Sequence[float], tickets: Sequence[str | None] = (), costs: Sequence[RequestCost | None] = ()
-    ) -> list[float]:
+    def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
-        named = [ticket for ticket in tickets if ticket is not None]
+        named = [turn.ticket for turn in turns if turn.ticket is not None]
         answer = self.paces.run("when", [self._sends], named) if named and self._offset is not None else None
         if answer is None:
-            return self.local.reschedule(times, tickets, costs)
+            return self.local.reschedule(turns)
         offset, shared = self._offset or 0.0, dict(zip(named, answer, strict=True))
         moved = []
-        for at, ticket in zip(times, tickets, strict=True):
-            score = shared.get(ticket) if ticket is not None else None
-            moved.append(max(at, float(score) - offset) if score is not None else at)
+        for turn in turns:
+            score = shared.get(turn.ticket) if turn.ticket is not None else None
+            moved.append(max(turn.due, float(score) - offset) if score is not None else turn.due)
         return moved
 
 
