@@ -43,7 +43,7 @@ from typing import TypeVar
 from aicoder.http import waiting
 from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import Grant, Pace
+from aicoder.http.pace import DestinationPace, Grant, Pace
 from aicoder.http.quotas import read_quotas
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
@@ -64,7 +64,7 @@ class _Destination:
 
     __slots__ = ("first_answer", "followed_at", "hurried", "key", "learned_at", "pace", "pending", "probing")
 
-    def __init__(self, key: DestinationKey, pace: Pace | RedisPace) -> None:
+    def __init__(self, key: DestinationKey, pace: DestinationPace) -> None:
         self.key = key
         self.pace = pace
         #: When the quotas of an answer were last read, and pending turns last asked if they moved (monotonic).
@@ -178,7 +178,7 @@ class Cooldowns:
                     destination.first_answer.set()
             self._destinations.clear()
 
-    def pace(self, key: DestinationKey) -> Pace | RedisPace | None:
+    def pace(self, key: DestinationKey) -> DestinationPace | None:
         """What is known of ``key``'s pace, or ``None`` if nothing is (for inspection and tests)."""
         with self._lock:
             destination = self._destinations.get(key)
@@ -483,7 +483,6 @@ class Cooldowns:
     def _hurry(destination: _Destination, now: float) -> None:
         """Bring the turns not yet due forward to a rate that has grown, and wake their sleepers. Lock held."""
         pace = destination.pace
-        assert isinstance(pace, Pace)  # a shared pace never asks for a hurry (RedisPace.accepted)
         pending = _waiting(destination, now)
         for turn, at in zip(pending, pace.hurry([turn.due for turn in pending]), strict=True):
             turn.due, turn.granted_at = at, now

@@ -62,7 +62,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
@@ -404,15 +404,63 @@ class Grant(NamedTuple):
     probe: bool = False
 
 
+class DestinationPace(Protocol):
+    """What :class:`~aicoder.http.cooldown.Cooldowns` asks of one destination's pace: :class:`Pace`, kept in this
+    process, or :class:`~aicoder.http.redis_pace.RedisPace`, kept in Redis for every process. Times are this
+    process's monotonic seconds; turns are numbered (``serial``) where the pace is kept."""
+
+    FOLLOW_EVERY: ClassVar[float | None]
+    REMOTE: ClassVar[bool]
+
+    @property
+    def counts_tokens(self) -> bool: ...
+
+    @property
+    def knows_rate(self) -> bool: ...
+
+    @property
+    def rate(self) -> float | None: ...
+
+    def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> Grant: ...
+
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None: ...
+
+    def hold(self, until: float, now: float) -> bool: ...
+
+    def sent(self, at: float) -> None: ...
+
+    def answered(self, serial: int) -> None: ...
+
+    def cancel(self, ticket: str) -> None: ...
+
+    def refused(
+        self,
+        now: float,
+        sent_at: float,
+        granted_at: float,
+        hint: float | None,
+        serial: int = 0,
+        window_ran_out: bool = False,
+        costly: bool = False,
+    ) -> bool: ...
+
+    def accepted(self, now: float, held_back: bool, sent_at: float = -math.inf) -> bool: ...
+
+    def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]: ...
+
+    def hurry(self, times: Sequence[float]) -> list[float]: ...
+
+
 class Pace:
-    """Everything known about when one destination takes requests; see the module docstring."""
+    """Everything known about when one destination takes requests; see the module docstring. A
+    :class:`DestinationPace`."""
 
     #: Where the pace is shared: the least seconds between two questions, from turns that have come, whether
     #: a hold or cut made elsewhere moved them. ``None``: only this process moves them, and tells them at once.
-    FOLLOW_EVERY: float | None = None
+    FOLLOW_EVERY: ClassVar[float | None] = None
     #: Whether the pace is kept elsewhere (in Redis), guarding its own state: then it is asked for turns
     #: without the lock of its :class:`~aicoder.http.cooldown.Cooldowns`, which holds up no thread on a round trip.
-    REMOTE = False
+    REMOTE: ClassVar[bool] = False
 
     def __init__(self, min_rate: float = 1 / 120) -> None:
         #: No turn before this time: the latest hint's expiry.
@@ -565,7 +613,8 @@ class Pace:
         self.feedback.sent(at)
 
     def cancel(self, ticket: str) -> None:
-        """The turn named ``ticket`` will not be taken. Here, nothing to undo: only a sent turn is counted."""
+        """Withdraw the turn named ``ticket``. Never asked here: this pace names no turn (its grants have no
+        ticket), and counts only the turns that are sent."""
 
     def refused(
         self,

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aicoder.http.pace import Feedback, Grant, Pace, PendingTurn, requests_remaining
 from aicoder.http.quotas import Quota
@@ -443,10 +443,10 @@ class RedisPace:
     clock and Redis's ``TIME`` through the offset the last reservation saw.
     """
 
-    REMOTE = True
+    REMOTE: ClassVar[bool] = True
     #: A waiting turn asks, when it comes, whether another process's hold or cut moved it, unless this
     #: process asked less than this many seconds before: every time, since a hold is a floor for every process.
-    FOLLOW_EVERY = 0.0
+    FOLLOW_EVERY: ClassVar[float | None] = 0.0
 
     def __init__(
         self,
@@ -693,6 +693,11 @@ class RedisPace:
         # Slow start's turns regrow no rate, nor do those that spent what the server refilled during a hold.
         self._regrowths += held_back and self.local.rate is not None and not self.local.refilled(sent_at)
         return False
+
+    def hurry(self, times: Sequence[float]) -> list[float]:
+        """The turns' ``times``, unmoved: the shared schedule keeps the turns it has handed out, and
+        :meth:`accepted` never asks for a hurry."""
+        return list(times)
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
