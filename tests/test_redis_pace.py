@@ -538,3 +538,30 @@ def test_the_pace_in_redis_grants_what_the_pace_in_process_grants(story: str, re
     finally:
         shared.close()
     assert there == pytest.approx(here, abs=0.02)
+
+
+def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_url: str) -> None:
+    """Three turns at 10 a second, the second cancelled (its task was), then three more: in this process and in
+    Redis alike, its place is not handed on (the pace errs by one turn on the slow side), and no later turn moves."""
+    ten_a_second = {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "1s"}
+
+    def offsets(cooldowns: Cooldowns, key: DestinationKey) -> list[float]:
+        from aicoder.http.waiting import instant_waits
+
+        with instant_waits():
+            cooldowns.observe(cooldowns.take_turn(key), 200, ten_a_second)
+            start = time.monotonic()
+            turns = [cooldowns.take_turn(key) for _ in range(3)]
+            cooldowns.cancel(turns[1])
+            turns += [cooldowns.take_turn(key) for _ in range(3)]
+            return [turn.due - start for turn in turns]
+
+    shared = RedisPaces(redis_url)
+    try:
+        here = offsets(Cooldowns(probe_timeout=0.01), destination_key("https://local.test/v1", {}))
+        there = offsets(Cooldowns(redis=shared, probe_timeout=0.01), destination_key("https://redis.test/v1", {}))
+    finally:
+        shared.close()
+    step = 0.1 / (1 - SAFETY_MARGIN)
+    assert here == pytest.approx([n * step for n in range(6)], abs=0.005)
+    assert there == pytest.approx(here, abs=0.02)
