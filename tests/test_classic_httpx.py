@@ -16,6 +16,7 @@ from aicoder.http.classic_httpx import async_httpx_client, httpx_client
 from aicoder.http.waiting import instant_waits
 from aicoder.instrumentation import RetryDetails
 from tests.servers import Reply, completion, rate_limited, scripted_server
+from tests.test_deadline import trickling_server
 
 CONFIG = Config(retry_count=2, retry_min_delay=0.01, retry_max_delay=0.01)
 
@@ -88,8 +89,6 @@ def test_a_refused_connection_is_httpx_connect_error(asynchronous: bool) -> None
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_a_trickled_body_times_out_as_httpx_read_timeout(asynchronous: bool) -> None:
     """A body that trickles on past LLM_REQUEST_TIMEOUT ends at the deadline as httpx's own ReadTimeout."""
-    from tests.test_deadline import trickling_server
-
     timeout = 0.3
     config = Config(request_timeout=timeout)
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"

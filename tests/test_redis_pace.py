@@ -23,6 +23,7 @@ from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost
+from aicoder.http.waiting import instant_waits
 from aicoder.testing import RateLimitedEndpoint
 from tests.pacing import Waiting
 from tests.redis_server import redis_server
@@ -511,8 +512,6 @@ def granted_offsets(
     cooldowns: Cooldowns, key: DestinationKey, story: list[tuple[int, dict[str, str], ServerHint | None]]
 ) -> list[float]:
     """Tell ``story``'s answers, then take six turns without waiting; return when each is due, from now."""
-    from aicoder.http.waiting import instant_waits
-
     with instant_waits():
         told = [cooldowns.take_turn(key) for _ in story]
         for turn, (status, headers, hint) in zip(told, story, strict=True):
@@ -546,8 +545,6 @@ def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_url: str) 
     ten_a_second = {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "1s"}
 
     def offsets(cooldowns: Cooldowns, key: DestinationKey) -> list[float]:
-        from aicoder.http.waiting import instant_waits
-
         with instant_waits():
             cooldowns.observe(cooldowns.take_turn(key), 200, ten_a_second)
             start = time.monotonic()
