@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aicoder.config import Config
 from aicoder.http.cooldown import default_cooldowns
 from aicoder.instrumentation import RetryDetails, get_hooks, set_hooks
 from aicoder.testing import EndpointStats
@@ -40,7 +41,9 @@ def retries() -> Iterator[list[RetryDetails]]:
 
 
 def assert_all_through_aicoder(stats: EndpointStats, retries: list[RetryDetails], requests: int) -> None:
-    """Every request completed, none went before a time the endpoint stated, and every 429 the endpoint sent was
-    retried by aicoder: the SDK retried none (its retries would add 429s aicoder never saw)."""
+    """Every request completed, none went before a time the endpoint stated, no request took more than the
+    configured attempts, and every 429 the endpoint sent was retried by aicoder: the SDK retried none (its
+    retries would add 429s aicoder never saw)."""
     assert (stats.ok, stats.early) == (requests, 0)
+    assert all(retry.attempt <= Config().retry_count for retry in retries)
     assert stats.rate_limited == len(retries)
