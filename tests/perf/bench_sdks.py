@@ -57,53 +57,42 @@ Sync = Callable[[], object]
 Async = Callable[[], Awaitable[object]]
 
 
-def sync_sender(sdk: str, url: str, ours: bool) -> Sync:
-    """One request of ``sdk`` to the endpoint at ``url`` (its root), through aicoder or with the SDK's retries."""
+def sender(sdk: str, url: str, ours: bool, *, asynchronous: bool) -> Callable[[], Any]:
+    """One request of ``sdk`` to the endpoint at ``url`` (its root), through aicoder or with the SDK's retries:
+    a call, or with ``asynchronous`` a coroutine function, from the SDK's sync or async client."""
     v1 = f"{url}/v1"
+    http = aicoder.async_http_client if asynchronous else aicoder.http_client
     if sdk == "openai":
-        client = openai.OpenAI(api_key=KEY, base_url=v1, **_openai_style(ours, aicoder.http_client))
+        client = (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(
+            api_key=KEY, base_url=v1, **_openai_style(ours, http)
+        )
         return lambda: client.chat.completions.create(model="m", messages=MESSAGES)
     if sdk == "anthropic":
-        claude = anthropic.Anthropic(api_key=KEY, base_url=url, **_openai_style(ours, aicoder.http_client))
+        claude = (anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic)(
+            api_key=KEY, base_url=url, **_openai_style(ours, http)
+        )
         return lambda: claude.messages.create(model="m", max_tokens=16, messages=MESSAGES)
     if sdk == "google-genai":
-        gemini = genai.Client(api_key=KEY, http_options=_genai_options(url, ours, asynchronous=False))
-        return lambda: gemini.models.generate_content(model="m", contents="hi")
+        gemini = genai.Client(api_key=KEY, http_options=_genai_options(url, ours, asynchronous=asynchronous))
+        # The call keeps the client, not only its models: a client collected closes its HTTP client.
+        return lambda: (gemini.aio.models if asynchronous else gemini.models).generate_content(model="m", contents="hi")
     if sdk == "langchain":
         llm = _chat(v1, ours)
-        return lambda: llm.invoke("hi")
+        return (lambda: llm.ainvoke("hi")) if asynchronous else (lambda: llm.invoke("hi"))
     if sdk == "groq":
-        fast = groq.Groq(api_key=KEY, base_url=url, **_openai_style(ours, aicoder.httpx_client))
+        classic = aicoder.async_httpx_client if asynchronous else aicoder.httpx_client
+        fast = (groq.AsyncGroq if asynchronous else groq.Groq)(
+            api_key=KEY, base_url=url, **_openai_style(ours, classic)
+        )
         return lambda: fast.chat.completions.create(model="m", messages=MESSAGES)
-    litellm.client_session = aicoder.httpx_client() if ours else None
     retries = 0 if ours else 5
-    return lambda: litellm.completion(
-        model="openai/m", api_base=v1, api_key=KEY, messages=MESSAGES, max_retries=retries
-    )
-
-
-def async_sender(sdk: str, url: str, ours: bool) -> Async:
-    v1 = f"{url}/v1"
-    if sdk == "openai":
-        client = openai.AsyncOpenAI(api_key=KEY, base_url=v1, **_openai_style(ours, aicoder.async_http_client))
-        return lambda: client.chat.completions.create(model="m", messages=MESSAGES)
-    if sdk == "anthropic":
-        claude = anthropic.AsyncAnthropic(api_key=KEY, base_url=url, **_openai_style(ours, aicoder.async_http_client))
-        return lambda: claude.messages.create(model="m", max_tokens=16, messages=MESSAGES)
-    if sdk == "google-genai":
-        gemini = genai.Client(api_key=KEY, http_options=_genai_options(url, ours, asynchronous=True))
-        return lambda: gemini.aio.models.generate_content(model="m", contents="hi")
-    if sdk == "langchain":
-        llm = _chat(v1, ours)
-        return lambda: llm.ainvoke("hi")
-    if sdk == "groq":
-        fast = groq.AsyncGroq(api_key=KEY, base_url=url, **_openai_style(ours, aicoder.async_httpx_client))
-        return lambda: fast.chat.completions.create(model="m", messages=MESSAGES)
-    litellm.aclient_session = aicoder.async_httpx_client() if ours else None
-    retries = 0 if ours else 5
-    return lambda: litellm.acompletion(
-        model="openai/m", api_base=v1, api_key=KEY, messages=MESSAGES, max_retries=retries
-    )
+    if asynchronous:
+        litellm.aclient_session = aicoder.async_httpx_client() if ours else None
+        complete = litellm.acompletion
+    else:
+        litellm.client_session = aicoder.httpx_client() if ours else None
+        complete = litellm.completion
+    return lambda: complete(model="openai/m", api_base=v1, api_key=KEY, messages=MESSAGES, max_retries=retries)
 
 
 def _openai_style(ours: bool, client: Callable[[], object]) -> dict[str, Any]:
@@ -170,10 +159,9 @@ def batches(sdks: list[str], requests: int) -> list[dict[str, Any]]:
                 default_cooldowns().clear()
                 with endpoint_process(RATE, BURST, SDK_DIALECT.get(sdk, "openai")) as (base_url, served):
                     url = base_url.removesuffix("/v1")
-                    if mode == "sync":
-                        failures, wall = run_sync(sync_sender(sdk, url, ours), requests, width)
-                    else:
-                        failures, wall = run_async(async_sender(sdk, url, ours), requests, width)
+                    send = sender(sdk, url, ours, asynchronous=mode == "async")
+                    run = run_async if mode == "async" else run_sync
+                    failures, wall = run(send, requests, width)
                 contender = "aicoder" if ours else "own retries"
                 row = {
                     "sdk": sdk,
