@@ -43,6 +43,31 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def redis_paces(redis_url: str) -> Iterator[RedisPaces]:
+    """A connection to a real redis-server, where paces are kept for every process."""
+    shared = RedisPaces(redis_url)
+    yield shared
+    shared.close()
+
+
+def cooldowns_kept(where: str, request: pytest.FixtureRequest, probe_timeout: float = 0.01) -> Cooldowns:
+    """Cooldowns whose paces are kept ``in process``, or ``in redis`` (a real redis-server's): one story, both
+    ways."""
+    shared = request.getfixturevalue("redis_paces") if where == "in redis" else None
+    return Cooldowns(redis=shared, probe_timeout=probe_timeout)
+
+
+def cut_after_a_burst(cooldowns: Cooldowns, key: DestinationKey, hint: ServerHint) -> None:
+    """A first answer that says nothing of the limits (slow start), eleven more accepted, and a twelfth refused
+    with ``hint``: the refusal cuts the rate it measured."""
+    cooldowns.observe(cooldowns.take_turn(key), 200, {})
+    burst = [cooldowns.take_turn(key) for _ in range(12)]
+    for turn in burst[:-1]:
+        cooldowns.observe(turn, 200, {})
+    cooldowns.observe(burst[-1], 429, {}, hint)
+
+
+@pytest.fixture
 def two_processes(redis_url: str) -> Iterator[tuple[Cooldowns, Cooldowns]]:
     """Two Cooldowns with connections of their own to one Redis, as two processes would have."""
     first, second = RedisPaces(redis_url), RedisPaces(redis_url)
@@ -402,24 +427,15 @@ def test_a_probe_refused_after_a_hold_cuts_nothing(where: str, request: pytest.F
     """The same story in one process and through Redis: a burst, a 429 and its hold, then the probe after the
     hold refused again. The first 429 cuts; the second says the hold was short and cuts nothing, where a rate
     measured across the hold would have collapsed to a few requests a second."""
-    shared = RedisPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
-    cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
     key = destination_key(f"https://{where.replace(' ', '-')}.test/v1", {})
-    try:
-        cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits: slow start
-        burst = [cooldowns.take_turn(key) for _ in range(12)]
-        for turn in burst[:-1]:
-            cooldowns.observe(turn, 200, {})
-        cooldowns.observe(burst[-1], 429, {}, ServerHint(0.3, "retry-after", coarse=True))
-        pace = cooldowns.pace(key)
-        assert pace is not None and pace.rate is not None
-        cut = pace.rate
-        probe = cooldowns.take_turn(key)  # at the hold's end
-        cooldowns.observe(probe, 429, {}, ServerHint(0.3, "retry-after", coarse=True))
-        assert pace.rate == pytest.approx(cut) and cut > 10
-    finally:
-        if shared is not None:
-            shared.close()
+    cooldowns = cooldowns_kept(where, request)
+    cut_after_a_burst(cooldowns, key, ServerHint(0.3, "retry-after", coarse=True))
+    pace = cooldowns.pace(key)
+    assert pace is not None and pace.rate is not None
+    cut = pace.rate
+    probe = cooldowns.take_turn(key)  # at the hold's end
+    cooldowns.observe(probe, 429, {}, ServerHint(0.3, "retry-after", coarse=True))
+    assert pace.rate == pytest.approx(cut) and cut > 10
 
 
 @pytest.mark.parametrize("where", ["in process", "in redis"])
@@ -436,25 +452,17 @@ def test_a_refusal_that_holds_a_second_regrows_gently_wherever_the_pace_is_kept(
 ) -> None:
     """A 429 whose stated wait costs a second or more cuts to a curve that regrows at MEASURED_SCALE, in one
     process and in Redis alike, where every process regrows along it; a short one, at SCALE."""
-    shared = RedisPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
-    cooldowns = Cooldowns(redis=shared, probe_timeout=0.01)
     key = destination_key(f"https://gentle-{where.replace(' ', '-')}-{hint.seconds}.test/v1", {})
-    try:
-        cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits: slow start
-        burst = [cooldowns.take_turn(key) for _ in range(12)]
-        for turn in burst[:-1]:
-            cooldowns.observe(turn, 200, {})
-        cooldowns.observe(burst[-1], 429, {}, hint)
-        pace = cooldowns.pace(key)
-        if isinstance(pace, RedisPace):
-            assert shared is not None
-            assert float(shared.client.hget(pace._pace, "F:scale")) == pytest.approx(scale)  # the curve all follow
-            pace = pace.local
-        assert isinstance(pace, Pace) and pace.rate is not None  # cut
-        assert pace.feedback.scale == pytest.approx(scale)
-    finally:
-        if shared is not None:
-            shared.close()
+    cooldowns = cooldowns_kept(where, request)
+    cut_after_a_burst(cooldowns, key, hint)
+    pace = cooldowns.pace(key)
+    if isinstance(pace, RedisPace):
+        assert cooldowns.redis is not None
+        stored = cooldowns.redis.client.hget(pace._pace, "F:scale")
+        assert float(stored) == pytest.approx(scale)  # the curve all processes follow
+        pace = pace.local
+    assert isinstance(pace, Pace) and pace.rate is not None  # cut
+    assert pace.feedback.scale == pytest.approx(scale)
 
 
 @pytest.mark.parametrize("where", ["in process", "in redis"])
@@ -463,27 +471,22 @@ def test_past_all_that_remained_one_turn_asks_and_the_others_wait(where: str, re
     answer (a 429 and its hold) instead of running into the spent window too."""
     import threading
 
-    shared = RedisPaces(request.getfixturevalue("redis_url")) if where == "in redis" else None
-    cooldowns = Cooldowns(redis=shared, probe_timeout=5)
     key = destination_key(f"https://asks-{where.replace(' ', '-')}.test/v1", {})
     two_left = {"x-ratelimit-api_key-limit-requests": "3", "x-ratelimit-api_key-remaining-requests": "2"}
-    try:
-        cooldowns.observe(cooldowns.take_turn(key), 200, two_left)
-        spent = [cooldowns.take_turn(key) for _ in range(2)]
-        asking = cooldowns.take_turn(key)
-        released = threading.Event()
-        waiter = threading.Thread(target=lambda: (cooldowns.take_turn(key), released.set()))
-        waiter.start()
-        assert not released.wait(0.1)  # it waits for the answer to the turn that asks
-        cooldowns.observe(spent[0], 200, {**two_left, "x-ratelimit-api_key-remaining-requests": "1"})
-        assert not released.wait(0.05)  # an answer to an older turn releases nothing
-        cooldowns.observe(asking, 429, {}, ServerHint(0.2, "retry-after-ms"))
-        assert released.wait(2)
-        waiter.join()
-        assert [turn.serial for turn in [*spent, asking]] == [2, 3, 4]
-    finally:
-        if shared is not None:
-            shared.close()
+    cooldowns = cooldowns_kept(where, request, probe_timeout=5)
+    cooldowns.observe(cooldowns.take_turn(key), 200, two_left)
+    spent = [cooldowns.take_turn(key) for _ in range(2)]
+    asking = cooldowns.take_turn(key)
+    released = threading.Event()
+    waiter = threading.Thread(target=lambda: (cooldowns.take_turn(key), released.set()))
+    waiter.start()
+    assert not released.wait(0.1)  # it waits for the answer to the turn that asks
+    cooldowns.observe(spent[0], 200, {**two_left, "x-ratelimit-api_key-remaining-requests": "1"})
+    assert not released.wait(0.05)  # an answer to an older turn releases nothing
+    cooldowns.observe(asking, 429, {}, ServerHint(0.2, "retry-after-ms"))
+    assert released.wait(2)
+    waiter.join()
+    assert [turn.serial for turn in [*spent, asking]] == [2, 3, 4]
 
 
 #: Stories of answers, each told to a new destination, and then the turns taken after them: (status, headers,
@@ -521,25 +524,16 @@ def granted_offsets(
 
 
 @pytest.mark.parametrize("story", GRANT_STORIES)
-def test_the_pace_in_redis_grants_what_the_pace_in_process_grants(story: str, redis_url: str) -> None:
+def test_the_pace_in_redis_grants_what_the_pace_in_process_grants(story: str, redis_paces: RedisPaces) -> None:
     """One sequence of answers, told to the in-process pace and to the Redis pace: the same turns, at the same
     times (within 20 ms: the calls to Redis take real time)."""
-    shared = RedisPaces(redis_url)
-    try:
-        here = granted_offsets(
-            Cooldowns(probe_timeout=0.01), destination_key("https://here.test/v1", {}), GRANT_STORIES[story]
-        )
-        there = granted_offsets(
-            Cooldowns(redis=shared, probe_timeout=0.01),
-            destination_key("https://there.test/v1", {}),
-            GRANT_STORIES[story],
-        )
-    finally:
-        shared.close()
+    key = destination_key("https://api.test/v1", {})
+    here = granted_offsets(Cooldowns(probe_timeout=0.01), key, GRANT_STORIES[story])
+    there = granted_offsets(Cooldowns(redis=redis_paces, probe_timeout=0.01), key, GRANT_STORIES[story])
     assert there == pytest.approx(here, abs=0.02)
 
 
-def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_url: str) -> None:
+def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_paces: RedisPaces) -> None:
     """Three turns at 10 a second, the second cancelled (its task was), then three more: in this process and in
     Redis alike, its place is not handed on (the pace errs by one turn on the slow side), and no later turn moves."""
     ten_a_second = {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "1s"}
@@ -553,12 +547,9 @@ def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_url: str) 
             turns += [cooldowns.take_turn(key) for _ in range(3)]
             return [turn.due - start for turn in turns]
 
-    shared = RedisPaces(redis_url)
-    try:
-        here = offsets(Cooldowns(probe_timeout=0.01), destination_key("https://local.test/v1", {}))
-        there = offsets(Cooldowns(redis=shared, probe_timeout=0.01), destination_key("https://redis.test/v1", {}))
-    finally:
-        shared.close()
+    key = destination_key("https://api.test/v1", {})
+    here = offsets(Cooldowns(probe_timeout=0.01), key)
+    there = offsets(Cooldowns(redis=redis_paces, probe_timeout=0.01), key)
     step = 0.1 / (1 - SAFETY_MARGIN)
     assert here == pytest.approx([n * step for n in range(6)], abs=0.005)
     assert there == pytest.approx(here, abs=0.02)
