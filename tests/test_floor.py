@@ -263,6 +263,32 @@ def test_no_send_before_the_stated_time(scenario: str, path: str, request: pytes
     assert max(later_waits, default=0.0) >= stated.floor - slack
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_a_rate_stated_in_a_refusals_body_paces_every_path(path: str, request: pytest.FixtureRequest) -> None:
+    """Gemini states its limit only in a 429's body (``QuotaFailure``: 30 requests a minute). After the hold,
+    every path paces at that rate: the next two requests wait about one and two intervals of 2 s."""
+    redis = request.getfixturevalue("redis_url") if path == "redis" else None
+    violation = {"quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaValue": "30"}
+    details = [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.05s"},
+    ]
+    body = json.dumps([{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}}])
+    with scripted_server(refusal(Stated({}, body, 0.05)), *[completion()] * 3) as server:
+        send = PATHS[path](f"{server.url}/v1", _config(f"{server.url}/v1", redis))
+        with instant_waits():
+            send()
+        later = []
+        for _ in range(2):
+            with instant_waits() as waits:
+                send()
+            later.append(max(waits, default=0.0))
+    assert server.count == 4
+    interval = 60 / 30
+    assert later[0] == pytest.approx(interval, abs=0.5)
+    assert later[1] == pytest.approx(2 * interval, abs=0.5)
+
+
 #: Two ways to give up, and what every path must report of them: requests the server saw, and the give-up.
 GIVE_UPS = {
     "retries exhausted": (

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 
-from aicoder.http.hints import MAX_BODY, ServerHint, server_hint
+from aicoder.http.hints import MAX_BODY, ServerHint, server_hint, stated_quotas
 from aicoder.http.tokens import RequestCost
 
 NOW = 1_800_000_000.0
@@ -175,6 +175,30 @@ def test_gemini_retry_info_in_a_list() -> None:
     # When the per-minute quota has room again, not one token's interval: it caps no cut of the rate.
     assert found is not None and found.next_token is None
     assert found is not None and found.dialect == "gemini"
+
+
+def test_gemini_quota_failure_states_its_limits() -> None:
+    """Google's QuotaFailure names each quota that ran out: what it counts and per what period, in its ``quotaId``,
+    and the limit in its ``quotaValue``. A violation without a value, or with a name of no period, states none."""
+    violations = [
+        {"quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "quotaValue": "15"},
+        {"quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier", "quotaValue": "250000"},
+        {"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "quotaValue": "1500"},
+        {"quotaId": "GenerateRequestsPerMinutePerProjectPerModel"},
+        {"quotaId": "SomethingElse", "quotaValue": "9"},
+        {"quotaId": "RequestsPerMinute", "quotaValue": "-1"},
+        {"quotaId": 7, "quotaValue": 7},
+    ]
+    details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations}]
+    body = json.dumps({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}})
+    stated = [(quota.dimension, quota.limit, quota.window, quota.rate) for quota in stated_quotas(body)]
+    assert stated == [
+        ("requests", 15, 60.0, 0.25),
+        ("input-tokens", 250000, 60.0, pytest.approx(250000 / 60)),
+        ("requests", 1500, 86400.0, pytest.approx(1500 / 86400)),
+    ]
+    assert {quota.source for quota in stated_quotas(body)} == {"body: QuotaFailure.quotaValue"}
+    assert stated_quotas("not json") == stated_quotas(None) == stated_quotas(json.dumps([1, {"details": 3}])) == ()
 
 
 @pytest.mark.parametrize(

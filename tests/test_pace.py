@@ -408,6 +408,24 @@ def test_limits_in_the_first_answer_skip_slow_start() -> None:
     assert budget.feedback.slow_from == pytest.approx(599 / SPEND_WITHIN)
 
 
+def test_a_rate_first_stated_by_a_refusal_paces_the_turns_handed_out_before_it() -> None:
+    """Gemini states its rate only in a 429's body. The turns slow start handed out before it go behind the hold
+    at that rate, not at the feedback rate slow start was cut to: spaced at its pace, they meet no second 429."""
+    pace = Pace()
+    pace.learn(0.0, [], first=True)
+    times = turns(pace, 12)
+    fed(pace, times[:8])
+    pace.learn(times[7], [Quota("requests", 600, None, None, 60.0, "window", "gemini", "body")], serial=-1)
+    pace.hold(times[7] + 1.0, times[7])
+    pace.refused(times[7], times[7], times[7], None, serial=8, costly=True)
+    assert pace.feedback.rate is not None and pace.feedback.rate > 10  # the cut alone would let them go faster
+    moved = pace.reschedule(waiting(times[8:]))
+    interval = 1 / (10 * (1 - SAFETY_MARGIN))
+    assert moved[0] >= times[7] + 1.0
+    assert [b - a for a, b in itertools.pairwise(moved)] == pytest.approx([interval] * 3)
+    assert pace.next_turn(times[7], None).at == pytest.approx(moved[-1] + interval)
+
+
 def test_a_hold_moves_turns_already_handed_out() -> None:
     """Turns granted for 0.1 and 0.2 s move behind a hold until 1 s, at the feedback rate."""
     pace = Pace()

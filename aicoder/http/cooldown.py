@@ -44,7 +44,7 @@ from aicoder.http import waiting
 from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import DestinationPace, Grant, Pace
-from aicoder.http.quotas import read_quotas
+from aicoder.http.quotas import Quota, read_quotas
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
 from aicoder.instrumentation import HoldDetails, holding
@@ -111,9 +111,11 @@ class Turn:
         self._body = body
         self._cost: RequestCost | bool | None = False
 
-    def observe(self, status: int, headers: Mapping[str, str], hint: ServerHint | None) -> None:
+    def observe(
+        self, status: int, headers: Mapping[str, str], hint: ServerHint | None, stated: tuple[Quota, ...] = ()
+    ) -> None:
         """Learn from the answer to this attempt (:meth:`Cooldowns.observe`)."""
-        self.cooldowns.observe(self, status, headers, hint)
+        self.cooldowns.observe(self, status, headers, hint, stated)
 
     def wait(self, delay: float, max_wait: float) -> float:
         """Sleep ``delay``, then until this retry's turn comes (:meth:`Cooldowns.wait_turn`)."""
@@ -416,8 +418,16 @@ class Cooldowns:
             destination.pending.add(turn)
         return turn.due - now
 
-    def observe(self, turn: Turn, status: int, headers: Mapping[str, str], hint: ServerHint | None = None) -> None:
-        """Learn from the answer to ``turn``'s latest attempt: its quotas, and for a 429 its hint.
+    def observe(
+        self,
+        turn: Turn,
+        status: int,
+        headers: Mapping[str, str],
+        hint: ServerHint | None = None,
+        stated: tuple[Quota, ...] = (),
+    ) -> None:
+        """Learn from the answer to ``turn``'s latest attempt: its quotas, those its body ``stated``, and for a
+        429 its hint.
 
         The quotas of answers that are not 429s are read at most every ``LEARN_INTERVAL``
         seconds per destination: they change little between two answers, and reading
@@ -427,6 +437,8 @@ class Cooldowns:
         now = self._clock()
         holds: HoldDetails | None = None
         quotas = read_quotas(headers) if status == 429 or now - destination.learned_at >= LEARN_INTERVAL else None
+        if stated:
+            quotas = (*(quotas or ()), *stated)
         with self._lock:
             pace = destination.pace
             if quotas is not None:

@@ -16,6 +16,10 @@ sources, the latest wins, and nothing is sent before it:
    body's ``type`` names, and the time until this request's cost fits, not
    until the whole bucket is full; for a window, its reset.
 
+A 429's body may also state a limit outright: Google's ``QuotaFailure`` names
+each quota that ran out and its ``quotaValue`` (``GenerateRequestsPerMinute…``:
+15). :func:`stated_quotas` reads those, for the pace to go at that rate.
+
 A bare number of seconds (or milliseconds) from 10⁹ on is a Unix time, whatever
 the header: the source then says ``(Unix time)``. A whole-second hint
 (``Retry-After: 1``) is *coarse*: the server may have rounded it. Zero, negative,
@@ -47,7 +51,7 @@ from aicoder.http.quotas import (
 )
 from aicoder.http.tokens import RequestCost
 
-__all__ = ["MAX_BODY", "ServerHint", "body_prefix", "parse_duration", "server_hint"]
+__all__ = ["MAX_BODY", "ServerHint", "body_prefix", "parse_duration", "server_hint", "stated_quotas"]
 
 #: The most of a body that is ever read for a hint or a message.
 MAX_BODY = 64 * 1024
@@ -62,6 +66,10 @@ _PHRASE_DIALECT = {"try again in": "openai", "retry in": "gemini", "retry after"
 _RESETS_AT = re.compile(
     r"resets at:?\s+([0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)\s*(UTC|Z)\b"
 )
+#: What a Google quota's name counts, and per what: ``GenerateContentInputTokensPerModelPerMinute-FreeTier``.
+_GOOGLE_DIMENSIONS = (("InputToken", "input-tokens"), ("OutputToken", "output-tokens"), ("Token", "tokens"))
+_GOOGLE_PERIOD = re.compile(r"Per(Second|Minute|Hour|Day)")
+_PERIODS = {"Second": 1.0, "Minute": 60.0, "Hour": 3600.0, "Day": 86400.0}
 #: Where the wait in seconds is said, most explicit first: the header, and what it holds (1 s or 1 ms).
 _RETRY_AFTER = (
     ("retry-after-ms", 1e-3),
@@ -127,6 +135,12 @@ def server_hint(
     if latest is not None and ran_out and not latest.window_ran_out:
         latest = dataclasses.replace(latest, window_ran_out=True)
     return latest
+
+
+def stated_quotas(body: bytes | str | None) -> tuple[Quota, ...]:
+    """The limits a 429's ``body`` states outright (Google's ``QuotaFailure``: a quota's name and value), as
+    :class:`~aicoder.http.quotas.Quota` s with no remaining count or reset; ``()`` if it states none."""
+    return _BodySays.read(body, time.time()).quotas
 
 
 def _hints(
@@ -238,12 +252,14 @@ def body_prefix(body: bytes | str | None) -> str:
 
 @dataclass(frozen=True)
 class _BodySays:
-    """What an error body says about waiting: a hint, the exhausted dimension, rate-limit headers."""
+    """What an error body says about waiting: a hint, the exhausted dimension, rate-limit headers, and the
+    limits it states."""
 
     #: The wait, where it was said, the dialect, and whether it is whole seconds.
     hint: tuple[float, str, str, bool] | None = None
     dimension: str | None = None
     headers: Mapping[str, str] | None = None
+    quotas: tuple[Quota, ...] = ()
 
     @classmethod
     def read(cls, body: bytes | str | None, now: float) -> _BodySays:
@@ -258,6 +274,7 @@ class _BodySays:
         errors = [item.get("error", item) for item in items if isinstance(item, dict)]
         errors = [error for error in errors if isinstance(error, dict)]
         hint = next((found for error in errors if (found := _retry_info(error))), None)
+        quotas = tuple(quota for error in errors for quota in _quota_failure(error))
         dimension = headers = None
         for error in errors:
             kind = error.get("type")
@@ -269,7 +286,7 @@ class _BodySays:
             message = error.get("message")
             if hint is None and isinstance(message, str):
                 hint = _phrase_hint(message, now)
-        return cls(hint, dimension, headers)
+        return cls(hint, dimension, headers, quotas)
 
 
 def _retry_info(error: Mapping[str, Any]) -> tuple[float, str, str, bool] | None:
@@ -284,6 +301,28 @@ def _retry_info(error: Mapping[str, Any]) -> tuple[float, str, str, bool] | None
             if seconds:
                 return seconds, "body: RetryInfo.retryDelay", "gemini", False
     return None
+
+
+def _quota_failure(error: Mapping[str, Any]) -> Iterator[Quota]:
+    """Google's ``QuotaFailure`` detail: each violation's ``quotaId`` (what it counts, per what period) and
+    ``quotaValue`` (the limit), when both are there."""
+    details = error.get("details")
+    for detail in details[:16] if isinstance(details, list) else ():
+        if not isinstance(detail, dict) or not str(detail.get("@type", "")).endswith("QuotaFailure"):
+            continue
+        violations = detail.get("violations")
+        for violation in violations[:16] if isinstance(violations, list) else ():
+            if not isinstance(violation, dict):
+                continue
+            name, value = violation.get("quotaId"), violation.get("quotaValue")
+            if not (isinstance(name, str) and isinstance(value, str) and len(name) <= 256):
+                continue
+            limit, period = parse_number(value), _GOOGLE_PERIOD.search(name)
+            if not limit or period is None:
+                continue
+            dimension = next((known for part, known in _GOOGLE_DIMENSIONS if part in name), "requests")
+            window = _PERIODS[period[1]]
+            yield Quota(dimension, limit, None, None, window, "window", "gemini", "body: QuotaFailure.quotaValue")
 
 
 def _phrase_hint(text: str, now: float) -> tuple[float, str, str, bool] | None:

@@ -575,8 +575,9 @@ class Pace:
             self.feedback.stop_slow_start()
         for dimension, rate in rates.items():
             lane = self.lanes.get(dimension)
-            if lane is None:
+            if lane is None:  # the turns handed out before it was known go through it at the next reschedule
                 self.lanes[dimension] = Lane(rate, tat=now)
+                self._relane = True
             else:
                 lane.rate = rate
 

@@ -22,7 +22,7 @@ from urllib3.util.retry import RequestHistory, Retry
 
 from aicoder.config import Config, check_count, check_delay, check_delay_range, check_hint_cap
 from aicoder.http import turns, waiting
-from aicoder.http.hints import MAX_BODY, ServerHint, server_hint
+from aicoder.http.hints import MAX_BODY, ServerHint, server_hint, stated_quotas
 from aicoder.http.redaction import safe_url
 from aicoder.http.schedule import linear_delay
 from aicoder.http.tokens import RequestCost
@@ -191,7 +191,7 @@ class LinearRetry(Retry):
         hint = self.hint(response.headers, body, turn.cost if turn is not None else None)
         too_long = hint is not None and hint.seconds > self.max_hint
         if turn is not None:  # tell every request bound for this destination, not only this one
-            turn.observe(response.status, response.headers, None if too_long else hint)
+            turn.observe(response.status, response.headers, None if too_long else hint, stated_quotas(body))
         where = _display_url(url, _pool)
         if hint is not None and too_long:
             attempts = len(self.history) + 1

@@ -14,6 +14,7 @@ from contextvars import ContextVar, Token
 from typing import Protocol
 
 from aicoder.http.hints import ServerHint
+from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
 __all__ = ["CurrentTurn", "current", "enter", "leave"]
@@ -35,8 +36,11 @@ class CurrentTurn(Protocol):
         """Whether the destination is paced at a known rate."""
         ...
 
-    def observe(self, status: int, headers: Mapping[str, str], hint: ServerHint | None) -> None:
-        """Learn from the answer to this attempt, for every request bound for the destination."""
+    def observe(
+        self, status: int, headers: Mapping[str, str], hint: ServerHint | None, stated: tuple[Quota, ...] = ()
+    ) -> None:
+        """Learn from the answer to this attempt, for every request bound for the destination; ``stated``: the
+        limits its body states."""
         ...
 
     def wait(self, delay: float, max_wait: float) -> float:

@@ -62,8 +62,8 @@ DIALECTS: dict[str, str] = {
     "retry-after": "only on a 429: Retry-After in whole seconds, rounded up",
     "retry-after-ms": "only on a 429: retry-after-ms",
     "bare": "a 429 and nothing else: no header, no hint",
-    "gemini": "Gemini's: no rate-limit header; a 429's body is Google's RESOURCE_EXHAUSTED error with a RetryInfo "
-    "retryDelay in whole seconds, rounded up",
+    "gemini": "Gemini's: no rate-limit header; a 429's body is Google's RESOURCE_EXHAUSTED error naming the "
+    "per-minute request quota and its quotaValue (60 * rate), with a RetryInfo retryDelay in whole seconds, rounded up",
     "litellm": "a LiteLLM proxy's per-key limit: rate * window requests per fixed window; "
     "x-ratelimit-api_key-{limit,remaining}-requests on every answer; a 429 says retry-after: the whole window, "
     "reset_at (now + the window, as LiteLLM writes it) and 'Limit resets at' in its body",
@@ -438,7 +438,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if anthropic and refusal.get("type") != "error":  # Anthropic's error shape, whatever the headers
                 refusal = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit exceeded"}}
             elif gemini and refusal.get("error", {}).get("status") != "RESOURCE_EXHAUSTED":
-                refusal = _gemini_error(None)
+                refusal = _gemini_error(None, model)
             self._json(429, refusal, limits)
             return
 
@@ -597,7 +597,7 @@ def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> t
         headers = {"Retry-After": str(math.ceil(wait))}
         stated = math.ceil(wait)
     elif dialect == "gemini" and not verdict.allowed:
-        body = _gemini_error(math.ceil(wait))
+        body = _gemini_error(math.ceil(wait), model, request_limit)
         stated = math.ceil(wait)
     elif dialect == "retry-after-ms" and not verdict.allowed:
         headers = {"retry-after-ms": str(math.ceil(wait * 1000))}
@@ -669,11 +669,18 @@ def _generated(model: str, text: str) -> dict[str, Any]:
     }
 
 
-def _gemini_error(retry_delay: int | None) -> dict[str, Any]:
-    """Google's 429 body: RESOURCE_EXHAUSTED, with a RetryInfo if ``retry_delay`` (whole seconds) is given."""
-    details: list[dict[str, Any]] = [
-        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": "RequestsPerMinute"}]}
-    ]
+def _gemini_error(retry_delay: int | None, model: str, per_minute: float | None = None) -> dict[str, Any]:
+    """Google's 429 body: RESOURCE_EXHAUSTED, naming the per-minute request quota (and its value, if
+    ``per_minute`` is given), with a RetryInfo if ``retry_delay`` (whole seconds) is given."""
+    violation: dict[str, Any] = {
+        "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+        "quotaDimensions": {"location": "global", "model": model},
+    }
+    if per_minute is not None:
+        violation["quotaValue"] = f"{per_minute:.0f}"
+    failure = {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}
+    details: list[dict[str, Any]] = [failure]
     if retry_delay is not None:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay}s"})
     message = "You exceeded your current quota, please check your plan and billing details."
