@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from aicoder.http.cooldown import Cooldowns, Turn
 from aicoder.http.destinations import DestinationKey
-from aicoder.http.pace import Pace
+from aicoder.http.pace import Pace, Refusal
 from aicoder.http.tokens import RequestCost
 
 
@@ -21,7 +21,7 @@ def slowed_to_five_a_second(cooldowns: Cooldowns, key: DestinationKey) -> Turn:
     pace = paced(cooldowns, key)
     for n in range(4):
         pace.sent(now - 0.4 + n * 0.1)
-    assert pace.refused(now, now - 0.1, now, hint=0.2)  # at most 5 a second
+    assert pace.refused(Refusal(now, now - 0.1, now, next_token=0.2))  # at most 5 a second
     return cooldowns.take_turn(key)
 
 

@@ -31,7 +31,7 @@ def test_milliseconds() -> None:
     """retry-after-ms is milliseconds, precise."""
     found = hint(retry_after_ms="1500")
     assert said(found) == (1.5, "retry-after-ms", False)
-    assert found is not None and found.retry_at == NOW + 1.5 and found.header == "retry-after-ms"
+    assert found is not None and found.retry_at == NOW + 1.5 and found.source == "retry-after-ms"
 
 
 def test_seconds_are_coarse_when_whole() -> None:

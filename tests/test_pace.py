@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, SPEND_WITHIN, Feedback, Lane, Pace
+from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, SPEND_WITHIN, Feedback, Lane, Pace, Refusal
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 from tests.pacing import waiting
@@ -123,7 +123,7 @@ def test_a_refusal_within_what_remained_ends_the_spending() -> None:
     pace.next_turn(0.0, None)
     pace.learn(0.0, [per_minute("requests", 600, 100, 1.0)], serial=1)
     turns(pace, 3)
-    assert not pace.refused(0.01, 0.0, 0.0, 0.05, serial=4)  # ends the spending, cuts nothing
+    assert not pace.refused(Refusal(0.01, 0.0, 0.0, 0.05, serial=4))  # ends the spending, cuts nothing
     assert not pace.spends and pace.rate is None
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
     later = turns(pace, 3, now=1.0)
@@ -138,7 +138,7 @@ def test_a_refusal_that_says_a_window_ran_out_ends_no_spending() -> None:
     pace.next_turn(0.0, None)
     pace.learn(0.0, [Quota("requests", 100, 100, None, None, "window", "litellm", "x")], serial=1)
     turns(pace, 3)
-    assert not pace.refused(0.01, 0.0, 0.0, None, serial=4, window_ran_out=True)
+    assert not pace.refused(Refusal(0.01, 0.0, 0.0, None, serial=4, window_ran_out=True))
     assert pace.spends and pace.rate is None
     assert turns(pace, 3, now=1.0) == [1.0, 1.0, 1.0]
 
@@ -216,7 +216,7 @@ def a_window_spent_and_waited_out(pace: Pace) -> float:
     """100 requests in a second, a 429 asking for the whole 10-s window, and its hold: return the hold's end."""
     for index in range(100):
         pace.sent(index / 100)
-    assert pace.refused(now=1.0, sent_at=1.0, granted_at=1.0, hint=None)
+    assert pace.refused(Refusal(now=1.0, sent_at=1.0, granted_at=1.0))
     pace.sent(1.0)
     assert pace.hold(11.0, now=1.0)
     return 11.0
@@ -229,11 +229,11 @@ def test_a_hold_is_no_measure_of_the_server() -> None:
     rate = pace.rate
     assert rate is not None and rate > 30  # 0.7 of what went in the burst, not 100 requests over 11 s
     pace.sent(held_until)
-    assert not pace.refused(now=held_until + 0.01, sent_at=held_until, granted_at=held_until - 1, hint=None)
+    assert not pace.refused(Refusal(now=held_until + 0.01, sent_at=held_until, granted_at=held_until - 1))
     assert pace.rate == rate  # the first request after a hold was refused: the hold was short, the rate is not wrong
     for index in range(1, 8):
         pace.sent(held_until + index * 0.05)
-    assert pace.refused(now=held_until + 0.4, sent_at=held_until + 0.35, granted_at=held_until + 0.35, hint=None)
+    assert pace.refused(Refusal(now=held_until + 0.4, sent_at=held_until + 0.35, granted_at=held_until + 0.35))
     # Measured after the hold alone: the six it took between the two refusals, in 0.35 s, bound the cut.
     assert pace.rate == pytest.approx((1 - SAFETY_MARGIN) * 6 / 0.35)
 
@@ -244,7 +244,7 @@ def test_a_probe_after_a_hold_refused_again_never_collapses_the_rate() -> None:
     held_until = a_window_spent_and_waited_out(pace)
     rate = pace.rate
     pace.sent(held_until)
-    pace.refused(now=held_until + 0.01, sent_at=held_until, granted_at=held_until, hint=None)
+    pace.refused(Refusal(now=held_until + 0.01, sent_at=held_until, granted_at=held_until))
     pace.hold(held_until + 10, now=held_until + 0.01)
     assert pace.rate == rate and pace.quiet_until == held_until
 
@@ -417,7 +417,7 @@ def test_a_rate_first_stated_by_a_refusal_paces_the_turns_handed_out_before_it()
     fed(pace, times[:8])
     pace.learn(times[7], [Quota("requests", 600, None, None, 60.0, "window", "gemini", "body")], serial=-1)
     pace.hold(times[7] + 1.0, times[7])
-    pace.refused(times[7], times[7], times[7], None, serial=8, costly=True)
+    pace.refused(Refusal(times[7], times[7], times[7], None, serial=8, costly=True))
     assert pace.feedback.rate is not None and pace.feedback.rate > 10  # the cut alone would let them go faster
     moved = pace.reschedule(waiting(times[8:]))
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
@@ -451,7 +451,7 @@ def test_a_regrown_rate_brings_turns_already_handed_out_forward() -> None:
     time, the others follow one new interval apart, none later than before, and the next grant follows them."""
     pace = Pace()
     fed(pace, [0.0, 0.01, 0.02, 0.03])
-    pace.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)  # at most 4 a second
+    pace.refused(Refusal(now=0.04, sent_at=0.03, granted_at=0.03, next_token=0.25))  # at most 4 a second
     queued = turns(pace, 40, now=0.04)
     assert queued[1] - queued[0] == pytest.approx(0.25)
     sent = regrow_until_hurried(pace, queued)
@@ -472,7 +472,7 @@ def test_turns_paced_by_quotas_are_never_hurried() -> None:
     pace = Pace()
     pace.learn(0.0, [per_minute("requests", 6000, 5999, 0.01)])
     fed(pace, [0.0, 0.01, 0.02, 0.03])
-    pace.refused(now=0.04, sent_at=0.03, granted_at=0.03, hint=0.25)
+    pace.refused(Refusal(now=0.04, sent_at=0.03, granted_at=0.03, next_token=0.25))
     queued = turns(pace, 40, now=0.04)
     assert regrow_until_hurried(pace, queued) == len(queued)
     assert pace.rate is not None and pace.rate >= 4 * (1 + HURRY_STEP)  # it grew as much as where it hurries
@@ -485,7 +485,7 @@ def test_a_refusal_past_all_that_remained_cuts_nothing() -> None:
     pace.learn(0.0, [Quota("requests", 4, 3, None, None, "window", "litellm", "x")], serial=1)
     for at in turns(pace, 4):
         pace.sent(at)
-    assert not pace.refused(0.01, 0.0, 0.0, None, serial=5)
+    assert not pace.refused(Refusal(0.01, 0.0, 0.0, None, serial=5))
     assert pace.rate is None and pace.spends
 
 
@@ -499,7 +499,7 @@ def test_turns_spent_at_once_are_put_through_the_lanes_when_the_server_refuses_o
     cost = RequestCost(3, 2)
     spent = [pace.next_turn(0.0, cost).at for _ in range(3)]
     assert spent == [0.0, 0.0, 0.0]
-    pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
+    pace.refused(Refusal(0.01, 0.0, 0.0, 0.05, serial=2))
     moved = pace.reschedule(waiting(spent[1:], cost))
     step = 5 / (10 * (1 - SAFETY_MARGIN))
     assert moved[1] - moved[0] == pytest.approx(step)
@@ -517,7 +517,7 @@ def test_turns_put_through_the_lanes_keep_the_first_ones_time() -> None:
     pace.hold(1.0, 0.0)
     spent = [pace.next_turn(0.0, None).at for _ in range(3)]
     assert spent == [1.0, 1.0, 1.0]
-    pace.refused(0.01, 0.0, 0.0, 0.05, serial=2)
+    pace.refused(Refusal(0.01, 0.0, 0.0, 0.05, serial=2))
     interval = 1 / (10 * (1 - SAFETY_MARGIN))
     assert pace.reschedule(waiting(spent)) == pytest.approx([1.0, 1.0 + interval, 1.0 + 2 * interval])
 
@@ -548,7 +548,7 @@ def _lived(events: list[tuple[object, ...]]) -> tuple[Pace, float, list[float]]:
         elif kind == "hold":
             pace.hold(now + float(args[0]), now)  # type: ignore[arg-type]
         elif kind == "refuse":
-            pace.refused(now, now, now, float(args[0]), serial=pace.serial)  # type: ignore[arg-type]
+            pace.refused(Refusal(now, now, now, float(args[0]), serial=pace.serial))  # type: ignore[arg-type]
         elif kind == "accept":
             pace.accepted(now, bool(args[0]), now)
         else:

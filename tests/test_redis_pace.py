@@ -20,7 +20,7 @@ from aicoder.http.adapter import retrying_session
 from aicoder.http.cooldown import Cooldowns
 from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
+from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace, Refusal
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost
 from aicoder.http.waiting import instant_waits
@@ -144,7 +144,9 @@ def test_turns_spent_at_once_are_spaced_by_their_tokens_when_the_spending_ends(
     now = time.monotonic()
     pace.hold(now + 0.5, now)
     grants = [pace.next_turn(now, RequestCost(20, 30)) for _ in range(4)]
-    assert not pace.refused(now, now, now, 0.01, serial=grants[0].serial)  # within what remained: spending ends
+    assert not pace.refused(
+        Refusal(now, now, now, 0.01, serial=grants[0].serial)
+    )  # within what remained: spending ends
     assert pace.hold(now + 0.6, now)  # the hold moves: the turns to come are rescheduled
     assert a.redis is not None
     scores = a.redis.client.zmscore(f"aicoder:{{{KEY.fingerprint}}}:sends", [grant.ticket for grant in grants])

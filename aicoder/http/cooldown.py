@@ -43,7 +43,7 @@ from typing import TypeVar
 from aicoder.http import waiting
 from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import DestinationPace, Grant, Pace
+from aicoder.http.pace import DestinationPace, Grant, Pace, Refusal
 from aicoder.http.quotas import Quota, read_quotas
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
@@ -456,7 +456,7 @@ class Cooldowns:
                 # is costly: the rate regrows gently after it.
                 ran_out = hint is not None and hint.window_ran_out
                 costly = hint is not None and (hint.coarse or hint.seconds >= COSTLY_HOLD)
-                cut = pace.refused(now, turn.due, turn.granted_at, next_token, turn.serial, ran_out, costly)
+                cut = pace.refused(Refusal(now, turn.due, turn.granted_at, next_token, turn.serial, ran_out, costly))
                 if held and hint is not None:
                     holds = HoldDetails(destination.key.origin, hint.seconds, hint.source)
                 if cut:

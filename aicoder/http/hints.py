@@ -106,11 +106,6 @@ class ServerHint:
         server takes at most one request in that time."""
         return None if self.coarse or self.window else self.seconds
 
-    @property
-    def header(self) -> str:
-        """The old name of :attr:`source`."""
-        return self.source
-
 
 def server_hint(
     headers: Mapping[str, str],

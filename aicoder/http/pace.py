@@ -67,7 +67,7 @@ from typing import ClassVar, NamedTuple, Protocol
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 
-__all__ = ["Feedback", "Grant", "Lane", "Pace", "requests_remaining"]
+__all__ = ["Feedback", "Grant", "Lane", "Pace", "Refusal", "requests_remaining"]
 
 #: Pace a little slower than the server allows: its clock and ours drift, and requests arrive with jitter.
 SAFETY_MARGIN = 0.01
@@ -404,6 +404,20 @@ class Grant(NamedTuple):
     probe: bool = False
 
 
+class Refusal(NamedTuple):
+    """A 429 for turn ``serial``, as a pace learns from it: when it came (``now``), when the turn was granted and
+    its request sent, the seconds until the server's next token if it said so precisely (``next_token``),
+    whether it said a window ran out, and whether it is ``costly``: it holds everything for a second or more."""
+
+    now: float
+    sent_at: float
+    granted_at: float
+    next_token: float | None = None
+    serial: int = 0
+    window_ran_out: bool = False
+    costly: bool = False
+
+
 class DestinationPace(Protocol):
     """What :class:`~aicoder.http.cooldown.Cooldowns` asks of one destination's pace: :class:`Pace`, kept in this
     process, or :class:`~aicoder.http.redis_pace.RedisPace`, kept in Redis for every process. Times are this
@@ -433,16 +447,7 @@ class DestinationPace(Protocol):
 
     def cancel(self, ticket: str) -> None: ...
 
-    def refused(
-        self,
-        now: float,
-        sent_at: float,
-        granted_at: float,
-        hint: float | None,
-        serial: int = 0,
-        window_ran_out: bool = False,
-        costly: bool = False,
-    ) -> bool: ...
+    def refused(self, refusal: Refusal) -> bool: ...
 
     def accepted(self, now: float, held_back: bool, sent_at: float = -math.inf) -> bool: ...
 
@@ -617,22 +622,13 @@ class Pace:
         """Withdraw the turn named ``ticket``. Never asked here: this pace names no turn (its grants have no
         ticket), and counts only the turns that are sent."""
 
-    def refused(
-        self,
-        now: float,
-        sent_at: float,
-        granted_at: float,
-        hint: float | None,
-        serial: int = 0,
-        window_ran_out: bool = False,
-        costly: bool = False,
-    ) -> bool:
-        """Turn ``serial``, granted at ``granted_at`` and sent at ``sent_at``, was refused; return whether that
-        cut the rate (see :meth:`Feedback.refused`). While what the server says remains is spent, a refusal cuts
-        nothing: within it, it ends the spending; past it, the server's window ran out. A refusal that says its
-        window ran out (``window_ran_out``, as LiteLLM's do) cuts nothing and ends no spending: the window is
-        waited out, then spent. ``costly``: see :meth:`Feedback.refused`.
+    def refused(self, refusal: Refusal) -> bool:
+        """Learn from ``refusal``; return whether it cut the rate (see :meth:`Feedback.refused`). While what the
+        server says remains is spent, a refusal cuts nothing: within it, it ends the spending; past it, the
+        server's window ran out. A refusal that says its window ran out (as LiteLLM's do) cuts nothing and ends
+        no spending: the window is waited out, then spent.
         """
+        now, sent_at, granted_at, next_token, serial, window_ran_out, costly = refusal
         if window_ran_out:  # counted elsewhere too (other clients, answers out of order): the rate was right
             self.feedback.refusal(sent_at)
             return False
@@ -645,7 +641,7 @@ class Pace:
             self.feedback.refusal(sent_at)
             return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until
-        cut = self.feedback.refused(now, sent_at, granted_at, hint, since, costly)
+        cut = self.feedback.refused(now, sent_at, granted_at, next_token, since, costly)
         if cut:
             self._spaced_at = self.feedback.rate or math.inf
         return cut

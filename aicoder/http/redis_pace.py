@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aicoder.http.pace import Feedback, Grant, Pace, PendingTurn, requests_remaining
+from aicoder.http.pace import Feedback, Grant, Pace, PendingTurn, Refusal, requests_remaining
 from aicoder.http.quotas import Quota
 from aicoder.http.redaction import safe_url
 from aicoder.http.tokens import RequestCost
@@ -631,32 +631,24 @@ class RedisPace:
         """Withdraw the turn named ``ticket`` from the shared schedule: it was never sent."""
         self.paces.run("cancel", [self._sends], [ticket])
 
-    def refused(
-        self,
-        now: float,
-        sent_at: float,
-        granted_at: float,
-        hint: float | None,
-        serial: int = 0,
-        window_ran_out: bool = False,
-        costly: bool = False,
-    ) -> bool:
+    def refused(self, refusal: Refusal) -> bool:
         """Cut the shared rate as :meth:`Feedback.refused` would, from every process's samples, unless another
         process has cut meanwhile or the refusal says its window ran out (:meth:`Pace.refused`). The local pace
         adopts the shared rate either way, to reschedule by."""
+        now, sent_at, granted_at, next_token, serial, window_ran_out, costly = refusal
         answer = None
         if self._offset is not None:
             keys = [self._pace, self._sends, self._refusals]
             remote = [sent_at + self._offset, granted_at + self._offset]
-            refusal = [self.paces.TTL, _member(), *remote, self.paces.SAMPLES, serial, int(window_ran_out)]
-            answer = self.paces.run("refuse", keys, refusal)
+            told = [self.paces.TTL, _member(), *remote, self.paces.SAMPLES, serial, int(window_ran_out)]
+            answer = self.paces.run("refuse", keys, told)
         if answer is None:
             if self._alone and (self.local.feedback.rate is not None or self.local.lanes):
                 # Cut off, this process paces at its share of the rates learnt together. A 429 now says as much
                 # about the turns the others took as about its own, which are a fraction of them: it cuts nothing.
                 self.local.feedback.refusal(sent_at)
                 return False
-            return self.local.refused(now, sent_at, granted_at, hint, window_ran_out=window_ran_out, costly=costly)
+            return self.local.refused(refusal._replace(serial=0))
         self.local.feedback.refusal(sent_at)
         remote_now, stored = float(answer[1]), _pairs(answer[2])
         state = {name: float(stored[field]) for name, field in _STATE_FIELDS.items() if field in stored}
@@ -666,7 +658,7 @@ class RedisPace:
         feedback = Feedback.restore(state, _scores(answer[3]), _scores(answer[4]), self.local.feedback.min_rate)
         hold, quiet = (float(stored.get(field, "-inf")) for field in ("hold", "quiet"))
         since = hold if hold <= remote[0] else quiet
-        if not feedback.refused(remote_now, remote[0], remote[1], hint, since, costly):
+        if not feedback.refused(remote_now, remote[0], remote[1], next_token, since, costly):
             return False
         written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
         written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}
