@@ -3,7 +3,6 @@ waiting to be moved, for the paces' reschedules."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -17,7 +16,7 @@ def slowed_to_five_a_second(cooldowns: Cooldowns, key: DestinationKey) -> Turn:
     """Cut ``key``'s feedback rate to 5 a second; return the turn granted next, now."""
     probe = cooldowns.take_turn(key)
     cooldowns.observe(probe, 200, {})  # says nothing of its limits
-    now = time.monotonic()
+    now = cooldowns.clock.now()
     pace = paced(cooldowns, key)
     for n in range(4):
         pace.sent(now - 0.4 + n * 0.1)
@@ -28,7 +27,7 @@ def slowed_to_five_a_second(cooldowns: Cooldowns, key: DestinationKey) -> Turn:
 def regrown_to_twenty_a_second(cooldowns: Cooldowns, key: DestinationKey, turn: Turn) -> None:
     """Grow ``key``'s feedback rate to 20 a second (as if learnt elsewhere), then answer ``turn`` with a 200."""
     feedback = paced(cooldowns, key).feedback
-    feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": feedback.cut_at}, time.monotonic())
+    feedback.adopt({"rate": 20.0, "w_max": 20.0, "cut_at": feedback.cut_at}, cooldowns.clock.now())
     cooldowns.observe(turn, 200, {})
 
 

@@ -28,7 +28,7 @@ from aicoder.http.destinations import destination_key
 from aicoder.http.redis_pace import RedisPaces
 from aicoder.http.transport import RETRY_EXTENSION
 from aicoder.llm.errors import LLMError
-from aicoder.testing import RateLimitedEndpoint
+from aicoder.testing import FakeClock, RateLimitedEndpoint
 from tests.pacing import regrown_to_twenty_a_second, slowed_to_five_a_second
 from tests.redis_server import redis_server
 from tests.servers import Reply, completion, rate_limited, scripted_server
@@ -221,44 +221,48 @@ async def test_a_cancelled_backoff_ends_at_once() -> None:
 
 
 async def test_a_cancelled_turn_ends_at_once_and_is_not_counted_as_sent() -> None:
-    cooldowns = Cooldowns()
+    """A task asleep on a 5-s hold, cancelled, ends with the clock standing still: its turn is given up."""
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock)
     key = destination_key("https://api.test", {"authorization": f"Bearer {KEY}"})
     probe = cooldowns.take_turn(key)
     cooldowns.observe(probe, 200, {})
     pace = cooldowns.pace(key)
     assert pace is not None
-    pace.hold(time.monotonic() + 5, time.monotonic())
+    pace.hold(5.0, 0.0)
     sends = len(pace.feedback._sends)
     task = asyncio.create_task(cooldowns.atake_turn(key))
-    await asyncio.sleep(0.02)
+    await clock.asettle([task])
     destination = probe.destination
     assert len(destination.pending) == 1
-    started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - started < 0.05
+        await asyncio.wait_for(task, 5)
+    assert clock.now() == 0.0
     assert not destination.pending
     assert len(pace.feedback._sends) == sends
 
 
 async def test_a_regrown_rate_wakes_tasks_awaiting_their_old_turns() -> None:
     """Tasks queued at 0.2 s intervals come at 0.05 s intervals once the rate has grown to 20 a second."""
-    cooldowns = Cooldowns(probe_timeout=0.01)
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=0.01)
     key = destination_key("https://api.test", {})
     first = slowed_to_five_a_second(cooldowns, key)
-    started = time.monotonic()
 
     async def take_turn() -> float:
         await cooldowns.atake_turn(key)
-        return time.monotonic() - started
+        return clock.now()
 
     waiting = [asyncio.create_task(take_turn()) for _ in range(3)]  # 0.2, 0.4 and 0.6 s away
-    await asyncio.sleep(0.01)
+    await clock.asettle(waiting)
     regrown_to_twenty_a_second(cooldowns, key, first)
+    await clock.asettle(waiting)
+    for _ in range(6):
+        clock.advance(0.05)
+        await clock.asettle(waiting)
     came = await asyncio.gather(*waiting)
-    assert came[0] >= 0.18  # the first keeps its time
-    assert came[-1] < 0.4  # the last came 0.1 s after it, not 0.4 s
+    assert came == [pytest.approx(0.2), pytest.approx(0.25), pytest.approx(0.3)]
 
 
 async def test_the_loop_runs_on_while_256_tasks_wait_on_a_hold() -> None:

@@ -18,25 +18,37 @@ from aicoder.http.cooldown import Cooldowns, default_cooldowns
 from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace
-from aicoder.testing import RateLimitedEndpoint
+from aicoder.http.waiting import Signal
+from aicoder.testing import FakeClock, RateLimitedEndpoint
 from tests.pacing import regrown_to_twenty_a_second, slowed_to_five_a_second
 
 KEY = DestinationKey("http://api.test", "sk")
 
 
 class FakeTime:
-    """A clock that only moves when something sleeps on it."""
+    """A clock for one thread that moves only when something sleeps on it: the sleep is over at once."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.time = 1000.0
         self.slept: list[float] = []
 
-    def clock(self) -> float:
-        return self.now
+    def now(self) -> float:
+        return self.time
 
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+    def sleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        if seconds > 0:
+            self.slept.append(seconds)
+            self.time += seconds
+        return False
+
+    async def asleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        return self.sleep(seconds)
+
+    def wait_for(self, event: Signal, timeout: float) -> None:
+        pass
+
+    async def await_for(self, event: Signal, timeout: float) -> None:
+        pass
 
 
 @pytest.fixture
@@ -46,7 +58,7 @@ def fake() -> FakeTime:
 
 @pytest.fixture
 def cooldowns(fake: FakeTime) -> Cooldowns:
-    return Cooldowns(clock=fake.clock, sleep=fake.sleep, probe_timeout=0.01)
+    return Cooldowns(clock=fake, probe_timeout=0.01)
 
 
 def per_minute(limit: int, remaining: int, reset: str) -> dict[str, str]:
@@ -62,7 +74,7 @@ def turns(cooldowns: Cooldowns, fake: FakeTime, count: int, key: DestinationKey 
     granted = []
     for _ in range(count):
         cooldowns.take_turn(key)
-        granted.append(round(fake.now - 1000.0, 6))
+        granted.append(round(fake.time - 1000.0, 6))
     return granted
 
 
@@ -155,7 +167,7 @@ def test_a_one_second_hint_is_not_a_pace(cooldowns: Cooldowns, fake: FakeTime) -
     cooldowns.observe(probe, 200, {})
     granted = turns(cooldowns, fake, 6)
     turn = cooldowns.take_turn(KEY)
-    refused_at = fake.now - 1000.0
+    refused_at = fake.time - 1000.0
     cooldowns.observe(turn, 429, {}, ServerHint(1.0, "retry-after", coarse=True))
     later = turns(cooldowns, fake, 5)
     assert later[0] == pytest.approx(refused_at + 1.0) and refused_at >= granted[-1]
@@ -221,7 +233,7 @@ def test_unknown_limits_are_not_paced_once_slow_start_is_over(cooldowns: Cooldow
     """A destination that sends no rate headers and no 429 is slowed only by slow start's first second."""
     probe = cooldowns.take_turn(KEY)
     cooldowns.observe(probe, 200, {})
-    fake.now += 5
+    fake.time += 5
     assert turns(cooldowns, fake, 50) == [5.0] * 50
 
 
@@ -234,39 +246,42 @@ def test_waits_beyond_max_wait_are_left_to_the_server(cooldowns: Cooldowns, fake
 
 
 def test_a_429_moves_turns_already_handed_out() -> None:
-    """A thread asleep until its turn follows the turn when a hold moves it later."""
-    cooldowns = Cooldowns(probe_timeout=0.01)
+    """A thread asleep until its turn follows the turn when a hold moves it later: woken at its old time, it
+    sleeps on until the hold's end."""
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=0.01)
     probe = cooldowns.take_turn(KEY)
     cooldowns.observe(probe, 200, per_minute(600, 599, "100ms"))  # ten a second
     first = cooldowns.take_turn(KEY)
-    done: list[float] = []
-    started = time.monotonic()
-    waiter = threading.Thread(target=lambda: (cooldowns.take_turn(KEY), done.append(time.monotonic() - started)))
-    waiter.start()  # its turn is about 0.1 s away
-    time.sleep(0.02)
+    taken: list[float] = []
+    waiter = threading.Thread(target=lambda: (cooldowns.take_turn(KEY), taken.append(clock.now())))
+    waiter.start()
+    clock.wait_until_asleep(1)  # its turn is about 0.1 s away
     cooldowns.observe(first, 429, {}, ServerHint(0.3, "retry-after-ms"))
-    waiter.join()
-    assert done[0] >= 0.3
+    clock.advance(0.2)
+    clock.wait_until_asleep(1)  # past its old time, asleep again
+    assert taken == []
+    clock.advance(0.1)
+    waiter.join(5)
+    assert taken == [pytest.approx(0.3)]
 
 
 def test_a_regrown_rate_wakes_threads_asleep_until_their_old_turns() -> None:
     """Threads queued at 0.2 s intervals come at 0.05 s intervals once the rate has grown to 20 a second."""
-    cooldowns = Cooldowns(probe_timeout=0.01)
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=0.01)
     first = slowed_to_five_a_second(cooldowns, KEY)
-    started = time.monotonic()
-    done: list[float] = []
-    waiters = [
-        threading.Thread(target=lambda: (cooldowns.take_turn(KEY), done.append(time.monotonic() - started)))
-        for _ in range(3)
-    ]
-    for waiter in waiters:
+    came: list[float] = []
+    waiters = [threading.Thread(target=lambda: (cooldowns.take_turn(KEY), came.append(clock.now()))) for _ in range(3)]
+    for count, waiter in enumerate(waiters, 1):
         waiter.start()
-        time.sleep(0.005)  # queued in this order: 0.2, 0.4 and 0.6 s away
+        clock.wait_until_asleep(count)  # queued in this order: 0.2, 0.4 and 0.6 s away
     regrown_to_twenty_a_second(cooldowns, KEY, first)
-    for waiter in waiters:
-        waiter.join()
-    assert done[0] >= 0.18  # the first keeps its time
-    assert done[-1] < 0.4  # the last came 0.1 s after it, not 0.4 s
+    clock.settle(waiters)  # woken by the hurry, asleep until their new times
+    for _ in range(6):
+        clock.advance(0.05)
+        clock.settle(waiters)
+    assert came == [pytest.approx(0.2), pytest.approx(0.25), pytest.approx(0.3)]
 
 
 # --- interruption ---
@@ -383,23 +398,33 @@ def test_adapters_share_the_process_cooldowns_by_default() -> None:
 def test_a_turn_come_but_not_yet_taken_follows_a_later_hold() -> None:
     """A turn whose time came while its thread still slept (a busy interpreter can keep it tens of
     milliseconds) has not gone: a hold made before the thread takes it moves it behind the hold."""
-    now = 1000.0
-    asleep, release = threading.Event(), threading.Event()
-
-    def stalled(seconds: float) -> None:
-        asleep.set()
-        assert release.wait(5)
-
-    cooldowns = Cooldowns(clock=lambda: now, sleep=stalled, probe_timeout=0.01)
+    clock = StalledClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=0.01)
     probe = cooldowns.take_turn(KEY)
     cooldowns.observe(probe, 200, {"x-ratelimit-limit-requests": "60"})  # a turn a second, nothing to spend
     first = cooldowns.take_turn(KEY)  # due now: taken at once
     taken: list[float] = []
     second = threading.Thread(target=lambda: taken.append(cooldowns.take_turn(KEY).due))
     second.start()
-    assert asleep.wait(5)  # its turn is a second away; its thread sleeps
-    now += 2.0  # the turn has come, but its thread has not woken yet
+    assert clock.asleep_.wait(5)  # its turn is a second away; its thread sleeps
+    clock.time += 2.0  # the turn has come, but its thread has not woken yet
     cooldowns.observe(first, 429, {}, ServerHint(5.0, "retry-after", coarse=True))
-    release.set()
+    held_until = clock.time + 5.0
+    clock.release.set()
     second.join(5)
-    assert taken == [now + 5.0]
+    assert taken == [held_until]
+
+
+class StalledClock(FakeTime):
+    """A clock whose sleeps end only when the test releases them, however far it has moved meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asleep_, self.release = threading.Event(), threading.Event()
+
+    def sleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        wake = self.time + seconds
+        self.asleep_.set()
+        assert self.release.wait(5)
+        self.time = max(self.time, wake)
+        return False

@@ -59,3 +59,16 @@ API_EXAMPLES = [
 def test_every_api_example_runs(page: str, example: str) -> None:
     """Each example in docs/api.md and docs/integrations.md runs as it is, against the built-in endpoint."""
     exec(compile(example, f"docs/{page}", "exec"), {})
+
+
+def test_the_fake_clock_example_runs() -> None:
+    """docs/testing.md's example test of the fake clock passes as it is."""
+    text = (ROOT / "docs" / "testing.md").read_text()
+    section = text[text.index("## A fake clock for the pace") :]
+    example = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert example is not None
+    namespace: dict[str, object] = {}
+    exec(compile(example[1], "docs/testing.md", "exec"), namespace)
+    test = namespace["test_nothing_goes_before_the_stated_time"]
+    assert callable(test)
+    test()

@@ -14,6 +14,7 @@ import datetime
 import email.utils
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import server_hint
 from aicoder.http.policy import LinearRetry
 from aicoder.instrumentation import GiveUpDetails, get_hooks, set_hooks
+from aicoder.testing import FakeClock
 from tests.redis_server import redis_server
 from tests.servers import Reply, completion, rate_limited, scripted_server
 
@@ -163,12 +165,20 @@ def test_the_hint_is_never_before_the_stated_time(scenario: str) -> None:
     assert hint is not None and hint.seconds >= stated.floor - 1e-9
     assert LinearRetry().next_wait(hint, 1, paced=True).seconds >= stated.floor - 1e-9
 
-    clock = [100.0]
-    cooldowns = Cooldowns(clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    clock = FakeClock(100.0)
+    cooldowns = Cooldowns(clock=clock)
     key = DestinationKey("http://api.test", "k")
     cooldowns.observe(cooldowns.take_turn(key), 429, stated.headers, hint)
-    cooldowns.take_turn(key)
-    assert clock[0] - 100.0 >= stated.floor - 1e-9
+    taken: list[float] = []
+    waiter = threading.Thread(target=lambda: taken.append(cooldowns.take_turn(key).due))
+    waiter.start()
+    clock.settle([waiter])
+    clock.advance(stated.floor - 1e-6)
+    clock.settle([waiter])
+    assert taken == []  # not before the stated time
+    clock.advance(10**9)  # the pace reads the headers' Unix times on the real wall clock, a year before t0
+    waiter.join(5)
+    assert taken and taken[0] - 100.0 >= stated.floor - 1e-9
 
 
 # --- every path, against a real socket ---

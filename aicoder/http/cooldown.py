@@ -35,9 +35,8 @@ import asyncio
 import logging
 import math
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from aicoder.http import waiting
@@ -140,8 +139,8 @@ class Cooldowns:
     """Turns for requests, per destination, shared by every adapter that uses this instance.
 
     Thread-safe. Remembers at most ``max_destinations`` (least recently used go
-    first). ``clock`` and ``sleep`` are injectable so the rules can be tested
-    without waiting (``asleep`` for the asyncio twins). ``min_rate`` is the slowest
+    first). ``clock`` is where it reads the time and waits: a test's
+    (:class:`aicoder.testing.FakeClock`) runs the rules without waiting. ``min_rate`` is the slowest
     pace that 429s alone can impose.
     With ``redis`` (:class:`~aicoder.http.redis_pace.RedisPaces`), every destination's
     pace lives in Redis, shared with every process that uses the same Redis.
@@ -153,18 +152,15 @@ class Cooldowns:
         max_destinations: int = 1024,
         probe_timeout: float = 2.0,
         min_rate: float = 1 / 120,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = waiting.sleep,
-        asleep: Callable[[float], Awaitable[None]] = waiting.asleep,
+        clock: waiting.Clock = waiting.REAL_CLOCK,
         redis: RedisPaces | None = None,
     ) -> None:
         self.redis = redis
         self.max_destinations = max_destinations
         self.probe_timeout = probe_timeout
         self.min_rate = min_rate
-        self._clock = clock
-        self._sleep = sleep
-        self._asleep = asleep
+        #: Where it reads the time and waits.
+        self.clock = clock
         self._lock = threading.Lock()
         self._destinations: OrderedDict[DestinationKey, _Destination] = OrderedDict()
 
@@ -262,11 +258,11 @@ class Cooldowns:
         if delay > 0:
             # The backoff is this request's own: it holds no place in the queue meanwhile, so the
             # turns of others that are due sooner go ahead.
-            self._sleep(delay)
+            self.clock.sleep(delay)
         with self._lock:
             first_answer = destination.first_answer
         if first_answer is not None and not first_answer.is_set():
-            waiting.wait_for(first_answer, min(self.probe_timeout, max_wait))
+            self.clock.wait_for(first_answer, min(self.probe_timeout, max_wait))
         self._book(turn, turn.cost if destination.pace.counts_tokens else None, max_wait)
         return max(delay, 0.0) + self._wait_until_sent(turn)
 
@@ -274,11 +270,11 @@ class Cooldowns:
         """:meth:`wait_turn` for asyncio: each wait is an ``await``; cancelling the task gives up the turn."""
         destination = turn.destination
         if delay > 0:
-            await self._asleep(delay)
+            await self.clock.asleep(delay)
         with self._lock:
             first_answer = destination.first_answer
         if first_answer is not None and not first_answer.is_set():
-            await waiting.await_for(first_answer, min(self.probe_timeout, max_wait))
+            await self.clock.await_for(first_answer, min(self.probe_timeout, max_wait))
         cost = turn.cost if destination.pace.counts_tokens else None
         if destination.pace.REMOTE:
             await self._off_loop(turn, self._book, turn, cost, max_wait)
@@ -293,25 +289,16 @@ class Cooldowns:
         now = start = turn.granted_at
         while (due := self._due(turn, now, start)) is not None:
             target, hurried = due
-            now = self._clock() if self._sleep_for_turn(target - now, hurried) else target
+            woken = self.clock.sleep(target - now, hurried)
+            now = self._after_sleep(target, woken)
         return now - start
 
-    def _sleep_for_turn(self, seconds: float, hurried: threading.Event) -> bool:
-        """Sleep ``seconds``, or less if ``hurried`` is set meanwhile; return whether it was.
-
-        An injected ``sleep`` (a test's clock) always sleeps the whole time.
-        """
-        if self._sleep is waiting.sleep:
-            return waiting.sleep_unless(seconds, hurried)
-        self._sleep(seconds)
-        return False
-
-    async def _asleep_for_turn(self, seconds: float, hurried: waiting.Signal) -> bool:
-        """:meth:`_sleep_for_turn` for asyncio."""
-        if self._asleep is waiting.asleep:
-            return await waiting.asleep_unless(seconds, hurried)
-        await self._asleep(seconds)
-        return False
+    def _after_sleep(self, target: float, woken: bool) -> float:
+        """The time after a sleep until ``target``: now if ``woken`` early, or if the sleep lasted longer (a busy
+        machine, a test's clock that jumped past it); else ``target`` (:func:`~aicoder.http.waiting.instant_waits`
+        skips sleeps, and then it is as if the time had come)."""
+        now = self.clock.now()
+        return now if woken else max(now, target)
 
     async def _await_until_sent(self, turn: Turn) -> float:
         """:meth:`_wait_until_sent` for asyncio. Cancelled, the turn is given up: it never counts as sent."""
@@ -325,7 +312,8 @@ class Cooldowns:
                 if due is None:
                     break
                 target, hurried = due
-                now = self._clock() if await self._asleep_for_turn(target - now, hurried) else target
+                woken = await self.clock.asleep(target - now, hurried)
+                now = self._after_sleep(target, woken)
         except asyncio.CancelledError:
             self.cancel(turn)
             raise
@@ -393,14 +381,14 @@ class Cooldowns:
             with self._lock:
                 self._reserve(turn, cost, max_wait)
             return
-        now = self._clock()
+        now = self.clock.now()
         grant = pace.next_turn(now, cost, max_wait)
         with self._lock:
             self._granted(turn, now, grant)
 
     def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
         """Take the destination's next turn for ``turn``; return the seconds until it comes. Lock held."""
-        now = self._clock()
+        now = self.clock.now()
         return self._granted(turn, now, turn.destination.pace.next_turn(now, cost, max_wait))
 
     @staticmethod
@@ -434,7 +422,7 @@ class Cooldowns:
         them is most of the cost of coordination when requests come fast.
         """
         destination = turn.destination
-        now = self._clock()
+        now = self.clock.now()
         holds: HoldDetails | None = None
         quotas = read_quotas(headers) if status == 429 or now - destination.learned_at >= LEARN_INTERVAL else None
         if stated:
@@ -511,7 +499,7 @@ class Cooldowns:
         # The first request to a new destination is the probe; others wait for its answer.
         pace = Pace(self.min_rate)
         destination = _Destination(
-            key, pace if self.redis is None else RedisPace(self.redis, key, pace, self._lock, self._clock)
+            key, pace if self.redis is None else RedisPace(self.redis, key, pace, self._lock, self.clock.now)
         )
         self._destinations[key] = destination
         while len(self._destinations) > self.max_destinations:

@@ -7,6 +7,10 @@ request's answer that others wait for), or in asyncio code their twins
 the event loop. Inside :func:`instant_waits` nothing waits: each sleep is recorded
 instead, and a wait for an answer returns at once, so a test can run the real
 retry logic at full speed and still assert on the waits it would have taken.
+
+A :class:`~aicoder.http.cooldown.Cooldowns` reads the time and waits through a
+:class:`Clock`: :data:`REAL_CLOCK`, made of the functions above, or a test's
+(:class:`aicoder.testing.FakeClock`), on which time moves only when the test says.
 """
 
 from __future__ import annotations
@@ -17,8 +21,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
-__all__ = ["Signal", "asleep", "asleep_unless", "await_for", "instant_waits", "sleep", "sleep_unless", "wait_for"]
+__all__ = [
+    "REAL_CLOCK",
+    "Clock",
+    "Signal",
+    "asleep",
+    "asleep_unless",
+    "await_for",
+    "instant_waits",
+    "sleep",
+    "sleep_unless",
+    "wait_for",
+]
 
 _lock = threading.Lock()
 _recorded: list[float] | None = None
@@ -129,3 +145,56 @@ def instant_waits() -> Iterator[list[float]]:
     finally:
         with _lock:
             _recorded = previous
+
+
+class Clock(Protocol):
+    """Where a :class:`~aicoder.http.cooldown.Cooldowns` reads the time and waits, threads and tasks alike."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def sleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        """Wait ``seconds``, or less if ``unless`` is set meanwhile; return whether it was."""
+        ...
+
+    async def asleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        """:meth:`sleep` for asyncio."""
+        ...
+
+    def wait_for(self, event: Signal, timeout: float) -> None:
+        """Wait until ``event`` is set, at most ``timeout`` seconds."""
+        ...
+
+    async def await_for(self, event: Signal, timeout: float) -> None:
+        """:meth:`wait_for` for asyncio."""
+        ...
+
+
+class _RealClock:
+    """:func:`time.monotonic` and the waits above: :func:`instant_waits` skips them."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        if unless is None:
+            sleep(seconds)
+            return False
+        return sleep_unless(seconds, unless)
+
+    async def asleep(self, seconds: float, unless: Signal | None = None) -> bool:
+        if unless is None:
+            await asleep(seconds)
+            return False
+        return await asleep_unless(seconds, unless)
+
+    def wait_for(self, event: Signal, timeout: float) -> None:
+        wait_for(event, timeout)
+
+    async def await_for(self, event: Signal, timeout: float) -> None:
+        await await_for(event, timeout)
+
+
+#: The clock aicoder runs on outside tests.
+REAL_CLOCK: Clock = _RealClock()
