@@ -206,17 +206,19 @@ async def test_instant_waits_skips_async_waits() -> None:
 
 
 async def test_a_cancelled_backoff_ends_at_once() -> None:
+    """A request asleep in its 5-s backoff, cancelled, ends with the clock standing still."""
+    clock = FakeClock()
+    transport = AsyncLinearBackoffTransport(Config(retry_count=2, retry_max_hint=60), cooldowns=Cooldowns(clock=clock))
     with scripted_server(rate_limited({"retry-after-ms": "5000"})) as server:
-        async with async_sdk(f"{server.url}/v1", Config(retry_count=2, retry_max_hint=60)) as sdk:
+        async with openai.AsyncOpenAI(
+            api_key=KEY, base_url=f"{server.url}/v1", max_retries=0, http_client=httpx2.AsyncClient(transport=transport)
+        ) as sdk:
             task = asyncio.create_task(sdk.chat.completions.create(model="m", messages=[]))
-            while server.count < 1:
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.05)
-            started = time.monotonic()
+            await clock.asettle([task])  # asleep in the backoff
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
-                await task
-            assert time.monotonic() - started < 0.05
+                await asyncio.wait_for(task, 5)
+            assert clock.now() == 0.0
         assert server.count == 1
 
 

@@ -14,6 +14,7 @@ import requests
 
 from aicoder.config import Config
 from aicoder.http.adapter import LinearBackoffAdapter, retrying_session
+from aicoder.http.async_transport import AsyncLinearBackoffTransport
 from aicoder.http.cooldown import Cooldowns, default_cooldowns
 from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
@@ -393,6 +394,14 @@ def test_coordination_can_be_switched_off() -> None:
 def test_adapters_share_the_process_cooldowns_by_default() -> None:
     """Two adapters built separately coordinate through the same object."""
     assert LinearBackoffAdapter(Config()).cooldowns is LinearBackoffAdapter(Config()).cooldowns is default_cooldowns()
+
+
+def test_adapters_given_cooldowns_use_them_even_before_they_know_a_destination() -> None:
+    """A new Cooldowns knows no destination, and is empty: it is used all the same, not the process's."""
+    mine = Cooldowns()
+    assert len(mine) == 0
+    assert LinearBackoffAdapter(Config(), cooldowns=mine).cooldowns is mine
+    assert AsyncLinearBackoffTransport(Config(), cooldowns=mine).cooldowns is mine
 
 
 def test_a_turn_come_but_not_yet_taken_follows_a_later_hold() -> None:

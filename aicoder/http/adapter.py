@@ -217,7 +217,8 @@ class TransportSettings(NamedTuple):
             if request_timeout is None
             else check("request_timeout", request_timeout, REQUEST_TIMEOUT)
         )
-        chosen = (options.get("cooldowns") or default_cooldowns(redis_url)) if coordinate else None
+        given = options.get("cooldowns")  # not `or`: a Cooldowns that knows no destination yet is empty, and falsy
+        chosen = (given if given is not None else default_cooldowns(redis_url)) if coordinate else None
         return cls(retry, coordinate, redis_url, chosen, timeout)
 
 
