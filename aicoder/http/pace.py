@@ -580,9 +580,11 @@ class Pace:
             self.feedback.stop_slow_start()
         for dimension, rate in rates.items():
             lane = self.lanes.get(dimension)
-            if lane is None:  # the turns handed out before it was known go through it at the next reschedule
+            if lane is None:
                 self.lanes[dimension] = Lane(rate, tat=now)
-                self._relane = True
+                # Unless what remains is spent, the turns handed out before it was known (slow start's) go
+                # through it at the next reschedule. (Where the pace is in Redis, they keep the feedback rate.)
+                self._relane = self._relane or self._spend_said_by < 0
             else:
                 lane.rate = rate
 

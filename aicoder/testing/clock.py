@@ -12,8 +12,9 @@ and asyncio tasks alike::
     clock.settle(threads)                 # each has ended, or sleeps until a time still to come
 
 A sleeper also wakes when what it waits for is set (a turn brought forward, a first
-answer), as it would on the real clock. Nothing here waits in real time for the
-clock, except :meth:`FakeClock.wait_until_asleep`, which waits for the sleepers.
+answer), as it would on the real clock. Nothing here waits in real time, except
+:meth:`FakeClock.wait_until_asleep`, :meth:`~FakeClock.settle` and :meth:`~FakeClock.asettle`,
+which wait for the threads and tasks to reach their sleeps.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move the time ``seconds`` on, and wake every thread and task whose time has come."""
         if seconds < 0:
-            raise ValueError(f"a clock moves forward only: advance({seconds!r})")
+            raise ValueError(
+                f"FakeClock.advance: seconds must be 0 or more (a clock only moves forward), not {seconds!r}"
+            )
         with self._condition:
             self._now += seconds
             due = [(loop, future) for at, loop, future in self._timers if at <= self._now]
