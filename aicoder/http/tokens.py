@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 __all__ = ["RequestCost", "estimate_cost"]
@@ -60,7 +59,7 @@ def estimate_cost(body: bytes | str | None) -> RequestCost | None:
         return None
     if not isinstance(request, dict):
         return None
-    characters = sum(len(text) for field in _PROMPT_FIELDS for text in _strings(request.get(field)))
+    characters = sum(_characters(request.get(field)) for field in _PROMPT_FIELDS)
     output = next((value for field in _OUTPUT_FIELDS if isinstance(value := _whole(request.get(field)), int)), 0)
     choices = _whole(request.get("n")) or 1
     return RequestCost(math.ceil(characters / 4) * choices, output * choices)
@@ -71,14 +70,21 @@ def _whole(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _strings(value: object, depth: int = 0) -> Iterator[str]:
-    """Every string in ``value``, however nested (message lists, content parts), to a sane depth."""
+#: Keys whose strings are no part of the prompt.
+_NOT_PROMPT = frozenset(("role", "type", "name", "id", "tool_call_id", "cache_control"))
+
+
+def _characters(value: object, depth: int = 0) -> int:
+    """The characters of every string in ``value``, however nested (message lists, content parts), to a sane
+    depth. (A loop, not a generator: it runs for every request to a server with a token limit.)"""
     if isinstance(value, str):
-        yield value
-    elif depth < 8 and isinstance(value, list):
+        return len(value)
+    total = 0
+    if depth < 8 and isinstance(value, list):
         for item in value:
-            yield from _strings(item, depth + 1)
+            total += _characters(item, depth + 1)
     elif depth < 8 and isinstance(value, dict):
         for key, item in value.items():
-            if key not in ("role", "type", "name", "id", "tool_call_id", "cache_control"):
-                yield from _strings(item, depth + 1)
+            if key not in _NOT_PROMPT:
+                total += _characters(item, depth + 1)
+    return total

@@ -41,9 +41,9 @@ class FakeClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._condition = threading.Condition()
-        #: When each thread asleep on the clock wakes; when each task does, and how to wake it.
-        self._wakes: list[float] = []
-        self._timers: list[tuple[float, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        #: When each thread asleep on the clock wakes, and what wakes it sooner; when each task does, and how.
+        self._wakes: list[tuple[float, Signal | None]] = []
+        self._timers: list[tuple[float, Signal | None, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def now(self) -> float:
         with self._condition:
@@ -57,7 +57,7 @@ class FakeClock:
             )
         with self._condition:
             self._now += seconds
-            due = [(loop, future) for at, loop, future in self._timers if at <= self._now]
+            due = [(loop, future) for at, _, loop, future in self._timers if at <= self._now]
             self._condition.notify_all()
         for loop, future in due:
             with contextlib.suppress(RuntimeError):  # its loop has closed
@@ -65,12 +65,14 @@ class FakeClock:
 
     @property
     def sleepers(self) -> int:
-        """How many threads and tasks sleep on the clock until a time still to come."""
+        """How many threads and tasks sleep on the clock until a time still to come, not woken sooner."""
         with self._condition:
             return self._sleepers()
 
     def _sleepers(self) -> int:
-        return sum(wake > self._now for wake in self._wakes) + sum(at > self._now for at, *_ in self._timers)
+        # One whose time has come, or whose wait was ended early, is on its way out of its sleep, not asleep.
+        asleep = [(at, unless) for at, unless in self._wakes] + [(at, unless) for at, unless, *_ in self._timers]
+        return sum(at > self._now and not (unless is not None and unless.is_set()) for at, unless in asleep)
 
     def wait_until_asleep(self, count: int, timeout: float = 5.0) -> None:
         """Wait (in real time, at most ``timeout`` s) until ``count`` threads or tasks sleep on the clock until a
@@ -106,7 +108,7 @@ class FakeClock:
             return False
         with self._condition:
             wake = self._now + seconds
-            self._wakes.append(wake)
+            self._wakes.append((wake, unless))
             self._condition.notify_all()
             try:
                 while self._now < wake:
@@ -115,7 +117,7 @@ class FakeClock:
                     self._condition.wait(_POLL if unless is not None else None)
                 return False
             finally:
-                self._wakes.remove(wake)
+                self._wakes.remove((wake, unless))
                 self._condition.notify_all()
 
     async def asleep(self, seconds: float, unless: Signal | None = None) -> bool:
@@ -124,7 +126,7 @@ class FakeClock:
         loop = asyncio.get_running_loop()
         timer: asyncio.Future[None] = loop.create_future()
         with self._condition:
-            entry = (self._now + seconds, loop, timer)
+            entry = (self._now + seconds, unless, loop, timer)
             self._timers.append(entry)
             self._condition.notify_all()
         try:
