@@ -113,36 +113,50 @@ def test_memory_is_bounded() -> None:
 # --- first contact ---
 
 
+def follower(cooldowns: Cooldowns) -> threading.Thread:
+    """A thread taking a turn at ``KEY``, started."""
+    thread = threading.Thread(target=cooldowns.take_turn, args=(KEY,))
+    thread.start()
+    return thread
+
+
 def test_first_request_probes_and_others_wait_for_its_answer() -> None:
     """A second request to a new destination waits for the first one's answer, then goes."""
-    cooldowns = Cooldowns(probe_timeout=5)
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=5)
     probe = cooldowns.take_turn(KEY)
-    released = threading.Event()
-    follower = threading.Thread(target=lambda: (cooldowns.take_turn(KEY), released.set()))
-    follower.start()
-    assert not released.wait(0.05)
+    second = follower(cooldowns)
+    clock.settle([second])
+    assert second.is_alive()  # asleep until the answer, or for at most probe_timeout
     cooldowns.observe(probe, 200, per_minute(6000, 5999, "10ms"))
-    assert released.wait(1)
-    follower.join()
+    second.join(5)
+    assert not second.is_alive() and clock.now() == 0.0
 
 
 def test_failed_probe_releases_the_others() -> None:
     """A first request that gets no answer at all does not block the rest."""
-    cooldowns = Cooldowns(probe_timeout=5)
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=5)
     probe = cooldowns.take_turn(KEY)
     cooldowns.failed(probe)
-    started = time.monotonic()
-    cooldowns.take_turn(KEY)
-    assert time.monotonic() - started < 0.1
+    second = follower(cooldowns)
+    second.join(5)
+    assert not second.is_alive() and clock.now() == 0.0
 
 
 def test_probe_wait_is_bounded() -> None:
-    """If the first answer is slow, the others go after ``probe_timeout``."""
-    cooldowns = Cooldowns(probe_timeout=0.05)
+    """If the first answer is slow, the others go after ``probe_timeout``, not before."""
+    clock = FakeClock()
+    cooldowns = Cooldowns(clock=clock, probe_timeout=2.0)
     cooldowns.take_turn(KEY)
-    started = time.monotonic()
-    cooldowns.take_turn(KEY)
-    assert 0.04 <= time.monotonic() - started < 0.5
+    second = follower(cooldowns)
+    clock.settle([second])
+    clock.advance(1.9)
+    clock.settle([second])
+    assert second.is_alive()
+    clock.advance(0.1)
+    second.join(5)
+    assert not second.is_alive()
 
 
 # --- hold and pace ---
