@@ -21,6 +21,7 @@ from aicoder.http.cooldown import Cooldowns
 from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
 from aicoder.http.pace import SAFETY_MARGIN, Feedback, Pace, Refusal
+from aicoder.http.quotas import Quota
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost
 from aicoder.http.waiting import instant_waits
@@ -554,4 +555,30 @@ def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_paces: Red
     there = offsets(Cooldowns(redis=redis_paces, probe_timeout=0.01), key)
     step = 0.1 / (1 - SAFETY_MARGIN)
     assert here == pytest.approx([n * step for n in range(6)], abs=0.005)
+    assert there == pytest.approx(here, abs=0.02)
+
+
+def test_a_rate_first_stated_by_a_refusal_moves_slow_starts_turns_in_either_pace(redis_paces: RedisPaces) -> None:
+    """Gemini states its rate only in a 429's body. The turns slow start handed out before it go, after the
+    hold, at that rate: in this process and in Redis alike (test_pace tells it to the in-process pace alone)."""
+    stated = Quota("requests", 600, None, None, 60.0, "window", "gemini", "body: QuotaFailure.quotaValue")
+
+    def moved(cooldowns: Cooldowns) -> list[float]:
+        key = destination_key("https://api.test/v1", {})
+        cooldowns.observe(cooldowns.take_turn(key), 200, {})  # says nothing of its limits: slow start
+        pace = cooldowns.pace(key)
+        assert pace is not None
+        now = time.monotonic()
+        grants = [pace.next_turn(now, None) for _ in range(6)]
+        # As Cooldowns.observe tells a 429: what it states, then its hold. (Its refusal would also cut the
+        # feedback rate, from samples that differ here: Redis counts the turns to come as sends.)
+        pace.learn(now, [stated], serial=-1)
+        pace.hold(now + 0.5, now)
+        times = pace.reschedule([Waiting(grant.at, grant.ticket) for grant in grants[1:]])
+        return [at - now for at in times]
+
+    here = moved(Cooldowns(probe_timeout=0.01))
+    there = moved(Cooldowns(redis=redis_paces, probe_timeout=0.01))
+    step = 0.1 / (1 - SAFETY_MARGIN)
+    assert here == pytest.approx([0.5 + n * step for n in range(5)], abs=0.005)
     assert there == pytest.approx(here, abs=0.02)

@@ -583,7 +583,7 @@ class Pace:
             if lane is None:
                 self.lanes[dimension] = Lane(rate, tat=now)
                 # Unless what remains is spent, the turns handed out before it was known (slow start's) go
-                # through it at the next reschedule. (Where the pace is in Redis, they keep the feedback rate.)
+                # through it at the next reschedule (in Redis too: 'L:new').
                 self._relane = self._relane or self._spend_said_by < 0
             else:
                 lane.rate = rate

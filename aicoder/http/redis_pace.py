@@ -61,7 +61,8 @@ _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 # Three functions the scripts below share. KEYS: pace hash, sends zset.
 # reschedule(now) moves every turn not yet due (the sends to come) behind the hold, and at most the
-# feedback rate apart (and the requests lane's, once what remained is no longer spent): a hold or a cut
+# feedback rate apart (and the lanes', once what remained is no longer spent, or once, 'L:new', when a
+# lane is first known while nothing is spent: slow start's turns go through it): a hold or a cut
 # takes effect for every process's queue at once. The processes
 # follow their turns. apply(now, first) learns what answers told, from triples in ARGV[first], ...:
 # (field, value, how), where how is 'set', 'max' (the larger of the stored value and now + value), or
@@ -79,7 +80,8 @@ local function reschedule(now)
   local interval = rate > 0 and 1 / rate or 0
   -- once what remained is no longer spent, the turns granted while it was go at every lane's rate too: one
   -- request apart on the requests lane, the previous turn's tokens (named in its ticket) apart on the others
-  local relane = redis.call('HGET', KEYS[1], 'B:off')
+  local relane = redis.call('HGET', KEYS[1], 'B:off') or redis.call('HGET', KEYS[1], 'L:new')
+  redis.call('HDEL', KEYS[1], 'L:new')
   local lane = tonumber(redis.call('HGET', KEYS[1], 'L:requests:rate') or '0')
   local step = (lane > 0 and relane) and 1 / lane or 0
   local token_lanes = {}
@@ -122,10 +124,11 @@ local function reschedule(now)
 end
 
 local function apply(now, first)
-  local held = 0
+  local held, new_lane = 0, false
   for i = first, #ARGV, 3 do
     local field, value, how = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
     if how == 'set' then
+      if string.match(field, '^L:.+:rate$') and not redis.call('HGET', KEYS[1], field) then new_lane = true end
       redis.call('HSET', KEYS[1], field, ARGV[i + 1])
     elseif how == 'max' then
       local stored = tonumber(redis.call('HGET', KEYS[1], field) or '0')
@@ -149,6 +152,8 @@ local function apply(now, first)
       end
     end
   end
+  -- a lane first known while nothing is spent: the turns slow start handed out go through it, once
+  if new_lane and not redis.call('HGET', KEYS[1], 'B:said') then redis.call('HSET', KEYS[1], 'L:new', 1) end
   if held == 1 then reschedule(now) end
   return held
 end
@@ -616,8 +621,10 @@ class RedisPace:
         ]
 
     def hold(self, until: float, now: float) -> bool:
+        """Hold here and in Redis, with what answers told since the last reservation (a 429's stated rate
+        among it): the turns the hold moves are moved at that rate."""
         moved = self.local.hold(until, now)
-        hold = [self.paces.TTL, "hold", repr(max(until - now, 0.0)), "max"]
+        hold = [self.paces.TTL, *self._told_since(now), "hold", repr(max(until - now, 0.0)), "max"]
         answer = self.paces.run("learn", [self._pace, self._sends], hold)
         return bool(answer) if answer is not None else moved
 
