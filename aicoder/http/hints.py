@@ -51,7 +51,15 @@ from aicoder.http.quotas import (
 )
 from aicoder.http.tokens import RequestCost
 
-__all__ = ["MAX_BODY", "ServerHint", "body_prefix", "parse_duration", "server_hint", "stated_quotas"]
+__all__ = [
+    "MAX_BODY",
+    "ServerHint",
+    "body_prefix",
+    "parse_duration",
+    "server_hint",
+    "server_hint_and_quotas",
+    "stated_quotas",
+]
 
 #: The most of a body that is ever read for a hint or a message.
 MAX_BODY = 64 * 1024
@@ -122,14 +130,27 @@ def server_hint(
     token cost: with it, a token quota's wait is the time until *this* request fits.
     ``now`` is the wall clock, for dates and Unix times.
     """
+    return server_hint_and_quotas(headers, body, now=now, cost=cost)[0]
+
+
+def server_hint_and_quotas(
+    headers: Mapping[str, str],
+    body: bytes | str | None = None,
+    *,
+    now: Callable[[], float] = time.time,
+    cost: RequestCost | None = None,
+) -> tuple[ServerHint | None, tuple[Quota, ...]]:
+    """:func:`server_hint`, and the limits the body states (:func:`stated_quotas`): the body is read once."""
+    wall = now()
+    said = _BodySays.read(body, wall)
     latest, ran_out = None, False
-    for hint in _hints(headers, body, now, cost):
+    for hint in _hints(headers, said, wall, cost):
         ran_out = ran_out or hint.window_ran_out
         if latest is None or hint.seconds > latest.seconds:
             latest = hint
     if latest is not None and ran_out and not latest.window_ran_out:
         latest = dataclasses.replace(latest, window_ran_out=True)
-    return latest
+    return latest, said.quotas
 
 
 def stated_quotas(body: bytes | str | None) -> tuple[Quota, ...]:
@@ -138,11 +159,8 @@ def stated_quotas(body: bytes | str | None) -> tuple[Quota, ...]:
     return _BodySays.read(body, time.time()).quotas
 
 
-def _hints(
-    headers: Mapping[str, str], body: bytes | str | None, now: Callable[[], float], cost: RequestCost | None
-) -> Iterator[ServerHint]:
-    """Every usable hint, most explicit first."""
-    wall = now()
+def _hints(headers: Mapping[str, str], said: _BodySays, wall: float, cost: RequestCost | None) -> Iterator[ServerHint]:
+    """Every usable hint in ``headers`` and what the body ``said``, most explicit first; ``wall``: now."""
     for name, unit in _RETRY_AFTER:
         value = headers.get(name)
         if value is None:
@@ -167,7 +185,6 @@ def _hints(
             reset_at, "reset_at", "litellm", coarse=True, retry_at=wall + reset_at, window=True, window_ran_out=True
         )
 
-    said = _BodySays.read(body, wall)
     if said.hint is not None:
         seconds, source, dialect, coarse = said.hint
         litellm = dialect == "litellm"

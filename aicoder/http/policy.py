@@ -22,7 +22,8 @@ from urllib3.util.retry import RequestHistory, Retry
 
 from aicoder.config import Config, check_count, check_delay, check_delay_range, check_hint_cap
 from aicoder.http import turns, waiting
-from aicoder.http.hints import MAX_BODY, ServerHint, server_hint, stated_quotas
+from aicoder.http.hints import MAX_BODY, ServerHint, server_hint_and_quotas
+from aicoder.http.quotas import Quota
 from aicoder.http.redaction import safe_url
 from aicoder.http.schedule import linear_delay
 from aicoder.http.tokens import RequestCost
@@ -144,13 +145,14 @@ class LinearRetry(Retry):
         """Retry 429 only, whatever the method and whatever ``Retry-After`` says."""
         return status_code in self.RETRY_STATUSES
 
-    def hint(
+    def hint_and_quotas(
         self, headers: Mapping[str, str], body: bytes | None = None, cost: RequestCost | None = None
-    ) -> ServerHint | None:
-        """Return the wait a 429 asks for in its ``headers`` and ``body``, or ``None`` if absent or ignored."""
+    ) -> tuple[ServerHint | None, tuple[Quota, ...]]:
+        """Return the wait a 429 asks for in its ``headers`` and ``body`` (``None`` if absent or ignored), and the
+        limits its body states."""
         if not self.respect_retry_after_header:
-            return None
-        return server_hint(headers, body, cost=cost)
+            return None, ()
+        return server_hint_and_quotas(headers, body, cost=cost)
 
     def backoff(self, number: int) -> float:
         """The schedule's wait before retry ``number`` (1-based), for a 429 that says nothing."""
@@ -188,10 +190,10 @@ class LinearRetry(Retry):
             response.retries = self
         turn = turns.current()
         body = read_small_body(response) if self.respect_retry_after_header else None
-        hint = self.hint(response.headers, body, turn.cost if turn is not None else None)
+        hint, stated = self.hint_and_quotas(response.headers, body, turn.cost if turn is not None else None)
         too_long = hint is not None and hint.seconds > self.max_hint
         if turn is not None:  # tell every request bound for this destination, not only this one
-            turn.observe(response.status, response.headers, None if too_long else hint, stated_quotas(body))
+            turn.observe(response.status, response.headers, None if too_long else hint, stated)
         where = _display_url(url, _pool)
         if hint is not None and too_long:
             attempts = len(self.history) + 1
