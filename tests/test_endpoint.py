@@ -14,24 +14,16 @@ import pytest
 import requests
 
 from aicoder.http.hints import server_hint
-from aicoder.testing import RateLimitedEndpoint, TokenBucket
+from aicoder.testing import FakeClock, RateLimitedEndpoint, TokenBucket
 from aicoder.testing.endpoint import EARLY_GRACE
 
 BODY = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello there"}]}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_bucket_allows_a_burst_then_refuses() -> None:
     """A full bucket allows ``burst`` requests at once, then says how long until the next token."""
-    clock = FakeClock()
-    bucket = TokenBucket(rate=4, burst=2, clock=clock)
+    clock = FakeClock(100.0)
+    bucket = TokenBucket(rate=4, burst=2, clock=clock.now)
     assert bucket.take()[0] and bucket.take()[0]
     allowed, remaining, wait = bucket.take()
     assert (allowed, remaining, wait) == (False, 0.0, 0.25)
@@ -40,14 +32,14 @@ def test_bucket_allows_a_burst_then_refuses() -> None:
 
 def test_bucket_refills_at_rate_up_to_burst() -> None:
     """Tokens come back at ``rate`` a second and never exceed ``burst``."""
-    clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=3, clock=clock)
+    clock = FakeClock(100.0)
+    bucket = TokenBucket(rate=10, burst=3, clock=clock.now)
     for _ in range(3):
         bucket.take()
-    clock.now += 0.1
+    clock.advance(0.1)
     assert bucket.take()[0]
     assert not bucket.take()[0]
-    clock.now += 60
+    clock.advance(60)
     assert [bucket.take()[0] for _ in range(4)] == [True, True, True, False]
 
 
@@ -184,10 +176,10 @@ def test_token_limit_binds_in_the_tokens_dialect() -> None:
 
 def test_a_foreign_client_takes_its_share() -> None:
     """With another client taking 90 % of the capacity, the headers still show the whole limit."""
-    clock = FakeClock()
-    bucket = TokenBucket(rate=10, burst=1, clock=clock, refill=1.0)
+    clock = FakeClock(100.0)
+    bucket = TokenBucket(rate=10, burst=1, clock=clock.now, refill=1.0)
     assert bucket.take()[0]
-    clock.now += 0.5
+    clock.advance(0.5)
     assert not bucket.take()[0]  # at the whole rate a token would be back; at a tenth of it, not yet
     assert bucket.until_full(0) == 0.1
 
