@@ -582,3 +582,35 @@ def test_a_rate_first_stated_by_a_refusal_moves_slow_starts_turns_in_either_pace
     step = 0.1 / (1 - SAFETY_MARGIN)
     assert here == pytest.approx([0.5 + n * step for n in range(5)], abs=0.005)
     assert there == pytest.approx(here, abs=0.02)
+
+
+def test_the_end_of_spending_puts_the_turns_through_the_lanes_once_in_either_pace(redis_paces: RedisPaces) -> None:
+    """A refusal within what the server said remained ends the spending: from then on the turns handed out
+    stay lane-paced. A later hold, after the stated rate has fallen, moves them behind it one new step apart,
+    not all to its end at once: in this process and in Redis alike (before, only Redis did)."""
+
+    def quota(limit: int, remaining: int) -> Quota:
+        return Quota("requests", limit, remaining, None, 60.0, "window", "litellm", "x-ratelimit-limit-requests")
+
+    def moved(cooldowns: Cooldowns) -> list[float]:
+        key = destination_key("https://api.test/v1", {})
+        cooldowns.observe(cooldowns.take_turn(key), 200, {})
+        pace = cooldowns.pace(key)
+        assert pace is not None
+        now = time.monotonic()
+        first = pace.next_turn(now, None)
+        pace.learn(now, [quota(600, 3)], first=True, serial=first.serial)  # 10 a second, 3 left: spent at once
+        grants = [pace.next_turn(now, None) for _ in range(6)]
+        pace.hold(now + 0.5, now)
+        pace.refused(Refusal(now, now, now, serial=grants[0].serial))  # within what remained: no longer spent
+        times = pace.reschedule([Waiting(grant.at, grant.ticket) for grant in grants])
+        pace.learn(now, [quota(300, 0)], serial=-1)  # the stated rate falls to 5 a second
+        pace.hold(now + 1.0, now)
+        times = pace.reschedule([Waiting(at, grant.ticket) for at, grant in zip(times, grants, strict=True)])
+        return [at - now for at in times]
+
+    here = moved(Cooldowns(probe_timeout=0.01))
+    there = moved(Cooldowns(redis=redis_paces, probe_timeout=0.01))
+    step = 0.2 / (1 - SAFETY_MARGIN)  # the rate stated last
+    assert here == pytest.approx([1.0 + n * step for n in range(6)], abs=0.005)
+    assert there == pytest.approx(here, abs=0.02)

@@ -489,7 +489,7 @@ class Pace:
         self.spends = True
         #: Turns handed out and not yet answered: a server may not have counted them in what it says remains.
         self._unanswered: set[int] = set()
-        #: Whether the spending has just ended: the next reschedule puts the pending turns through the lanes.
+        #: Whether a lane is new: the next reschedule puts the turns slow start handed out through it.
         self._relane = False
 
     @property
@@ -590,8 +590,9 @@ class Pace:
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """Move ``turns`` already handed out (sorted by when they are due) behind the hold and the feedback rate,
-        if they changed; and, once, when a refusal has just ended the spending of what remained, behind every
-        sustained lane, as they would have been granted without it. Return their new times.
+        if they changed; and behind every sustained lane, as they would have been granted without spending,
+        once a refusal has ended the spending of what remained (or once, when a lane is first known while
+        nothing is spent). Return their new times.
 
         Threads asleep until their turn then wake at the new time: a cut or a hold
         takes effect at once, not after the queue granted at the old rate has drained.
@@ -599,7 +600,8 @@ class Pace:
         times = [turn.due for turn in turns]
         moved: list[float] = []
         interval = 1 / self.feedback.rate if self.feedback.rate else 0.0
-        relane, self._relane = self._relane, False
+        # Once spending has ended, turns are lane-paced for good: every reschedule keeps them so, not a hold alone.
+        relane, self._relane = self._relane or not self.spends, False
         if relane and times:  # the lanes stood one step after the last turn spent: these turns among them
             for lane in self.lanes.values():
                 lane.tat = min(lane.tat, times[0])
@@ -639,7 +641,6 @@ class Pace:
             # a shorter slice, or counted in another order): no longer spent. Past it, its window ran out. Either
             # way the stated time answers it, and nothing says the rate is wrong: nothing is cut.
             self.spends = serial > self.spend_until
-            self._relane = not self.spends  # the turns handed out while spending go through the lanes
             self.feedback.refusal(sent_at)
             return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until

@@ -61,9 +61,9 @@ _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 # Three functions the scripts below share. KEYS: pace hash, sends zset.
 # reschedule(now) moves every turn not yet due (the sends to come) behind the hold, and at most the
-# feedback rate apart (and the lanes', once what remained is no longer spent, or once, 'L:new', when a
-# lane is first known while nothing is spent: slow start's turns go through it): a hold or a cut
-# takes effect for every process's queue at once. The processes
+# feedback rate apart (and the lanes', once what remained is no longer spent, 'B:off', as Pace.reschedule
+# does, or once, 'L:new', when a lane is first known while nothing is spent: slow start's turns go through
+# it): a hold or a cut takes effect for every process's queue at once. The processes
 # follow their turns. apply(now, first) learns what answers told, from triples in ARGV[first], ...:
 # (field, value, how), where how is 'set', 'max' (the larger of the stored value and now + value), or
 # 'start' (now, from the rate value, if neither slow start nor a feedback rate is there), or 'init' (the
@@ -96,7 +96,8 @@ local function reschedule(now)
   for i = 1, #turns, 2 do
     local at = math.max(tonumber(turns[i + 1]), hold)
     if last then
-      at = math.max(at, last + math.max(interval, step))
+      -- at least a microsecond apart: a sorted set orders equal times by member, which would lose their order
+      at = math.max(at, last + math.max(interval, step, 1e-6))
       for _, token_lane in ipairs(token_lanes) do
         at = math.max(at, last + last_costs[token_lane[3]] / token_lane[2])
       end
