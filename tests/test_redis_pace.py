@@ -200,7 +200,8 @@ def test_a_hold_from_one_process_moves_the_turns_another_has_waiting(
 def test_a_thread_waiting_for_its_turn_follows_a_hold_from_another_process(
     two_processes: tuple[Cooldowns, Cooldowns],
 ) -> None:
-    """A thread asleep until its turn wakes later when another process holds the destination meanwhile."""
+    """A thread asleep until its turn wakes later when another process holds the destination meanwhile: each of
+    them, the first to wake included (it asks Redis when it wakes, however late the wake-up)."""
     import threading
 
     a, b = two_processes
@@ -217,7 +218,7 @@ def test_a_thread_waiting_for_its_turn_follows_a_hold_from_another_process(
     for waiter in waiters:
         waiter.join(timeout=5)
     assert len(sent) == 3
-    assert sorted(sent)[1] - started >= 0.45
+    assert min(sent) - started >= 0.5  # the hold, stated at 50 ms, ends at 550 ms
 
 
 def test_one_key_at_two_origins_is_two_destinations_in_redis() -> None:

@@ -472,8 +472,9 @@ class Cooldowns:
         ``followed``: the hold or rate came from another process, through the shared
         pace; only the turns it moved are granted anew.
         """
-        # Followed, a turn due now has not gone yet: it is asking whether it may.
-        pending = _waiting(destination, now, including_now=followed) if followed else _untaken(destination)
+        # Every turn not yet taken moves, those due already included: followed, the turn asking whether it may go
+        # woke at its time or later, and has not gone.
+        pending = _untaken(destination)
         times = destination.pace.reschedule(pending)
         for turn, at in zip(pending, times, strict=True):
             if not followed or at != turn.due:
@@ -522,10 +523,9 @@ def _untaken(destination: _Destination) -> list[Turn]:
     return sorted(destination.pending, key=lambda turn: turn.due)
 
 
-def _waiting(destination: _Destination, now: float, *, including_now: bool = False) -> list[Turn]:
-    """``destination``'s pending turns due after ``now`` (or at it, ``including_now``), soonest first. Lock held."""
-    due = [turn for turn in destination.pending if turn.due > now or (including_now and turn.due == now)]
-    return sorted(due, key=lambda turn: turn.due)
+def _waiting(destination: _Destination, now: float) -> list[Turn]:
+    """``destination``'s pending turns due after ``now``, soonest first. Lock held."""
+    return sorted((turn for turn in destination.pending if turn.due > now), key=lambda turn: turn.due)
 
 
 _T = TypeVar("_T")
