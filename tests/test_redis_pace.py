@@ -601,7 +601,7 @@ def test_a_rate_first_stated_by_a_refusal_moves_slow_starts_turns_in_either_pace
     assert there == pytest.approx(here, abs=0.02)
 
 
-def test_the_end_of_spending_puts_the_turns_through_the_lanes_once_in_either_pace(redis_paces: RedisPaces) -> None:
+def test_once_the_spending_ends_the_turns_stay_lane_paced_in_either_pace(redis_paces: RedisPaces) -> None:
     """A refusal within what the server said remained ends the spending: from then on the turns handed out
     stay lane-paced. A later hold, after the stated rate has fallen, moves them behind it one new step apart,
     not all to its end at once: in this process and in Redis alike (before, only Redis did)."""
