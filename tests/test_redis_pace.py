@@ -207,34 +207,44 @@ def test_turns_waiting_follow_a_hold_from_another_process(
     import threading
 
     a, b = two_processes
-    a.observe(a.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "1200"})  # one every 50 ms
-    b.observe(b.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "1200"})
+    a.observe(a.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600"})  # one every 100 ms
+    b.observe(b.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600"})
     refused = b.take_turn(KEY)
+    assert a.redis is not None
+    schedule = f"aicoder:{{{KEY.fingerprint}}}:sends"
+    before = a.redis.client.zcard(schedule)
     sent: list[float] = []
-    started = time.monotonic()
+
+    def hold_once_the_turns_are_handed_out() -> float:
+        """State the hold as soon as the two turns are in the schedule, long before the first is due."""
+        while a.redis is not None and a.redis.client.zcard(schedule) < before + 2:
+            time.sleep(0.002)
+        stated_at = time.monotonic()
+        b.observe(refused, 429, {}, ServerHint(0.3, "retry-after-ms"))
+        return stated_at
+
     if waiters == "threads":
-        threads = [threading.Thread(target=lambda: a.take_turn(KEY) and sent.append(time.monotonic())) for _ in "abc"]
-        for thread in threads:  # their turns: in 50, 100 and 150 ms
+        threads = [threading.Thread(target=lambda: a.take_turn(KEY) and sent.append(time.monotonic())) for _ in "ab"]
+        for thread in threads:  # their turns: in 100 and 200 ms
             thread.start()
-        time.sleep(0.03)
-        b.observe(refused, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        stated_at = hold_once_the_turns_are_handed_out()
         for thread in threads:
             thread.join(timeout=5)
     else:
 
-        async def wait_for_turns() -> None:
+        async def wait_for_turns() -> float:
             async def take() -> None:
                 await a.atake_turn(KEY)
                 sent.append(time.monotonic())
 
-            tasks = [asyncio.create_task(take()) for _ in "abc"]
-            await asyncio.sleep(0.03)
-            b.observe(refused, 429, {}, ServerHint(0.2, "retry-after-ms"))
+            tasks = [asyncio.create_task(take()) for _ in "ab"]
+            stated_at = await asyncio.to_thread(hold_once_the_turns_are_handed_out)
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+            return stated_at
 
-        asyncio.run(wait_for_turns())
-    assert len(sent) == 3
-    assert min(sent) - started >= 0.22  # the hold, stated at 30 ms, ends at 230 ms
+        stated_at = asyncio.run(wait_for_turns())
+    assert len(sent) == 2
+    assert min(sent) >= stated_at + 0.3 - 0.01  # the hold's end (to within the clocks' offset)
 
 
 def test_one_key_at_two_origins_is_two_destinations_in_redis() -> None:
