@@ -426,6 +426,24 @@ def test_a_rate_first_stated_by_a_refusal_paces_the_turns_handed_out_before_it()
     assert pace.next_turn(times[7], None).at == pytest.approx(moved[-1] + interval)
 
 
+@pytest.mark.parametrize("stated_at", [0.0, 0.7])
+def test_a_cut_starts_from_the_stated_rate_in_force(stated_at: float) -> None:
+    """Quotas pace requests at 10 a second when another client on the key takes 30 % (which no header shows): the
+    429 cuts from that rate, not from the faster rate the last few sends happened to measure (17 a second here),
+    so one cut lands under the 7 left. A rate first stated after the refused turn was granted (by that very 429,
+    as Gemini states its rate) was not in force: it bounds nothing."""
+    pace = Pace()
+    ietf = Quota("requests", 600, None, None, 60.0, "window", "ietf", "RateLimit-Policy")
+    pace.learn(stated_at, [ietf], first=True)
+    sends = [0.1 + n * 0.075 for n in range(8)]  # 13.3 a second, over the last few
+    fed(pace, sends)
+    now = sends[-1] + 0.01
+    assert pace.refused(Refusal(now, sends[-1], 0.5, costly=True))
+    measured = Feedback.MEASURED_SENDS / (now - sends[-Feedback.MEASURED_SENDS])  # 17 a second
+    current = 10 * (1 - SAFETY_MARGIN) if stated_at < 0.5 else measured
+    assert pace.feedback.rate == pytest.approx(Feedback.BETA * current)
+
+
 def test_a_hold_moves_turns_already_handed_out() -> None:
     """Turns granted for 0.1 and 0.2 s move behind a hold until 1 s, at the feedback rate."""
     pace = Pace()

@@ -120,7 +120,8 @@ class Feedback:
 
     **Cuts.** Each 429 for a request granted its turn under the current rate means
     the rate is wrong, and cuts it to ``BETA`` times the lower of the rate and the
-    measured send rate, as botocore does, corrected by what the server has shown:
+    measured send rate, as botocore does (the rate being never above what stated
+    quotas paced requests at), corrected by what the server has shown:
 
     - *at most* ``1 / hint`` for a precise hint: with its bucket empty, the server
       says when its next token comes, and that is never later than one interval;
@@ -289,6 +290,7 @@ class Feedback:
         hint: float | None = None,
         since: float = -math.inf,
         costly: bool = False,
+        ceiling: float | None = None,
     ) -> bool:
         """Learn from a 429 for a request granted its turn at ``granted_at`` and sent at ``sent_at``.
 
@@ -297,7 +299,10 @@ class Feedback:
         stated a wait of a second or more, or in whole seconds, so each refusal holds
         everything for that long: the rate then regrows as gently as a measured one
         (``MEASURED_SCALE``), since finding more sooner is worth less than what each
-        overshoot costs. Returns whether the rate was cut.
+        overshoot costs. ``ceiling``: the rate the server's stated quotas pace requests
+        at, if they do; the rate in force was never above it, so the cut starts from
+        there, not from a feedback rate the quotas kept from being used. Returns whether
+        the rate was cut.
         """
         first_after_hold = since > -math.inf and not any(since <= at < sent_at for at in self._sends)
         self.refusal(sent_at)
@@ -307,6 +312,8 @@ class Feedback:
         if self.slow_start is not None:
             rate = self.slow_rate(now)
             self.stop_slow_start()
+        if ceiling is not None:
+            rate = ceiling if rate is None else min(rate, ceiling)
         measured = self.send_rate(now, since)
         current = rate if measured is None else measured if rate is None else min(rate, measured)
         if current is None:  # one lone request so far: no rate to cut from yet
@@ -478,6 +485,8 @@ class Pace:
         self.share = 1.0
         self.lanes: dict[str, Lane] = {}
         self.mirrors: dict[str, Lane] = {}
+        #: When the quotas first stated a request rate (a lane or a mirror of requests).
+        self._requests_stated_at = math.inf
         self.feedback = Feedback(min_rate)
         #: The feedback rate the turns handed out are spaced at: the latest cut's, or the latest hurry's.
         self._spaced_at = math.inf
@@ -587,6 +596,8 @@ class Pace:
                 self._relane = self._relane or self._spend_said_by < 0
             else:
                 lane.rate = rate
+        if "requests" in self.lanes or "requests" in self.mirrors:
+            self._requests_stated_at = min(self._requests_stated_at, now)
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """Move ``turns`` already handed out (sorted by when they are due) behind the hold and the feedback rate,
@@ -644,7 +655,7 @@ class Pace:
             self.feedback.refusal(sent_at)
             return False
         since = self.held_until if self.held_until <= sent_at else self.quiet_until
-        cut = self.feedback.refused(now, sent_at, granted_at, next_token, since, costly)
+        cut = self.feedback.refused(now, sent_at, granted_at, next_token, since, costly, self.stated_rate(granted_at))
         if cut:
             self._spaced_at = self.feedback.rate or math.inf
         return cut
@@ -687,6 +698,14 @@ class Pace:
     def rate(self) -> float | None:
         """The feedback rate, requests a second, if 429s have set one."""
         return self.feedback.rate
+
+    def stated_rate(self, before: float) -> float | None:
+        """The requests a second the server's quotas let this client send, if they stated a rate before ``before``
+        (a rate first stated then or later, by the very 429 being learnt from, was not in force)."""
+        if self._requests_stated_at >= before:
+            return None
+        rates = [lane.rate for dimension, lane in self._lanes() if dimension == "requests"]
+        return min(rates) * self.share if rates else None
 
     def hold(self, until: float, now: float) -> bool:
         """No turn before ``until`` (``now`` is the time it is said at); return whether that is later than before."""

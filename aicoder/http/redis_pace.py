@@ -666,7 +666,8 @@ class RedisPace:
         feedback = Feedback.restore(state, _scores(answer[3]), _scores(answer[4]), self.local.feedback.min_rate)
         hold, quiet = (float(stored.get(field, "-inf")) for field in ("hold", "quiet"))
         since = hold if hold <= remote[0] else quiet
-        if not feedback.refused(remote_now, remote[0], remote[1], next_token, since, costly):
+        ceiling = self.local.stated_rate(granted_at)
+        if not feedback.refused(remote_now, remote[0], remote[1], next_token, since, costly, ceiling):
             return False
         written = {_STATE_FIELDS[name]: value for name, value in feedback.state().items()}
         written |= {"F:n": 0, "F:tat": max(float(stored.get("F:tat", "0")), remote_now)}
