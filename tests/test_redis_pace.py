@@ -181,15 +181,17 @@ def test_a_hold_from_one_process_holds_the_other(two_processes: tuple[Cooldowns,
 def test_a_hold_from_one_process_moves_the_turns_another_has_waiting(
     two_processes: tuple[Cooldowns, Cooldowns],
 ) -> None:
-    """Turns already handed out in one process move behind a hold read in another: the waiting thread follows."""
+    """Turns already handed out in one process move behind a hold read in another: the waiting thread follows.
+    (100 ms apart: a turn whose time has come before the hold reaches Redis is not moved, and a loaded machine
+    can take tens of milliseconds over the 429's two round trips.)"""
     a, b = two_processes
-    a.observe(a.take_turn(KEY), 200, PER_MINUTE)
+    a.observe(a.take_turn(KEY), 200, {**PER_MINUTE, "x-ratelimit-limit-requests": "600"})
     pace = a.pace(KEY)
     assert pace is not None
     refused = b.take_turn(KEY)
-    grants = [pace.next_turn(time.monotonic(), None) for _ in range(5)]  # 10 ms apart, as if five threads waited
-    b.observe(refused, 429, {}, ServerHint(0.3, "retry-after-ms"))
-    held = time.monotonic() + 0.25
+    grants = [pace.next_turn(time.monotonic(), None) for _ in range(5)]  # 100 ms apart, as if five threads waited
+    b.observe(refused, 429, {}, ServerHint(0.5, "retry-after-ms"))
+    held = time.monotonic() + 0.45
     waiting = [grant for grant in grants if grant.at > grants[0].at]  # the first went at once
     moved = pace.reschedule([Waiting(grant.at, grant.ticket) for grant in waiting])
     assert len(waiting) == 4
