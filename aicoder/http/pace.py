@@ -312,12 +312,10 @@ class Feedback:
         if self.slow_start is not None:
             rate = self.slow_rate(now)
             self.stop_slow_start()
-        if ceiling is not None:
-            rate = ceiling if rate is None else min(rate, ceiling)
-        measured = self.send_rate(now, since)
-        current = rate if measured is None else measured if rate is None else min(rate, measured)
-        if current is None:  # one lone request so far: no rate to cut from yet
+        known = [value for value in (rate, ceiling, self.send_rate(now, since)) if value is not None]
+        if not known:  # one lone request so far: no rate to cut from yet
             return False
+        current = min(known)  # the rate, the stated quotas' and the measured send rate: the lowest was in force
         new, w_max, scale = current * self.BETA, current, self.MEASURED_SCALE if costly else self.SCALE
         if hint:  # the server's next token comes within one interval: it allows at most 1 / hint
             new, w_max = min(new, 1 / hint), min(w_max, 1 / hint)
