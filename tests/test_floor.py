@@ -10,6 +10,7 @@ wait shorter than the time the server stated.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import email.utils
 import json
@@ -28,9 +29,10 @@ from aicoder import async_http_client, http_client, instant_waits
 from aicoder.config import Config
 from aicoder.http.adapter import retrying_session
 from aicoder.http.classic_httpx import async_httpx_client, httpx_client
-from aicoder.http.cooldown import Cooldowns
-from aicoder.http.destinations import DestinationKey
+from aicoder.http.cooldown import Cooldowns, default_cooldowns
+from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import server_hint
+from aicoder.http.pace import SAFETY_MARGIN, Feedback
 from aicoder.http.policy import LinearRetry
 from aicoder.instrumentation import GiveUpDetails, get_hooks, set_hooks
 from aicoder.testing import FakeClock
@@ -348,3 +350,25 @@ class _GiveUps:
 
     def on_give_up(self, details: GiveUpDetails) -> None:
         self.kept.append(details)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_cut_starts_from_the_stated_rate_on_every_path(path: str, request: pytest.FixtureRequest) -> None:
+    """Answers state 600 requests a minute (IETF, whole seconds), and a 429 comes anyway (another client on the
+    key, which no header shows): on every path the cut starts from the stated 10 a second that paced the
+    requests, to 0.7 of it, not from whatever a few sends happened to measure."""
+    redis = request.getfixturevalue("redis_url") if path == "redis" else None
+    stated = {"RateLimit-Policy": '"minute";q=600;w=60', "RateLimit": '"minute";r=590;t=59'}
+    answered = dataclasses.replace(completion(), headers={**completion().headers, **stated})
+    refused = rate_limited({**stated, "Retry-After": "1"})
+    with scripted_server(*[answered] * 5, refused, answered) as server:
+        config = _config(f"{server.url}/v1", redis)
+        send = PATHS[path](f"{server.url}/v1", config)
+        with instant_waits():
+            for _ in range(6):
+                send()
+        # The SDKs send the key; the plain sessions and clients here send none: a destination of its own.
+        credentials = {"Authorization": "Bearer sk-floor"} if path in ("bridge", "asyncio") else {}
+        pace = default_cooldowns(config.redis_url).pace(destination_key(server.url, credentials))
+    assert server.count == 7
+    assert pace is not None and pace.rate == pytest.approx(Feedback.BETA * 10 * (1 - SAFETY_MARGIN), rel=0.02)
