@@ -15,7 +15,7 @@ import requests
 
 from aicoder.http.hints import server_hint
 from aicoder.testing import FakeClock, RateLimitedEndpoint, TokenBucket
-from aicoder.testing.endpoint import EARLY_GRACE
+from aicoder.testing.endpoint import _SO_TIMESTAMPNS, EARLY_GRACE, _Handler
 
 BODY = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello there"}]}
 
@@ -164,6 +164,25 @@ def test_a_request_before_a_stated_time_is_counted_early() -> None:
         stats = endpoint.stats()
     assert statuses == [200, 429]
     assert early == 1 and stats.early == 1
+
+
+@pytest.mark.skipif(_SO_TIMESTAMPNS is None, reason="the kernel's receive times are read on Linux only")
+def test_a_request_received_in_time_is_not_early_however_late_it_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose bytes arrive within the grace is on time, though a busy server reads it past the grace:
+    the kernel's receive time judges, not the serving thread's (dozens of client threads in the same process
+    delay it by tens of milliseconds)."""
+    read_body = _Handler._read_body
+
+    def served_late(handler: _Handler) -> bytes:
+        time.sleep(EARLY_GRACE + 0.03)
+        return read_body(handler)
+
+    with RateLimitedEndpoint(rate=5, burst=1, dialect="retry-after-ms") as endpoint:
+        statuses = [requests.post(f"{endpoint.base_url}/chat/completions", json=BODY).status_code for _ in range(2)]
+        monkeypatch.setattr(_Handler, "_read_body", served_late)
+        requests.post(f"{endpoint.base_url}/chat/completions", json=BODY)
+    assert statuses == [200, 429]
+    assert endpoint.stats().early == 0
 
 
 def test_token_limit_binds_in_the_tokens_dialect() -> None:

@@ -11,16 +11,24 @@ several real dialects (:data:`DIALECTS`), so clients can be tried against each.
 It also judges its clients by the rule they should keep: a request that arrives
 before a time a 429 stated (more than :data:`EARLY_GRACE` after that 429 was
 answered, so that requests already on their way do not count) is *early*
-(:attr:`EndpointStats.early`).
+(:attr:`EndpointStats.early`). Where the kernel stamps what it receives (Linux's
+``SO_TIMESTAMPNS``), a request arrives when its first bytes did, not when a
+serving thread got round to it: clients in the same process, dozens of threads
+sharing its interpreter lock, would otherwise be blamed for the server's delay.
 """
 
 from __future__ import annotations
 
 import datetime
 import http.server
+import io
 import json
 import math
+import platform
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +52,9 @@ TOKENS_DIALECT_HEADROOM = 10
 _GENEROUS_TOKENS_PER_MINUTE = 10_000_000
 #: A request that arrives this soon after a 429 was answered may have been sent before its client read it.
 EARLY_GRACE = 0.02
+#: Linux's option for the kernel's receive time of each read, as ancillary data (two 64-bit integers on the
+#: 64-bit machines where the generic socket options apply: Python names it nowhere); ``None`` elsewhere.
+_SO_TIMESTAMPNS: int | None = 35 if sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64"} else None
 #: The dialects whose limit is a fixed window of ``window`` seconds, not a bucket; and that window's default.
 FIXED_WINDOW_DIALECTS = ("litellm", "litellm-unenforced")
 WINDOW = 10.0
@@ -302,9 +313,8 @@ class RateLimitedEndpoint:
         with self._lock:
             return list(self._events)
 
-    def _arrived(self) -> None:
-        """A request arrived: count it as early if it came before a time a 429 stated, past the grace."""
-        now = time.monotonic()
+    def _arrived(self, now: float) -> None:
+        """A request arrived at ``now``: count it as early if it came before a time a 429 stated, past the grace."""
         with self._lock:
             if any(answered + EARLY_GRACE < now < until for answered, until in self._stated):
                 self._counts["early"] += 1
@@ -371,6 +381,12 @@ class _Server(http.server.ThreadingHTTPServer):
     #: socketserver's default backlog is 5: a crowd of threads connecting at once would be reset.
     request_queue_size = 1024
 
+    def server_bind(self) -> None:
+        # Set before any connection is accepted: the bytes a client sends before it is would carry no stamp.
+        if _SO_TIMESTAMPNS is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        super().server_bind()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client hanging up mid-answer is not the server's error; say nothing."""
 
@@ -393,6 +409,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the endpoint's numbers are in :meth:`RateLimitedEndpoint.stats`."""
+
+    def setup(self) -> None:
+        super().setup()
+        self._received: _Received | None = None
+        if _SO_TIMESTAMPNS is not None:  # the connection inherits the option from the listening socket
+            self.rfile.close()  # makefile's reader, replaced by one that keeps the kernel's stamps
+            self._received = _Received(self.connection)
+            self.rfile = io.BufferedReader(self._received)
+
+    def handle_one_request(self) -> None:
+        if self._received is not None:
+            self._received.first = None  # this request's first bytes are yet to come
+        super().handle_one_request()
+
+    def _arrival(self) -> float:
+        """When this request's first bytes arrived, on the monotonic clock: as the kernel stamped them, if it did."""
+        now = time.monotonic()
+        stamped = self._received.first if self._received is not None else None
+        return now if stamped is None else min(now, now - (time.time() - stamped))
 
     def do_GET(self) -> None:
         self._read_body()
@@ -428,7 +463,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(400, f"streaming is not served on {MESSAGES_PATH}", "invalid_request_error")
             return
 
-        self.endpoint._arrived()
+        self.endpoint._arrived(self._arrival())
         cost = estimate_cost(body)
         verdict = self.endpoint._decide(float(cost.total) if cost is not None else 0.0)
         limits, refusal, stated = _describe(self.endpoint, verdict, model)
@@ -498,6 +533,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+
+class _Received(io.RawIOBase):
+    """A socket's bytes, read with the kernel's receive time of each read: ``first`` keeps the earliest since it
+    was last set to ``None``."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.first: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size, ancillary, _, _ = self.connection.recvmsg_into([buffer], socket.CMSG_SPACE(16))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and self.first is None:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                self.first = seconds + nanoseconds / 1e9
+        return size
 
 
 def _describe(endpoint: RateLimitedEndpoint, verdict: _Verdict, model: str) -> tuple[dict[str, str], Any, float]:
