@@ -643,3 +643,50 @@ def test_once_the_spending_ends_the_turns_stay_lane_paced_in_either_pace(redis_p
     step = 0.2 / (1 - SAFETY_MARGIN)  # the rate stated last
     assert here == pytest.approx([1.0 + n * step for n in range(6)], abs=0.005)
     assert there == pytest.approx(here, abs=0.02)
+
+
+@pytest.mark.parametrize("where", ["in process", "in redis"])
+def test_a_turn_granted_but_not_yet_taken_waits_for_a_hold_learnt_meanwhile(
+    where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry's turn is granted for now, and before its thread takes it (a busy interpreter, or the lock held
+    by another thread learning a 429) the process learns a hold: the turn has not gone, and waits for the hold.
+    Through Redis, which counts a turn whose time has come as sent, it waited for nothing."""
+    cooldowns = cooldowns_kept(where, request)
+    cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+    retried, refused = cooldowns.take_turn(KEY), cooldowns.take_turn(KEY)
+    cooldowns.observe(retried, 200, PER_MINUTE)
+    take = Cooldowns._wait_until_sent
+
+    def hold_before_taking(self: Cooldowns, turn: object) -> float:
+        self.observe(refused, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        return take(self, turn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Cooldowns, "_wait_until_sent", hold_before_taking)
+    time.sleep(0.03)  # the lane's 10 ms steps are past: the retry's turn is now
+    started = time.monotonic()
+    cooldowns.wait_turn(retried)
+    assert time.monotonic() - started >= 0.2 - 0.01
+
+
+def test_a_hold_learnt_during_the_round_trip_to_redis_holds_the_turn_it_grants(
+    redis_paces: RedisPaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis grants a turn for now; before its answer is back, another thread of this process learns a hold
+    (and tells Redis, too late for that grant): the turn waits for the hold."""
+    cooldowns = Cooldowns(redis=redis_paces, probe_timeout=0.01)
+    cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
+    refused = cooldowns.take_turn(KEY)
+    reserve = RedisPace.next_turn
+
+    def hold_during_the_round_trip(pace: RedisPace, *args: object, **kwargs: object) -> object:
+        grant = reserve(pace, *args, **kwargs)  # type: ignore[arg-type]
+        monkeypatch.setattr(RedisPace, "next_turn", reserve)
+        cooldowns.observe(refused, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        return grant
+
+    monkeypatch.setattr(RedisPace, "next_turn", hold_during_the_round_trip)
+    time.sleep(0.03)  # the lane's 10 ms steps are past: the turn is now
+    started = time.monotonic()
+    cooldowns.take_turn(KEY)
+    assert time.monotonic() - started >= 0.2 - 0.01

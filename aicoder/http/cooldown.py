@@ -240,6 +240,7 @@ class Cooldowns:
         with self._lock:
             # The common case, decided under one lock: the turn is now.
             if self._reserve(turn, cost, max_wait) <= 0:
+                turn.destination.pending.discard(turn)
                 turn.destination.pace.sent(turn.due)
                 return True
         return False
@@ -384,6 +385,11 @@ class Cooldowns:
         now = self.clock.now()
         grant = pace.next_turn(now, cost, max_wait)
         with self._lock:
+            # A hold this process learnt during the round trip came after Redis granted the turn, which has not
+            # gone: it waits for the hold too, as the turns the hold found waiting do.
+            held_until = pace.held_until
+            if grant.at < held_until and held_until - now <= max_wait:
+                grant = grant._replace(at=held_until)
             self._granted(turn, now, grant)
 
     def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:
@@ -395,6 +401,7 @@ class Cooldowns:
     def _granted(turn: Turn, now: float, grant: Grant) -> float:
         """``turn`` was granted ``grant`` at ``now``; return the seconds until it comes. Lock held.
 
+        The turn is pending until its thread or task takes it, due or not: a hold or a cut meanwhile moves it.
         A turn past all the server said remained is a probe: new turns wait for its answer.
         """
         destination = turn.destination
@@ -402,8 +409,7 @@ class Cooldowns:
         turn.due, turn.held_back, turn.ticket, turn.serial = grant.at, grant.held_back, grant.ticket, grant.serial
         if grant.probe and destination.first_answer is None:
             destination.first_answer, destination.probing = waiting.Signal(), turn
-        if turn.due > now:
-            destination.pending.add(turn)
+        destination.pending.add(turn)
         return turn.due - now
 
     def observe(

@@ -701,7 +701,9 @@ class RedisPace:
         return list(times)
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
-        """The turns' times as the shared schedule now has them, after a hold or a cut made in any process."""
+        """The turns' times as the shared schedule now has them, after a hold or a cut made in any process, and
+        never before a hold this process knows: Redis counts a turn whose time has come as gone, and one whose
+        thread has not yet taken it has not."""
         named = [turn.ticket for turn in turns if turn.ticket is not None]
         answer = self.paces.run("when", [self._sends], named) if named and self._offset is not None else None
         if answer is None:
@@ -710,7 +712,8 @@ class RedisPace:
         moved = []
         for turn in turns:
             score = shared.get(turn.ticket) if turn.ticket is not None else None
-            moved.append(max(turn.due, float(score) - offset) if score is not None else turn.due)
+            at = max(turn.due, float(score) - offset) if score is not None else turn.due
+            moved.append(max(at, self.local.held_until))
         return moved
 
 
