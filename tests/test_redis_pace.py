@@ -690,3 +690,31 @@ def test_a_hold_learnt_during_the_round_trip_to_redis_holds_the_turn_it_grants(
     started = time.monotonic()
     cooldowns.take_turn(KEY)
     assert time.monotonic() - started >= 0.2 - 0.01
+
+
+def test_a_turn_held_here_follows_a_later_hold_from_another_process(
+    two_processes: tuple[Cooldowns, Cooldowns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn whose time had come when this process learnt a hold waits for it (a hold in Redis counts the
+    turn as gone); another process learns a later hold while it waits: the turn waits for that one too."""
+    a, b = two_processes
+    a.observe(a.take_turn(KEY), 200, PER_MINUTE)
+    b.observe(b.take_turn(KEY), 200, PER_MINUTE)
+    retried, refused_here, refused_there = a.take_turn(KEY), a.take_turn(KEY), b.take_turn(KEY)
+    a.observe(retried, 200, PER_MINUTE)
+    take = Cooldowns._wait_until_sent
+    stated: list[float] = []
+
+    def hold_there() -> None:
+        stated.append(time.monotonic() + 0.2)
+        b.observe(refused_there, 429, {}, ServerHint(0.2, "retry-after-ms"))
+
+    def hold_here_then_there(self: Cooldowns, turn: object) -> float:
+        self.observe(refused_here, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        threading.Timer(0.05, hold_there).start()
+        return take(self, turn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Cooldowns, "_wait_until_sent", hold_here_then_there)
+    time.sleep(0.03)  # the lane's 10 ms steps are past: the retry's turn is now
+    a.wait_turn(retried)
+    assert time.monotonic() >= stated[0] - 0.005  # b's hold's end, to within the clocks' offset

@@ -313,9 +313,19 @@ return 1
 """
 )
 
-# KEYS: sends zset. ARGV: tickets. Their turns' times now, or nil for those no longer kept.
+# KEYS: sends zset. ARGV: the hold the asking process knows (0: none), then tickets. Their turns' times now,
+# or nil for those no longer kept. A turn due before that hold has not gone (its process has yet to take it),
+# though a hold counts it as gone: it moves to the hold, where a later hold, made anywhere, moves it again.
 _WHEN = """
-return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
+local floor = tonumber(ARGV[1])
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, 2))
+for i, score in ipairs(scores) do
+  if score and tonumber(score) < floor then
+    scores[i] = string.format('%.17g', floor)
+    redis.call('ZADD', KEYS[1], 'XX', scores[i], ARGV[i + 1])
+  end
+end
+return scores
 """
 
 # KEYS: sends zset. ARGV: a ticket whose turn will not be taken: it is no send, and holds no place.
@@ -702,13 +712,17 @@ class RedisPace:
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process, and
-        never before a hold this process knows: Redis counts a turn whose time has come as gone, and one whose
-        thread has not yet taken it has not."""
+        never before a hold this process knows: a hold in Redis counts a turn whose time has come as gone, and
+        one whose thread has not yet taken it has not. Such a turn moves to that hold in Redis too, so that a
+        later hold from another process moves it again."""
         named = [turn.ticket for turn in turns if turn.ticket is not None]
-        answer = self.paces.run("when", [self._sends], named) if named and self._offset is not None else None
+        if not named or self._offset is None:
+            return self.local.reschedule(turns)
+        offset, held = self._offset, self.local.held_until
+        answer = self.paces.run("when", [self._sends], [repr(held + offset) if held > -math.inf else "0", *named])
         if answer is None:
             return self.local.reschedule(turns)
-        offset, shared = self._offset or 0.0, dict(zip(named, answer, strict=True))
+        shared = dict(zip(named, answer, strict=True))
         moved = []
         for turn in turns:
             score = shared.get(turn.ticket) if turn.ticket is not None else None
