@@ -61,13 +61,13 @@ COSTLY_HOLD = 1.0
 class _Destination:
     """One destination's pace, and the probe the others wait for. Guarded by its :class:`Cooldowns`' lock."""
 
-    __slots__ = ("first_answer", "followed_at", "hurried", "key", "learned_at", "pace", "pending", "probing")
+    __slots__ = ("first_answer", "hurried", "key", "learned_at", "pace", "pending", "probing")
 
     def __init__(self, key: DestinationKey, pace: DestinationPace) -> None:
         self.key = key
         self.pace = pace
         #: When the quotas of an answer were last read, and pending turns last asked if they moved (monotonic).
-        self.learned_at = self.followed_at = -math.inf
+        self.learned_at = -math.inf
         #: Turns handed out whose time has not come yet: a hold or a cut moves them.
         self.pending: set[Turn] = set()
         #: Set, and replaced, when pending turns are brought forward: it wakes those asleep until their old times.
@@ -324,15 +324,12 @@ class Cooldowns:
         """When ``turn``'s time comes, if after ``now``, and what is set if it is brought forward; else ``None``:
         it has come, and counts as sent.
 
-        Where the pace is shared with other processes, a hold or cut made there may
-        have moved the turn too: when it comes, it asks, unless this process asked
-        less than ``FOLLOW_EVERY`` seconds before.
+        Where the pace is kept elsewhere, for other processes too, a hold or cut made
+        there may have moved the turn: when it comes, it asks.
         """
         destination = turn.destination
-        every = destination.pace.FOLLOW_EVERY
         with self._lock:
-            if every is not None and now > start and now - destination.followed_at >= every:
-                destination.followed_at = now
+            if destination.pace.REMOTE and now > start:
                 self._reschedule(destination, now, followed=True)
             target = turn.due
             if target > now:

@@ -428,7 +428,6 @@ class DestinationPace(Protocol):
     process, or :class:`~aicoder.http.redis_pace.RedisPace`, kept in Redis for every process. Times are this
     process's monotonic seconds; turns are numbered (``serial``) where the pace is kept."""
 
-    FOLLOW_EVERY: ClassVar[float | None]
     REMOTE: ClassVar[bool]
 
     @property
@@ -470,11 +469,9 @@ class Pace:
     """Everything known about when one destination takes requests; see the module docstring. A
     :class:`DestinationPace`."""
 
-    #: Where the pace is shared: the least seconds between two questions, from turns that have come, whether
-    #: a hold or cut made elsewhere moved them. ``None``: only this process moves them, and tells them at once.
-    FOLLOW_EVERY: ClassVar[float | None] = None
     #: Whether the pace is kept elsewhere (in Redis), guarding its own state: then it is asked for turns
-    #: without the lock of its :class:`~aicoder.http.cooldown.Cooldowns`, which holds up no thread on a round trip.
+    #: without the lock of its :class:`~aicoder.http.cooldown.Cooldowns`, which holds up no thread on a round
+    #: trip; and a turn, when it comes, asks whether a hold or cut made in another process moved it.
     REMOTE: ClassVar[bool] = False
 
     def __init__(self, min_rate: float = 1 / 120) -> None:

@@ -460,9 +460,6 @@ class RedisPace:
     """
 
     REMOTE: ClassVar[bool] = True
-    #: A waiting turn asks, when it comes, whether another process's hold or cut moved it, unless this
-    #: process asked less than this many seconds before: every time, since a hold is a floor for every process.
-    FOLLOW_EVERY: ClassVar[float | None] = 0.0
 
     def __init__(
         self,
