@@ -66,9 +66,9 @@ class _Destination:
     def __init__(self, key: DestinationKey, pace: DestinationPace) -> None:
         self.key = key
         self.pace = pace
-        #: When the quotas of an answer were last read, and pending turns last asked if they moved (monotonic).
+        #: When the quotas of an answer were last read (monotonic).
         self.learned_at = -math.inf
-        #: Turns handed out whose time has not come yet: a hold or a cut moves them.
+        #: Turns handed out that no thread or task has taken yet, due or not: a hold or a cut moves them.
         self.pending: set[Turn] = set()
         #: Set, and replaced, when pending turns are brought forward: it wakes those asleep until their old times.
         self.hurried = waiting.Signal()
