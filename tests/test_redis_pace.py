@@ -651,7 +651,8 @@ def test_a_turn_granted_but_not_yet_taken_waits_for_a_hold_learnt_meanwhile(
 ) -> None:
     """A retry's turn is granted for now, and before its thread takes it (a busy interpreter, or the lock held
     by another thread learning a 429) the process learns a hold: the turn has not gone, and waits for the hold.
-    Through Redis, which counts a turn whose time has come as sent, it waited for nothing."""
+    A turn due at once was not pending, so the hold moved it nowhere; through Redis, which counts such a turn
+    as sent, not even once pending."""
     cooldowns = cooldowns_kept(where, request)
     cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
     retried, refused = cooldowns.take_turn(KEY), cooldowns.take_turn(KEY)
