@@ -719,3 +719,28 @@ def test_a_turn_held_here_follows_a_later_hold_from_another_process(
     time.sleep(0.03)  # the lane's 10 ms steps are past: the retry's turn is now
     a.wait_turn(retried)
     assert time.monotonic() >= stated[0] - 0.005  # b's hold's end, to within the clocks' offset
+
+
+def test_a_turn_granted_before_another_process_holds_waits_for_that_hold(
+    two_processes: tuple[Cooldowns, Cooldowns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis grants a turn for now; before its thread takes it, another process learns a hold. A hold counts a
+    turn whose time had come as gone, but this one has not gone: when it asks, it waits for that hold, which
+    its own process never learnt."""
+    a, b = two_processes
+    a.observe(a.take_turn(KEY), 200, PER_MINUTE)
+    b.observe(b.take_turn(KEY), 200, PER_MINUTE)
+    refused_there = b.take_turn(KEY)
+    take = Cooldowns._wait_until_sent
+    stated: list[float] = []
+
+    def hold_there_before_taking(self: Cooldowns, turn: object) -> float:
+        if self is a:
+            stated.append(time.monotonic() + 0.2)
+            b.observe(refused_there, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        return take(self, turn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Cooldowns, "_wait_until_sent", hold_there_before_taking)
+    time.sleep(0.03)  # the lane's 10 ms steps are past: the turn is now
+    a.take_turn(KEY)
+    assert time.monotonic() >= stated[0] - 0.005  # b's hold's end, to within the clocks' offset

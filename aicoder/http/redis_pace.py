@@ -313,16 +313,17 @@ return 1
 """
 )
 
-# KEYS: sends zset. ARGV: the hold the asking process knows (0: none), then tickets. Their turns' times now,
-# or nil for those no longer kept. A turn due before that hold has not gone (its process has yet to take it),
-# though a hold counts it as gone: it moves to the hold, where a later hold, made anywhere, moves it again.
+# KEYS: pace hash, sends zset. ARGV: the hold the asking process knows (0: none), then tickets of turns it has
+# yet to take. Their times now, or nil for those no longer kept. A hold counts a turn whose time had come as
+# gone, but these have not gone: one due before the hold here or there moves to it, where a later hold, made
+# anywhere, moves it again.
 _WHEN = """
-local floor = tonumber(ARGV[1])
-local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, 2))
+local floor = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'hold') or '0'))
+local scores = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 2))
 for i, score in ipairs(scores) do
   if score and tonumber(score) < floor then
     scores[i] = string.format('%.17g', floor)
-    redis.call('ZADD', KEYS[1], 'XX', scores[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], 'XX', scores[i], ARGV[i + 1])
   end
 end
 return scores
@@ -709,14 +710,15 @@ class RedisPace:
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process, and
-        never before a hold this process knows: a hold in Redis counts a turn whose time has come as gone, and
+        never before a hold this process or Redis knows: a hold counts a turn whose time had come as gone, and
         one whose thread has not yet taken it has not. Such a turn moves to that hold in Redis too, so that a
         later hold from another process moves it again."""
         named = [turn.ticket for turn in turns if turn.ticket is not None]
         if not named or self._offset is None:
             return self.local.reschedule(turns)
         offset, held = self._offset, self.local.held_until
-        answer = self.paces.run("when", [self._sends], [repr(held + offset) if held > -math.inf else "0", *named])
+        floor = repr(held + offset) if held > -math.inf else "0"
+        answer = self.paces.run("when", [self._pace, self._sends], [floor, *named])
         if answer is None:
             return self.local.reschedule(turns)
         shared = dict(zip(named, answer, strict=True))
