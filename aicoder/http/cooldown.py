@@ -325,7 +325,9 @@ class Cooldowns:
         it has come, and counts as sent.
 
         Where the pace is kept elsewhere, for other processes too, a hold or cut made
-        there may have moved the turn: when it comes, it asks.
+        there may have moved the turn: when it comes, it asks. Every such turn asks at
+        least once, since its grant comes back after ``start`` (when it was asked for):
+        so a hold learnt, here or elsewhere, during the grant's round trip holds it too.
         """
         destination = turn.destination
         with self._lock:
@@ -382,11 +384,6 @@ class Cooldowns:
         now = self.clock.now()
         grant = pace.next_turn(now, cost, max_wait)
         with self._lock:
-            # A hold this process learnt during the round trip came after Redis granted the turn, which has not
-            # gone: it waits for the hold too, as the turns the hold found waiting do.
-            held_until = pace.held_until
-            if grant.at < held_until and held_until - now <= max_wait:
-                grant = grant._replace(at=held_until)
             self._granted(turn, now, grant)
 
     def _reserve(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> float:

@@ -726,7 +726,7 @@ class RedisPace:
         for turn in turns:
             score = shared.get(turn.ticket) if turn.ticket is not None else None
             at = max(turn.due, float(score) - offset) if score is not None else turn.due
-            moved.append(max(at, self.local.held_until))
+            moved.append(max(at, held))
         return moved
 
 
