@@ -645,28 +645,39 @@ def test_once_the_spending_ends_the_turns_stay_lane_paced_in_either_pace(redis_p
     assert there == pytest.approx(here, abs=0.02)
 
 
+@pytest.mark.parametrize("waiter", ["thread", "task"])
 @pytest.mark.parametrize("where", ["in process", "in redis"])
 def test_a_turn_granted_but_not_yet_taken_waits_for_a_hold_learnt_meanwhile(
-    where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    where: str, waiter: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A retry's turn is granted for now, and before its thread takes it (a busy interpreter, or the lock held
-    by another thread learning a 429) the process learns a hold: the turn has not gone, and waits for the hold.
-    A turn due at once was not pending, so the hold moved it nowhere; through Redis, which counts such a turn
-    as sent, not even once pending."""
+    """A retry's turn is granted for now, and before its thread (or task) takes it (a busy interpreter, or the
+    lock held by another thread learning a 429) the process learns a hold: the turn has not gone, and waits for
+    the hold. A turn due at once was not pending, so the hold moved it nowhere; through Redis, which counts such
+    a turn as sent, not even once pending."""
+    import asyncio
+
     cooldowns = cooldowns_kept(where, request)
     cooldowns.observe(cooldowns.take_turn(KEY), 200, PER_MINUTE)
     retried, refused = cooldowns.take_turn(KEY), cooldowns.take_turn(KEY)
     cooldowns.observe(retried, 200, PER_MINUTE)
-    take = Cooldowns._wait_until_sent
+    take, atake = Cooldowns._wait_until_sent, Cooldowns._await_until_sent
 
     def hold_before_taking(self: Cooldowns, turn: object) -> float:
         self.observe(refused, 429, {}, ServerHint(0.2, "retry-after-ms"))
         return take(self, turn)  # type: ignore[arg-type]
 
+    async def hold_before_awaiting(self: Cooldowns, turn: object) -> float:
+        self.observe(refused, 429, {}, ServerHint(0.2, "retry-after-ms"))
+        return await atake(self, turn)  # type: ignore[arg-type]
+
     monkeypatch.setattr(Cooldowns, "_wait_until_sent", hold_before_taking)
+    monkeypatch.setattr(Cooldowns, "_await_until_sent", hold_before_awaiting)
     time.sleep(0.03)  # the lane's 10 ms steps are past: the retry's turn is now
     started = time.monotonic()
-    cooldowns.wait_turn(retried)
+    if waiter == "thread":
+        cooldowns.wait_turn(retried)
+    else:
+        asyncio.run(cooldowns.await_turn(retried))
     assert time.monotonic() - started >= 0.2 - 0.01
 
 
