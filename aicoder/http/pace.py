@@ -495,16 +495,13 @@ class Pace:
         self._unanswered: set[int] = set()
         #: Whether a lane is new: the next reschedule puts the turns slow start handed out through it.
         self._relane = False
+        #: Whether a request's token cost matters here: the server has told of a token limit.
+        self.counts_tokens = False
 
     @property
     def knows_rate(self) -> bool:
         """Whether the server's rate is known: from its quotas, or measured between its 429s."""
         return bool(self.lanes) or self.feedback.measured
-
-    @property
-    def counts_tokens(self) -> bool:
-        """Whether a request's token cost matters here: the server has told of a token limit."""
-        return any(dimension != "requests" for dimension in (*self.lanes, *self.mirrors))
 
     def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> Grant:
         """Take the next turn for a request of ``cost``; return its time, and whether the feedback rate set it.
@@ -518,9 +515,9 @@ class Pace:
         if self.held_until - now <= max_wait:
             at = max(at, self.held_until)
         share = self.share
-        lanes = list(self.mirrors.items()) if spending else list(self._lanes())
-        for dimension, lane in lanes:
-            units = _units(cost, dimension)
+        lanes = self.mirrors.items() if spending else [*self.lanes.items(), *self.mirrors.items()]
+        taken = [(lane, _units(cost, dimension)) for dimension, lane in lanes]
+        for lane, units in taken:
             if units / (lane.rate * share) <= max_wait:
                 at = max(at, lane.ready_at(units, share))
         held_back = False
@@ -528,8 +525,8 @@ class Pace:
         if ready is not None and ready - now <= max_wait:
             held_back = ready >= at
             at = max(at, ready)
-        for dimension, lane in lanes:
-            lane.take(at, _units(cost, dimension), share)
+        for lane, units in taken:
+            lane.take(at, units, share)
         if spending:  # the sustained lanes resume one step after the last turn spent, not from before the spending
             for dimension, lane in self.lanes.items():
                 lane.tat = max(lane.tat, at + _units(cost, dimension) / (lane.rate * share))
@@ -593,6 +590,7 @@ class Pace:
                 lane.rate = rate
         if "requests" in self.lanes or "requests" in self.mirrors:
             self._requests_stated_at = min(self._requests_stated_at, now)
+        self.counts_tokens = any(dimension != "requests" for dimension in (*self.lanes, *self.mirrors))
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """Move ``turns`` already handed out (sorted by when they are due) behind the hold and the feedback rate,

@@ -59,10 +59,18 @@ def estimate_cost(body: bytes | str | None) -> RequestCost | None:
         return None
     if not isinstance(request, dict):
         return None
-    characters = sum(_characters(request.get(field)) for field in _PROMPT_FIELDS)
-    output = next((value for field in _OUTPUT_FIELDS if isinstance(value := _whole(request.get(field)), int)), 0)
+    # Loops, not generators: this runs for every request to a server with a token limit.
+    characters = output = 0
+    for field in _PROMPT_FIELDS:
+        value = request.get(field)
+        if value is not None:
+            characters += len(value) if isinstance(value, str) else _characters(value)
+    for field in _OUTPUT_FIELDS:
+        if (tokens := _whole(request.get(field))) is not None:
+            output = tokens
+            break
     choices = _whole(request.get("n")) or 1
-    return RequestCost(math.ceil(characters / 4) * choices, output * choices)
+    return RequestCost(-(-characters // 4) * choices, output * choices)
 
 
 def _whole(value: object) -> int | None:
@@ -76,15 +84,17 @@ _NOT_PROMPT = frozenset(("role", "type", "name", "id", "tool_call_id", "cache_co
 
 def _characters(value: object, depth: int = 0) -> int:
     """The characters of every string in ``value``, however nested (message lists, content parts), to a sane
-    depth. (A loop, not a generator: it runs for every request to a server with a token limit.)"""
+    depth."""
     if isinstance(value, str):
         return len(value)
     total = 0
-    if depth < 8 and isinstance(value, list):
+    if depth >= 8:
+        return total
+    if isinstance(value, list):
         for item in value:
-            total += _characters(item, depth + 1)
-    elif depth < 8 and isinstance(value, dict):
+            total += len(item) if isinstance(item, str) else _characters(item, depth + 1)
+    elif isinstance(value, dict):
         for key, item in value.items():
             if key not in _NOT_PROMPT:
-                total += _characters(item, depth + 1)
+                total += len(item) if isinstance(item, str) else _characters(item, depth + 1)
     return total
