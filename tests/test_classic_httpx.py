@@ -86,13 +86,22 @@ def test_a_refused_connection_is_httpx_connect_error(asynchronous: bool) -> None
     assert caught.value.__cause__ is not None
 
 
+#: What a server sends at once, and what it then trickles, a byte every 10 ms.
+TRICKLES = {
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n", b"data"),
+    "headers": (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 1000),
+}
+
+
+@pytest.mark.parametrize("trickled", TRICKLES)
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-def test_a_trickled_body_times_out_as_httpx_read_timeout(asynchronous: bool) -> None:
-    """A body that trickles on past LLM_REQUEST_TIMEOUT ends at the deadline as httpx's own ReadTimeout."""
+def test_a_trickle_times_out_as_httpx_read_timeout(asynchronous: bool, trickled: str) -> None:
+    """Headers or a body that trickle on past LLM_REQUEST_TIMEOUT end at the deadline as httpx's own
+    ReadTimeout, though no single read waits long."""
     timeout = 0.3
     config = Config(request_timeout=timeout)
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"
-    with trickling_server(head, b"data", every=0.01) as url:
+    head, trickle = TRICKLES[trickled]
+    with trickling_server(head, trickle, every=0.01) as url:
         started = time.monotonic()
         if asynchronous:
 

@@ -229,10 +229,9 @@ def _async(base_url: str, config: Config) -> Callable[[], None]:
 
 
 def _httpx(base_url: str, config: Config) -> Callable[[], None]:
-    client = httpx_client(config)
-
     def send() -> None:
-        assert client.post(f"{base_url}/chat/completions", json={"messages": MESSAGES}).status_code == 200
+        with httpx_client(config) as client:
+            assert client.post(f"{base_url}/chat/completions", json={"messages": MESSAGES}).status_code == 200
 
     return send
 

@@ -17,7 +17,7 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, Unpack
+from typing import Any, Protocol, TypeVar, Unpack
 
 import httpx2
 from urllib3 import HTTPHeaderDict, HTTPResponse
@@ -31,11 +31,24 @@ from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import NO_SDK_RETRY, RETRY_EXTENSION, WAITS_EXTENSION, sdk_retry_guard
 
-__all__ = ["AsyncLinearBackoffTransport"]
+__all__ = ["AsyncLinearBackoffTransport", "as_urllib3", "handed_on", "increment_in_turn"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+
+class _Response(Protocol):
+    """httpx2's response, or classic httpx's: the two have one shape."""
+
+    status_code: int
+    headers: Any
+    stream: Any
+    extensions: Any
+
+
+_R = TypeVar("_R", bound=_Response)
+_NO_SDK_RETRY_NAME, _NO_SDK_RETRY_VALUE = (part.decode() for part in NO_SDK_RETRY)
 #: The openai SDK's own async client's connection limits: hundreds of tasks may be in flight at once.
 DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
@@ -81,13 +94,13 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
             if response.status_code not in LinearRetry.RETRY_STATUSES:
                 if turn is not None:
                     await _maybe_off_loop(remote, turn.cooldowns.observe, turn, response.status_code, response.headers)
-                return _handed_on(response, retry, waited)
+                return handed_on(response, retry, waited)
             try:
                 content = await self._small_body(response)
-                answer = _as_urllib3(request, response, content)
-                retry = await _maybe_off_loop(remote, _increment, retry, request, answer, turn)
+                answer = as_urllib3(request, response, content)
+                retry = await _maybe_off_loop(remote, increment_in_turn, retry, request, answer, turn)
             except MaxRetryError:  # out of retries, or the server asks for more than LLM_RETRY_MAX_HINT
-                return _handed_on(response, retry, waited, content)
+                return handed_on(response, retry, waited, content)
             except BaseException:
                 await response.aclose()
                 raise
@@ -133,7 +146,7 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
         await self._transport.aclose()
 
 
-def _increment(retry: LinearRetry, request: httpx2.Request, answer: HTTPResponse, turn: Turn | None) -> LinearRetry:
+def increment_in_turn(retry: LinearRetry, request: Any, answer: HTTPResponse, turn: Turn | None) -> LinearRetry:
     """Run the policy's own ``increment()`` on a 429, in ``turn``, as urllib3 runs it for the adapter."""
     token = turns.enter(turn) if turn is not None else None
     try:
@@ -143,7 +156,7 @@ def _increment(retry: LinearRetry, request: httpx2.Request, answer: HTTPResponse
             turns.leave(token)
 
 
-def _as_urllib3(request: httpx2.Request, response: httpx2.Response, content: bytes | None) -> HTTPResponse:
+def as_urllib3(request: Any, response: _Response, content: bytes | None) -> HTTPResponse:
     """The 429 as the urllib3 response :class:`LinearRetry` reads: the same headers, and the body if it was read."""
     headers = HTTPHeaderDict()
     for name, value in response.headers.raw:
@@ -162,14 +175,21 @@ def _as_urllib3(request: httpx2.Request, response: httpx2.Response, content: byt
     )
 
 
-def _handed_on(
-    response: httpx2.Response, retry: LinearRetry, waited: list[float], content: bytes | None = None
-) -> httpx2.Response:
-    """``response`` with aicoder's record of the retries, and marked so that the SDK never retries it again."""
-    stream = httpx2.ByteStream(content) if content is not None else response.stream
+def handed_on(
+    response: _R, retry: LinearRetry, waited: list[float], content: bytes | None = None, *, http: Any = httpx2
+) -> _R:
+    """``response`` with aicoder's record of the retries, and marked so that the SDK never retries it again;
+    with ``content``, the body already read, as a new response of ``http`` (httpx2, or classic httpx)."""
     extensions = {**response.extensions, RETRY_EXTENSION: retry, WAITS_EXTENSION: tuple(waited)}
+    if content is None:  # the answer still to be read, as it came: marked where it is
+        response.extensions = extensions
+        response.headers[_NO_SDK_RETRY_NAME] = _NO_SDK_RETRY_VALUE
+        return response
     headers = [*response.headers.raw, NO_SDK_RETRY]
-    return httpx2.Response(response.status_code, headers=headers, stream=stream, extensions=extensions)
+    answer: _R = http.Response(
+        response.status_code, headers=headers, stream=http.ByteStream(content), extensions=extensions
+    )
+    return answer
 
 
 async def _maybe_off_loop(remote: bool, call: Callable[..., _T], *args: Any) -> _T:

@@ -51,7 +51,7 @@ current_limit: ContextVar[AttemptLimit | None] = ContextVar("aicoder_attempt_lim
 class _Watch:
     __slots__ = ("connection", "deadline", "limit")
 
-    def __init__(self, connection: weakref.ref[HTTPConnection], deadline: float, limit: AttemptLimit) -> None:
+    def __init__(self, connection: weakref.ref[object], deadline: float, limit: AttemptLimit) -> None:
         self.connection = connection
         self.deadline = deadline
         self.limit = limit
@@ -79,8 +79,9 @@ class Watchdog:
         #: may have been stopped holding the lock. Whoever takes the lock next forgets them.
         self._gone: collections.deque[int] = collections.deque()
 
-    def watch(self, connection: HTTPConnection, limit: AttemptLimit) -> None:
-        """Begin an attempt on ``connection`` that must end within ``limit.seconds``."""
+    def watch(self, connection: object, limit: AttemptLimit) -> None:
+        """Begin an attempt on ``connection`` that must end within ``limit.seconds``: a urllib3 connection, or
+        anything else whose ``sock`` is the socket it reads from."""
         key = id(connection)
         entry = _Watch(weakref.ref(connection, lambda _: self._gone.append(key)), self._clock() + limit.seconds, limit)
         with self._condition:
@@ -92,7 +93,7 @@ class Watchdog:
             elif entry.deadline < self._wakes_at:
                 self._condition.notify()
 
-    def done(self, connection: HTTPConnection) -> None:
+    def done(self, connection: object) -> None:
         """The attempt on ``connection``, if any, is over."""
         self._forget(id(connection))
 
@@ -130,7 +131,7 @@ class Watchdog:
                 _cut(entry.connection())
 
 
-def _cut(connection: HTTPConnection | None) -> None:
+def _cut(connection: object) -> None:
     """Shut the connection's socket down: a read blocked on it in another thread fails at once."""
     sock = getattr(connection, "sock", None)
     if sock is not None:
@@ -152,7 +153,7 @@ class _DeadlineConnectionMixin:
     def request(self, *args: Any, **kwargs: Any) -> None:
         limit = current_limit.get()
         if limit is not None:
-            _watchdog.watch(self, limit)  # type: ignore[arg-type]
+            _watchdog.watch(self, limit)
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -169,7 +170,7 @@ class _DeadlinePoolMixin:
 
     def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
         if conn is not None:
-            _watchdog.done(conn)  # type: ignore[arg-type]
+            _watchdog.done(conn)
         super()._put_conn(conn)  # type: ignore[misc]
 
 

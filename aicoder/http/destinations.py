@@ -19,6 +19,7 @@ __all__ = ["CREDENTIAL_HEADERS", "DestinationKey", "destination_key"]
 
 #: Request headers that carry credentials; their values are hashed into the key, never kept.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
+_CREDENTIALS = frozenset(CREDENTIAL_HEADERS)
 #: The key of the credentials' hash. Fixed, not random per process, so that every process computes the same
 #: fingerprint for the same key and shares one pace through Redis; see :func:`destination_key`.
 _FINGERPRINT_KEY = b"aicoder destination fingerprint v1"
@@ -44,7 +45,8 @@ def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
     """
     parts = urlsplit(url)
     if not isinstance(headers, CaseInsensitiveDict):
-        headers = CaseInsensitiveDict(headers)
+        # One pass over any other mapping (httpx's looks each name up by scanning all of its lines).
+        headers = {name.lower(): value for name, value in headers.items() if name.lower() in _CREDENTIALS}
     return _key(parts.scheme, parts.netloc, tuple([headers.get(name) or "" for name in CREDENTIAL_HEADERS]))
 
 

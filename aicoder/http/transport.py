@@ -111,7 +111,7 @@ class _MappedExceptions:
 class ResponseStream(httpx2.SyncByteStream):
     """A ``requests`` response body as an httpx2 stream: each read returns what has arrived."""
 
-    def __init__(self, response: requests.Response, request: Any) -> None:
+    def __init__(self, response: requests.Response, request: httpx2.Request) -> None:
         self._response = response
         self._request = request
 
@@ -167,19 +167,8 @@ class RequestsTransport(httpx2.BaseTransport):
         self._settings: dict[str, dict[str, Any]] = {}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Send ``request`` with the session's adapter for its URL; return the response, its body still unread."""
-        response, headers, extensions = self.exchange(request)
-        return httpx2.Response(
-            response.status_code,
-            headers=headers,
-            stream=ResponseStream(response, request),
-            extensions=extensions,
-        )
-
-    def exchange(self, request: Any) -> tuple[requests.Response, list[tuple[bytes, bytes]], dict[str, Any]]:
-        """Send ``request``, an httpx2 request or a classic httpx one (the two have one shape), through the
-        session; return the ``requests`` response, its body unread, with the header lines and extensions
-        for the response to hand on. Errors are raised as httpx2's."""
+        """Send ``request`` with the session's adapter for its URL; return the response, its body still unread.
+        Errors are raised as httpx2's."""
         sdk_retry_guard(request.headers)
         # The body is read whole (the SDK's are small JSON) so that urllib3 can resend it on a retry.
         body = request.read()
@@ -207,7 +196,8 @@ class RequestsTransport(httpx2.BaseTransport):
         headers = _response_headers(response)
         if retry is not None:  # a retrying adapter answered: nothing is left for the SDK to retry
             headers.append(NO_SDK_RETRY)
-        return response, headers, extensions
+        stream = ResponseStream(response, request)
+        return httpx2.Response(response.status_code, headers=headers, stream=stream, extensions=extensions)
 
     def _settings_for(self, prepared: requests.PreparedRequest) -> dict[str, Any]:
         """The session's proxies, ``verify`` and ``cert`` for this origin, the environment's included, as
