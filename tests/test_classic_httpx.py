@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from aicoder.config import Config
-from aicoder.http.classic_httpx import async_httpx_client, httpx_client
+from aicoder.http.classic_httpx import HttpxTransport, async_httpx_client, httpx_client
 from aicoder.http.waiting import instant_waits
 from aicoder.instrumentation import RetryDetails
 from tests.servers import Reply, completion, rate_limited, scripted_server
@@ -117,3 +117,21 @@ def test_a_trickle_times_out_as_httpx_read_timeout(asynchronous: bool, trickled:
         elapsed = time.monotonic() - started
     assert timeout <= elapsed < timeout + 2  # at the deadline, not after 100,000 bytes at 100 a second
     assert caught.value.__cause__ is not None
+
+
+def test_any_httpx_transport_sends_the_attempts() -> None:
+    """A test's ``httpx.MockTransport`` under :class:`HttpxTransport`: no socket, the same retries."""
+    answers = [httpx.Response(429, headers={"retry-after-ms": "20"}), httpx.Response(200, json={"ok": True})]
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.read())
+        return answers[len(seen) - 1]
+
+    transport = HttpxTransport(CONFIG, transport=httpx.MockTransport(handler), coordinate=False)
+    with instant_waits() as waits, httpx.Client(transport=transport) as client:
+        answer = client.post("http://api.test/v1/chat/completions", json={"messages": []})
+    assert answer.json() == {"ok": True}
+    assert seen == [b'{"messages":[]}'] * 2  # the body, sent again
+    assert waits == [0.02]
+    assert answer.extensions["aicoder.waits"] == (0.02,)

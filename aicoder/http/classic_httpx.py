@@ -63,15 +63,16 @@ class HttpxTransport(httpx.BaseTransport):
     The settings come from ``config`` (default: :meth:`Config.load`), each option
     (:class:`~aicoder.http.adapter.TransportOptions`) overriding its own. ``transport``
     sends each attempt (default: a new ``httpx.HTTPTransport`` with the SDKs' connection
-    limits, closed with this one). Each attempt ends within ``request_timeout``, from
-    sending to the body's last byte: past it, ``httpx.ReadTimeout``.
+    limits, closed with this one). On an ``httpx.HTTPTransport``'s HTTP/1.1 connections,
+    each attempt ends within ``request_timeout``, from sending to the body's last byte:
+    past it, ``httpx.ReadTimeout``.
     """
 
     def __init__(
         self,
         config: Config | None = None,
         *,
-        transport: httpx.HTTPTransport | None = None,
+        transport: httpx.BaseTransport | None = None,
         **options: Unpack[TransportOptions],
     ) -> None:
         settings = TransportSettings.resolve(config, **options)
@@ -155,10 +156,10 @@ class _Attempt:
         self.stream: _WatchedStream | None = None
 
     def began(self, stream: _WatchedStream) -> None:
-        if self.stream is not stream:
-            self.done()
-            self.stream = stream
-            watchdog().watch(stream, self.limit)
+        """The attempt's request is being written on ``stream``: the watch begins."""
+        self.done()
+        self.stream = stream
+        watchdog().watch(stream, self.limit)
 
     def done(self) -> None:
         if self.stream is not None:
@@ -170,16 +171,14 @@ class _Attempt:
 _current_attempt: ContextVar[_Attempt | None] = ContextVar("aicoder_httpx_attempt", default=None)
 
 
-def _watch_attempts(transport: httpx.HTTPTransport) -> None:
-    """Make every connection ``transport`` opens one the watchdog can cut (httpcore's pool takes its
-    network backend only when built, which httpx does for us)."""
-    pool = getattr(transport, "_pool", None)
+def _watch_attempts(transport: httpx.BaseTransport) -> None:
+    """Make every HTTP/1.1 connection ``transport`` opens one the watchdog can cut, if it is httpx's own
+    (httpcore's pool takes its network backend only when built, which httpx does for us). Other transports
+    (a test's ``httpx.MockTransport``) open no socket to cut; on HTTP/2 one connection carries many requests,
+    and each attempt is bounded by httpx's own timeouts alone."""
+    pool = getattr(transport, "_pool", None) if isinstance(transport, httpx.HTTPTransport) else None
     backend = getattr(pool, "_network_backend", None)
-    if backend is None:
-        raise TypeError(
-            f"aicoder cannot watch the connections of {type(transport).__name__}: pass an httpx.HTTPTransport"
-        )
-    if not isinstance(backend, _WatchedBackend):
+    if backend is not None and not getattr(pool, "_http2", False) and not isinstance(backend, _WatchedBackend):
         pool._network_backend = _WatchedBackend(backend)  # type: ignore[union-attr]
 
 
@@ -220,7 +219,7 @@ class _WatchedStream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         attempt = _current_attempt.get()
-        if attempt is not None:
+        if attempt is not None and attempt.stream is not self:
             attempt.began(self)
         self._stream.write(buffer, timeout)
 
