@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -451,3 +452,59 @@ class StalledClock(FakeTime):
         assert self.release.wait(5)
         self.time = max(self.time, wake)
         return False
+
+
+def test_a_hold_learnt_after_a_turn_is_taken_holds_its_first_byte(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """A thread took its turn, and another reads a 429 before the first's first byte is written: the last look
+    waits for that hold, unless it is longer than the attempt waits for."""
+    probe = cooldowns.take_turn(KEY)
+    cooldowns.observe(probe, 200, {})
+    taken, patient = cooldowns.take_turn(KEY, max_wait=10.0), cooldowns.take_turn(KEY, max_wait=1.0)
+    fake.slept.clear()  # what slow start spaced them by
+    cooldowns.observe(probe, 429, {}, ServerHint(5.0, "retry-after", coarse=True))
+    patient.last_look()
+    assert fake.slept == []  # 5 s is past what it waits for: it goes, and the server's answer says how long
+    taken.last_look()
+    assert fake.slept == [5.0]
+    taken.last_look()  # the hold is over: nothing more to wait for
+    assert fake.slept == [5.0]
+
+
+def _learn_a_hold_once_taken(cooldowns: Cooldowns, hold: float) -> None:
+    """Make the next turn taken from ``cooldowns`` be followed, before its first byte, by a hold another
+    request learnt: as if another thread read a 429 while this one was on its way to the socket."""
+    take_turn = cooldowns.take_turn
+
+    def taken_then_held(*args: object, **kwargs: object) -> object:
+        turn = take_turn(*args, **kwargs)  # type: ignore[arg-type]
+        cooldowns.observe(turn, 429, {}, ServerHint(hold, "retry-after-ms"))
+        cooldowns.take_turn = take_turn  # type: ignore[method-assign]
+        return turn
+
+    cooldowns.take_turn = taken_then_held  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("path", ["adapter", "classic httpx"])
+def test_no_first_byte_before_a_hold_learnt_on_the_way_to_the_socket(path: str) -> None:
+    """On every sync path, the request whose turn was taken before a hold was learnt reaches the server no
+    sooner than the hold ends."""
+    import httpx
+
+    from aicoder.http.classic_httpx import HttpxTransport
+    from tests.servers import completion, scripted_server
+
+    cooldowns = Cooldowns()
+    config = Config(retry_count=1, retry_min_delay=0, retry_max_delay=0)
+    with scripted_server(completion()) as server, contextlib.ExitStack() as stack:
+        url = f"{server.url}/v1/chat/completions"
+        if path == "adapter":
+            session = stack.enter_context(retrying_session(config, cooldowns=cooldowns))
+            send = lambda: session.post(url, json={}).status_code  # noqa: E731
+        else:
+            client = stack.enter_context(httpx.Client(transport=HttpxTransport(config, cooldowns=cooldowns)))
+            send = lambda: client.post(url, json={}).status_code  # noqa: E731
+        assert send() == 200  # the probe: the destination is known
+        _learn_a_hold_once_taken(cooldowns, 0.2)
+        held_at = time.monotonic()
+        assert send() == 200
+    assert server.received[-1].at >= held_at + 0.2

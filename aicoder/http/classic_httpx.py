@@ -116,7 +116,7 @@ class HttpxTransport(httpx.BaseTransport):
 
     def _attempt(self, request: httpx.Request, turn: Turn | None) -> httpx.Response:
         """One attempt, watched from its first byte written to its body's last byte read."""
-        attempt = _Attempt(AttemptLimit(self.request_timeout))
+        attempt = _Attempt(AttemptLimit(self.request_timeout), turn)
         token = _current_attempt.set(attempt)
         try:
             response = self._transport.handle_request(request)
@@ -147,16 +147,20 @@ class HttpxTransport(httpx.BaseTransport):
 
 
 class _Attempt:
-    """One attempt's limit, and the connection it was written on, which the watchdog watches until it ends."""
+    """One attempt's limit and turn, and the connection it was written on, which the watchdog watches until
+    it ends."""
 
-    __slots__ = ("limit", "stream")
+    __slots__ = ("limit", "stream", "turn")
 
-    def __init__(self, limit: AttemptLimit) -> None:
-        self.limit = limit
+    def __init__(self, limit: AttemptLimit, turn: Turn | None) -> None:
+        self.limit, self.turn = limit, turn
         self.stream: _WatchedStream | None = None
 
     def began(self, stream: _WatchedStream) -> None:
-        """The attempt's request is being written on ``stream``: the watch begins."""
+        """The attempt's request is about to be written on ``stream``: its turn takes a last look at the hold
+        (:meth:`~aicoder.http.cooldown.Cooldowns.last_look`), and the watch begins."""
+        if self.turn is not None and self.stream is None:
+            self.turn.last_look()
         self.done()
         self.stream = stream
         watchdog().watch(stream, self.limit)

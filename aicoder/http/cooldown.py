@@ -89,6 +89,7 @@ class Turn:
         "due",
         "granted_at",
         "held_back",
+        "max_wait",
         "queued",
         "serial",
         "ticket",
@@ -107,6 +108,8 @@ class Turn:
         self.serial = 0
         #: Seconds spent so far waiting for turns behind other requests (not the retries' own backoffs).
         self.queued = 0.0
+        #: The longest hold the current attempt waits for (the caller's ``LLM_RETRY_MAX_HINT``).
+        self.max_wait = math.inf
         self._body = body
         self._cost: RequestCost | bool | None = False
 
@@ -119,6 +122,10 @@ class Turn:
     def wait(self, delay: float, max_wait: float) -> float:
         """Sleep ``delay``, then until this retry's turn comes (:meth:`Cooldowns.wait_turn`)."""
         return self.cooldowns.wait_turn(self, delay=delay, max_wait=max_wait)
+
+    def last_look(self) -> None:
+        """The attempt is about to be written (:meth:`Cooldowns.last_look`)."""
+        self.cooldowns.last_look(self)
 
     @property
     def paced(self) -> bool:
@@ -189,7 +196,7 @@ class Cooldowns:
         token limit. The first request to a new destination goes at once: it is the
         probe the others wait for. ``max_wait`` is as for :meth:`wait_turn`.
         """
-        turn, probe, waiting_for_probe = self._new_turn(key, body)
+        turn, probe, waiting_for_probe = self._new_turn(key, body, max_wait)
         if waiting_for_probe:
             self.wait_turn(turn, max_wait=max_wait)
             return turn
@@ -206,7 +213,7 @@ class Cooldowns:
 
         Cancelling the task ends its wait at once: its turn is given up (:meth:`cancel`).
         """
-        turn, probe, waiting_for_probe = self._new_turn(key, body)
+        turn, probe, waiting_for_probe = self._new_turn(key, body, max_wait)
         if waiting_for_probe:
             await self.await_turn(turn, max_wait=max_wait)
             return turn
@@ -218,7 +225,7 @@ class Cooldowns:
         await self._await_until_sent(turn)
         return turn
 
-    def _new_turn(self, key: DestinationKey, body: object) -> tuple[Turn, bool, bool]:
+    def _new_turn(self, key: DestinationKey, body: object, max_wait: float) -> tuple[Turn, bool, bool]:
         """A new turn at ``key``; whether it is the probe, and whether it must wait for the probe's answer."""
         with self._lock:
             destination = self._destinations.get(key)
@@ -228,7 +235,9 @@ class Cooldowns:
             else:
                 self._destinations.move_to_end(key)
             waiting_for_probe = not probe and destination.first_answer is not None
-        return Turn(self, destination, body), probe, waiting_for_probe
+        turn = Turn(self, destination, body)
+        turn.max_wait = max_wait
+        return turn, probe, waiting_for_probe
 
     @staticmethod
     def _first_cost(turn: Turn, probe: bool) -> RequestCost | None:
@@ -256,6 +265,7 @@ class Cooldowns:
         seconds waited.
         """
         destination = turn.destination
+        turn.max_wait = max_wait
         if delay > 0:
             # The backoff is this request's own: it holds no place in the queue meanwhile, so the
             # turns of others that are due sooner go ahead.
@@ -270,6 +280,7 @@ class Cooldowns:
     async def await_turn(self, turn: Turn, delay: float = 0.0, max_wait: float = math.inf) -> float:
         """:meth:`wait_turn` for asyncio: each wait is an ``await``; cancelling the task gives up the turn."""
         destination = turn.destination
+        turn.max_wait = max_wait
         if delay > 0:
             await self.clock.asleep(delay)
         with self._lock:
@@ -293,6 +304,14 @@ class Cooldowns:
             woken = self.clock.sleep(target - now, hurried)
             now = self._after_sleep(target, woken)
         return now - start
+
+    def last_look(self, turn: Turn) -> None:
+        """``turn``'s attempt, its turn taken, is about to be written: if a hold was learnt since (another thread
+        read a 429 while this one was on its way to the socket), wait for it too, unless it is longer than the
+        attempt waits for. A thread can be kept that long between its turn and its first byte."""
+        pace, now = turn.destination.pace, self.clock.now()
+        while now < (until := pace.held_until) and until - now <= turn.max_wait:
+            now = self._after_sleep(until, self.clock.sleep(until - now))
 
     def _after_sleep(self, target: float, woken: bool) -> float:
         """The time after a sleep until ``target``: now if ``woken`` early, or if the sleep lasted longer (a busy

@@ -26,10 +26,12 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from aicoder.http import turns
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 __all__ = ["AttemptLimit", "DeadlineHTTPConnectionPool", "DeadlineHTTPSConnectionPool", "Watchdog", "current_limit"]
 
@@ -148,13 +150,24 @@ def watchdog() -> Watchdog:
 
 
 class _DeadlineConnectionMixin:
-    """Begins an attempt each time a request is written, under this thread's :data:`current_limit`."""
+    """Begins an attempt each time a request is written, under this thread's :data:`current_limit`; its first
+    bytes take a last look at the hold of the request's turn (:meth:`~aicoder.http.turns.CurrentTurn.last_look`)."""
+
+    _looking: turns.CurrentTurn | None = None
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         limit = current_limit.get()
         if limit is not None:
             _watchdog.watch(self, limit)
+        self._looking = turns.current()
         super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def send(self, data: Any) -> None:
+        turn = self._looking
+        if turn is not None:
+            self._looking = None
+            turn.last_look()
+        super().send(data)  # type: ignore[misc]
 
 
 class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):

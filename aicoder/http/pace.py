@@ -431,6 +431,11 @@ class DestinationPace(Protocol):
     REMOTE: ClassVar[bool]
 
     @property
+    def held_until(self) -> float:
+        """No turn before this time, as this process knows it: the latest hint's expiry."""
+        ...
+
+    @property
     def counts_tokens(self) -> bool: ...
 
     @property

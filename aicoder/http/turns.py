@@ -47,6 +47,10 @@ class CurrentTurn(Protocol):
         """Sleep ``delay``, then until the retry's turn comes; return the seconds waited."""
         ...
 
+    def last_look(self) -> None:
+        """The attempt, its turn taken, is about to be written: wait for a hold learnt since."""
+        ...
+
 
 _current: ContextVar[CurrentTurn | None] = ContextVar("aicoder_current_turn", default=None)
 
