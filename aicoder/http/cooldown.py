@@ -123,9 +123,9 @@ class Turn:
         """Sleep ``delay``, then until this retry's turn comes (:meth:`Cooldowns.wait_turn`)."""
         return self.cooldowns.wait_turn(self, delay=delay, max_wait=max_wait)
 
-    def last_look(self) -> None:
+    def last_look(self, before_waiting: Callable[[], object] | None = None) -> bool:
         """The attempt is about to be written (:meth:`Cooldowns.last_look`)."""
-        self.cooldowns.last_look(self)
+        return self.cooldowns.last_look(self, before_waiting)
 
     @property
     def paced(self) -> bool:
@@ -305,13 +305,19 @@ class Cooldowns:
             now = self._after_sleep(target, woken)
         return now - start
 
-    def last_look(self, turn: Turn) -> None:
+    def last_look(self, turn: Turn, before_waiting: Callable[[], object] | None = None) -> bool:
         """``turn``'s attempt, its turn taken, is about to be written: if a hold was learnt since (another thread
         read a 429 while this one was on its way to the socket), wait for it too, unless it is longer than the
-        attempt waits for. A thread can be kept that long between its turn and its first byte."""
+        attempt waits for; ``before_waiting`` is called first. Returns whether it waited. A busy interpreter can
+        keep a thread tens of milliseconds between its turn and its first byte."""
         pace, now = turn.destination.pace, self.clock.now()
+        waited = False
         while now < (until := pace.held_until) and until - now <= turn.max_wait:
+            if not waited and before_waiting is not None:
+                before_waiting()
+            waited = True
             now = self._after_sleep(until, self.clock.sleep(until - now))
+        return waited
 
     def _after_sleep(self, target: float, woken: bool) -> float:
         """The time after a sleep until ``target``: now if ``woken`` early, or if the sleep lasted longer (a busy

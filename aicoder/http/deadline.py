@@ -154,6 +154,7 @@ class _DeadlineConnectionMixin:
     bytes take a last look at the hold of the request's turn (:meth:`~aicoder.http.turns.CurrentTurn.last_look`)."""
 
     _looking: turns.CurrentTurn | None = None
+    sock: Any
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         limit = current_limit.get()
@@ -166,8 +167,16 @@ class _DeadlineConnectionMixin:
         turn = self._looking
         if turn is not None:
             self._looking = None
-            turn.last_look()
+            if self.sock is None:  # connected first (as http.client would here), so that the look is the last step
+                self.connect()  # type: ignore[attr-defined]
+            if turn.last_look(before_waiting=self._unwatch):
+                limit = current_limit.get()
+                if limit is not None:
+                    _watchdog.watch(self, limit)  # the attempt begins again: the wait was no part of it
         super().send(data)  # type: ignore[misc]
+
+    def _unwatch(self) -> None:
+        _watchdog.done(self)
 
 
 class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):

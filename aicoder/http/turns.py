@@ -9,7 +9,7 @@ policy depends on this leaf, not on the pace's module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Protocol
 
@@ -47,8 +47,9 @@ class CurrentTurn(Protocol):
         """Sleep ``delay``, then until the retry's turn comes; return the seconds waited."""
         ...
 
-    def last_look(self) -> None:
-        """The attempt, its turn taken, is about to be written: wait for a hold learnt since."""
+    def last_look(self, before_waiting: Callable[[], object] | None = None) -> bool:
+        """The attempt, its turn taken, is about to be written: wait for a hold learnt since, calling
+        ``before_waiting`` first; return whether it waited."""
         ...
 
 
