@@ -10,7 +10,9 @@ the adapter (or the bridge, for a body being streamed) reports a timeout.
 An attempt begins when its request is written on a connection (a fresh one, or
 one kept alive) and ends when that connection goes back to its pool, once the
 body is read to its end, streamed or not, or when the connection is dropped.
-Waits between retries are not part of any attempt.
+Waits between retries are not part of any attempt, nor is the wait of a last
+look: just before its first byte, a request whose turn came waits for a hold
+learnt since (:meth:`~aicoder.http.cooldown.Cooldowns.last_look`).
 """
 
 from __future__ import annotations
