@@ -462,12 +462,12 @@ def test_a_hold_learnt_after_a_turn_is_taken_holds_its_first_byte(cooldowns: Coo
     taken, patient = cooldowns.take_turn(KEY, max_wait=10.0), cooldowns.take_turn(KEY, max_wait=1.0)
     fake.slept.clear()  # what slow start spaced them by
     cooldowns.observe(probe, 429, {}, ServerHint(5.0, "retry-after", coarse=True))
-    patient.last_look()
-    assert fake.slept == []  # 5 s is past what it waits for: it goes, and the server's answer says how long
-    taken.last_look()
-    assert fake.slept == [5.0]
-    taken.last_look()  # the hold is over: nothing more to wait for
-    assert fake.slept == [5.0]
+    held_until = fake.now() + 5.0
+    assert not patient.last_look()  # 5 s is past what it waits for: it goes, and the server's answer says how long
+    assert fake.slept == []
+    assert taken.last_look()  # a new turn, behind the hold
+    assert fake.now() == taken.due >= held_until
+    assert not taken.last_look()  # the hold is over: nothing more to wait for
 
 
 def _learn_a_hold_once_taken(cooldowns: Cooldowns, hold: float) -> None:

@@ -307,17 +307,17 @@ class Cooldowns:
 
     def last_look(self, turn: Turn, before_waiting: Callable[[], object] | None = None) -> bool:
         """``turn``'s attempt, its turn taken, is about to be written: if a hold was learnt since (another thread
-        read a 429 while this one was on its way to the socket), wait for it too, unless it is longer than the
-        attempt waits for; ``before_waiting`` is called first. Returns whether it waited. A busy interpreter can
-        keep a thread tens of milliseconds between its turn and its first byte."""
-        pace, now = turn.destination.pace, self.clock.now()
-        waited = False
-        while now < (until := pace.held_until) and until - now <= turn.max_wait:
-            if not waited and before_waiting is not None:
-                before_waiting()
-            waited = True
-            now = self._after_sleep(until, self.clock.sleep(until - now))
-        return waited
+        read a 429 while this one was on its way to the socket), it takes a new turn behind the hold, as the
+        turns not yet taken were moved, unless the hold is longer than the attempt waits for;
+        ``before_waiting`` is called first. Returns whether it waited. A busy interpreter can keep a thread
+        tens of milliseconds between its turn and its first byte."""
+        until = turn.destination.pace.held_until
+        if until <= turn.due or not 0 < until - self.clock.now() <= turn.max_wait:  # no hold, or one it was behind
+            return False
+        if before_waiting is not None:
+            before_waiting()
+        self.wait_turn(turn, max_wait=turn.max_wait)
+        return True
 
     def _after_sleep(self, target: float, woken: bool) -> float:
         """The time after a sleep until ``target``: now if ``woken`` early, or if the sleep lasted longer (a busy
