@@ -17,7 +17,7 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeVar, Unpack
+from typing import Any, ClassVar, Protocol, TypeVar, Unpack
 
 import httpx2
 from urllib3 import HTTPHeaderDict, HTTPResponse
@@ -31,7 +31,7 @@ from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import NO_SDK_RETRY, RETRY_EXTENSION, WAITS_EXTENSION, sdk_retry_guard
 
-__all__ = ["AsyncLinearBackoffTransport", "as_urllib3", "handed_on", "increment_in_turn"]
+__all__ = ["AsyncLinearBackoffTransport", "DeadlineStream", "as_urllib3", "handed_on", "increment_in_turn"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,40 @@ _NO_SDK_RETRY_NAME, _NO_SDK_RETRY_VALUE = (part.decode() for part in NO_SDK_RETR
 DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
+class DeadlineStream:
+    """A response body that must arrive by ``deadline`` (the event loop's clock), or time out: with an
+    HTTP library's async byte stream as a second base (:attr:`AsyncLinearBackoffTransport.deadline_stream`)."""
+
+    def __init__(
+        self, stream: httpx2.AsyncByteStream | Any, deadline: float, timed_out: Callable[[], Exception]
+    ) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self._timed_out = timed_out
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._stream.__aiter__()
+        while True:
+            chunk = None
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                pass
+            if chunk is None:
+                raise self._timed_out()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _Httpx2DeadlineStream(DeadlineStream, httpx2.AsyncByteStream):
+    pass
+
+
 class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
     """An httpx2 async transport that retries 429s as :class:`~aicoder.http.adapter.LinearBackoffAdapter` does.
 
@@ -64,6 +98,12 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
     closed with this one). Each attempt ends within ``request_timeout``, from
     sending to the body's last byte.
     """
+
+    #: The HTTP library of the requests, responses and errors it handles (classic httpx for
+    #: :class:`~aicoder.http.classic_httpx.AsyncHttpxTransport`), and a :class:`DeadlineStream` that is one of
+    #: its async byte streams.
+    http: ClassVar[Any] = httpx2
+    deadline_stream: ClassVar[Any] = _Httpx2DeadlineStream
 
     def __init__(
         self,
@@ -94,13 +134,13 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
             if response.status_code not in LinearRetry.RETRY_STATUSES:
                 if turn is not None:
                     await _maybe_off_loop(remote, turn.cooldowns.observe, turn, response.status_code, response.headers)
-                return handed_on(response, retry, waited)
+                return handed_on(response, retry, waited, http=self.http)
             try:
                 content = await self._small_body(response)
                 answer = as_urllib3(request, response, content)
                 retry = await _maybe_off_loop(remote, increment_in_turn, retry, request, answer, turn)
             except MaxRetryError:  # out of retries, or the server asks for more than LLM_RETRY_MAX_HINT
-                return handed_on(response, retry, waited, content)
+                return handed_on(response, retry, waited, content, http=self.http)
             except BaseException:
                 await response.aclose()
                 raise
@@ -129,12 +169,13 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
             if turn is not None:
                 turn.cooldowns.failed(turn)
             raise self._timed_out(request)
-        response.stream = _DeadlineStream(response.stream, deadline, lambda: self._timed_out(request))
+        response.stream = self.deadline_stream(response.stream, deadline, lambda: self._timed_out(request))
         return response
 
     def _timed_out(self, request: httpx2.Request) -> httpx2.ReadTimeout:
         message = f"an attempt took longer than LLM_REQUEST_TIMEOUT={self.request_timeout:g} s"
-        return httpx2.ReadTimeout(message, request=request)
+        timed_out: httpx2.ReadTimeout = self.http.ReadTimeout(message, request=request)
+        return timed_out
 
     async def _small_body(self, response: httpx2.Response) -> bytes | None:
         """A 429's body, for its hints, if it says it is small and plain (as :func:`read_small_body` reads)."""
@@ -197,32 +238,3 @@ async def _maybe_off_loop(remote: bool, call: Callable[..., _T], *args: Any) -> 
     if not remote:
         return call(*args)
     return await asyncio.to_thread(call, *args)
-
-
-class _DeadlineStream(httpx2.AsyncByteStream):
-    """A response body that must arrive by ``deadline`` (the event loop's clock), or time out."""
-
-    def __init__(
-        self, stream: httpx2.AsyncByteStream | Any, deadline: float, timed_out: Callable[[], Exception]
-    ) -> None:
-        self._stream = stream
-        self._deadline = deadline
-        self._timed_out = timed_out
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = self._stream.__aiter__()
-        while True:
-            chunk = None
-            try:
-                async with asyncio.timeout_at(self._deadline):
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                pass
-            if chunk is None:
-                raise self._timed_out()
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

@@ -11,28 +11,27 @@ and decides with the very same objects: the policy (a 429 is handed to
 :class:`~aicoder.http.policy.LinearRetry` as a urllib3 response), the pace, the hooks.
 Each attempt, from sending to the body's last byte, is watched by the adapter's
 :class:`~aicoder.http.deadline.Watchdog`, which shuts the connection's socket down
-at ``request_timeout``. :class:`AsyncHttpxTransport` hands each request to
-:class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport` and converts at the
-edge: the request in; the response, still streaming, and any error out. Needs httpx:
-``pip install httpx`` (or, from a checkout, ``pip install -e '.[httpx]'``).
+at ``request_timeout``. :class:`AsyncHttpxTransport` is
+:class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport` over classic httpx's
+requests, responses and errors. Needs httpx: ``pip install httpx`` (or, from a checkout,
+``pip install -e '.[httpx]'``).
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Unpack
+from typing import Any, ClassVar, Unpack
 
-import httpx2
 from urllib3.exceptions import MaxRetryError
 
 from aicoder.config import Config
 from aicoder.http import waiting
 from aicoder.http.adapter import TransportOptions, TransportSettings
 from aicoder.http.async_transport import (
-    DEFAULT_LIMITS,
     AsyncLinearBackoffTransport,
+    DeadlineStream,
     as_urllib3,
     handed_on,
     increment_in_turn,
@@ -266,21 +265,27 @@ class _WatchedBody(httpx.SyncByteStream):
         self._stream.close()
 
 
-class AsyncHttpxTransport(httpx.AsyncBaseTransport):
-    """:class:`HttpxTransport` for ``httpx.AsyncClient``, over an httpx2 async transport (default:
-    :class:`AsyncLinearBackoffTransport`)."""
+class _ClassicDeadlineStream(DeadlineStream, httpx.AsyncByteStream):
+    pass
 
-    def __init__(self, transport: httpx2.AsyncBaseTransport) -> None:
-        self.transport = transport
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        with _as_httpx_errors(request):
-            response = await self.transport.handle_async_request(_as_httpx2(request, body))
-        return _as_httpx(response, _AsyncStream(response, request))
+class AsyncHttpxTransport(AsyncLinearBackoffTransport):
+    """:class:`~aicoder.http.async_transport.AsyncLinearBackoffTransport` for ``httpx.AsyncClient``: the same
+    loop over classic httpx's requests and responses, each attempt sent with ``transport`` (default: a new
+    ``httpx.AsyncHTTPTransport`` with the SDKs' connection limits), its errors httpx's own."""
 
-    async def aclose(self) -> None:
-        await self.transport.aclose()
+    http: ClassVar[Any] = httpx
+    deadline_stream: ClassVar[Any] = _ClassicDeadlineStream
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **options: Unpack[TransportOptions],
+    ) -> None:
+        inner: Any = transport if transport is not None else httpx.AsyncHTTPTransport(limits=LIMITS)
+        super().__init__(config, transport=inner, **options)
 
 
 def httpx_client(config: Config | None = None) -> httpx.Client:
@@ -301,66 +306,17 @@ def httpx_client(config: Config | None = None) -> httpx.Client:
 
 def async_httpx_client(config: Config | None = None) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` that retries through aicoder, for ``groq.AsyncGroq(http_client=…, max_retries=0)``
-    or ``litellm.aclient_session``. As :func:`~aicoder.http.clients.async_http_client`."""
-    from httpx2._utils import get_environment_proxies  # the proxies httpx would take from the environment
+    or ``litellm.aclient_session``. As :func:`~aicoder.http.clients.async_http_client`, with httpx's own proxies
+    and certificates."""
+    from httpx._utils import get_environment_proxies  # the proxies httpx would take from the environment
 
     config = config if config is not None else Config.load()
-    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+    mounts: dict[str, Any] = {
         pattern: None
         if proxy is None
-        else AsyncHttpxTransport(
-            AsyncLinearBackoffTransport(config, transport=httpx2.AsyncHTTPTransport(proxy=proxy, limits=DEFAULT_LIMITS))
-        )
+        else AsyncHttpxTransport(config, transport=httpx.AsyncHTTPTransport(proxy=proxy, limits=LIMITS))
         for pattern, proxy in get_environment_proxies().items()
     }
-    transport = AsyncHttpxTransport(AsyncLinearBackoffTransport(config))
+    # Not an httpx.AsyncBaseTransport by class, but it has the one method httpx calls, on httpx's types.
+    transport: Any = AsyncHttpxTransport(config)
     return httpx.AsyncClient(transport=transport, mounts=mounts, timeout=SDK_TIMEOUT, follow_redirects=True)
-
-
-def _as_httpx2(request: httpx.Request, body: bytes) -> httpx2.Request:
-    """The httpx2 twin of ``request``: the same method, URL, header bytes, body and extensions (timeouts)."""
-    return httpx2.Request(
-        request.method, str(request.url), headers=request.headers.raw, content=body, extensions=request.extensions
-    )
-
-
-def _as_httpx(response: httpx2.Response, stream: httpx.AsyncByteStream) -> httpx.Response:
-    """The httpx twin of ``response``: its status, header bytes and extensions (aicoder's retry state among
-    them), its body streamed still encoded, for httpx to decode as it would its own."""
-    return httpx.Response(
-        response.status_code, headers=response.headers.raw, stream=stream, extensions=response.extensions
-    )
-
-
-class _AsyncStream(httpx.AsyncByteStream):
-    def __init__(self, response: httpx2.Response, request: httpx.Request) -> None:
-        self._response, self._request = response, request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors(self._request):
-            stream = self._response.stream
-            assert isinstance(stream, httpx2.AsyncByteStream)  # an async transport's
-            async for chunk in stream:
-                yield chunk
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
-class _as_httpx_errors:  # noqa: N801 - used as a function: ``with _as_httpx_errors(request):``
-    """Re-raise an httpx2 error as the httpx error of the same name (what groq and LiteLLM catch), chained."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, request: httpx.Request) -> None:
-        self.request = request
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
-        if isinstance(error, httpx2.TransportError):
-            target = getattr(httpx, type(error).__name__, httpx.TransportError)
-            if not (isinstance(target, type) and issubclass(target, httpx.TransportError)):
-                target = httpx.TransportError
-            raise target(str(error), request=self.request) from error
