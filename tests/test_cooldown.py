@@ -484,7 +484,7 @@ def _learn_a_hold_once_taken(cooldowns: Cooldowns, hold: float) -> None:
     cooldowns.take_turn = taken_then_held  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("request_timeout", [60.0, 0.2], ids=["", "the wait past LLM_REQUEST_TIMEOUT"])
+@pytest.mark.parametrize("request_timeout", [60.0, 0.1], ids=["", "the wait past LLM_REQUEST_TIMEOUT"])
 @pytest.mark.parametrize("path", ["adapter", "classic httpx"])
 def test_no_first_byte_before_a_hold_learnt_on_the_way_to_the_socket(path: str, request_timeout: float) -> None:
     """On every sync path, the request whose turn was taken before a hold was learnt reaches the server no
@@ -505,7 +505,7 @@ def test_no_first_byte_before_a_hold_learnt_on_the_way_to_the_socket(path: str, 
             client = stack.enter_context(httpx.Client(transport=HttpxTransport(config, cooldowns=cooldowns)))
             send = lambda: client.post(url, json={}).status_code  # noqa: E731
         assert send() == 200  # the probe: the destination is known
-        _learn_a_hold_once_taken(cooldowns, 0.3)
+        _learn_a_hold_once_taken(cooldowns, 0.15)
         held_at = time.monotonic()
         assert send() == 200
-    assert server.received[-1].at >= held_at + 0.3
+    assert server.received[-1].at >= held_at + 0.15
