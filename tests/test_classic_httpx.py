@@ -136,3 +136,27 @@ def test_any_httpx_transport_sends_the_attempts() -> None:
     assert seen == [b'{"messages":[]}'] * 2  # the body, sent again
     assert waits == [0.02]
     assert answer.extensions["aicoder.waits"] == (0.02,)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_the_environments_proxy_is_honoured_and_its_429_retried(
+    asynchronous: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``httpx.Client()`` does: HTTP_PROXY is honoured, and a 429 from there is retried."""
+    with scripted_server(rate_limited({"retry-after-ms": "1"}), completion("via proxy")) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        url = "http://api.invalid/v1/chat/completions"
+        if asynchronous:
+
+            async def post() -> httpx.Response:
+                async with async_httpx_client(CONFIG) as client:
+                    return await client.post(url, json={"messages": []})
+
+            answer = asyncio.run(post())
+        else:
+            with httpx_client(CONFIG) as client:
+                answer = client.post(url, json={"messages": []})
+    assert answer.json()["choices"][0]["message"]["content"] == "via proxy"
+    assert [received.path for received in proxy.received] == [url] * 2
