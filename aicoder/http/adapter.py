@@ -18,7 +18,13 @@ from requests.adapters import HTTPAdapter
 from aicoder.config import REQUEST_TIMEOUT, Config, check, check_bool
 from aicoder.http import turns
 from aicoder.http.cooldown import Cooldowns, default_cooldowns
-from aicoder.http.deadline import AttemptLimit, DeadlineHTTPConnectionPool, DeadlineHTTPSConnectionPool, current_limit
+from aicoder.http.deadline import (
+    AttemptLimit,
+    DeadlineHTTPConnectionPool,
+    DeadlineHTTPSConnectionPool,
+    current_limit,
+    timed_out_message,
+)
 from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, retry_waits, take_read_body
 
@@ -119,8 +125,7 @@ class LinearBackoffAdapter(HTTPAdapter):
             response = self._send(request, stream, timeout, verify, cert, proxies)
         except requests.RequestException as exc:
             if limit.expired:
-                message = f"an attempt took longer than LLM_REQUEST_TIMEOUT={limit.seconds:g} s"
-                raise requests.ReadTimeout(message, request=request) from exc
+                raise requests.ReadTimeout(timed_out_message(limit.seconds), request=request) from exc
             raise
         finally:
             retry_waits.reset(waited_token)
@@ -282,9 +287,7 @@ def check_deadline(response: requests.Response) -> None:
     limit = _limits.get(response)
     if limit is not None and limit.expired:
         response.close()  # its connection was cut: nothing more will come of it
-        raise requests.ReadTimeout(
-            f"an attempt took longer than LLM_REQUEST_TIMEOUT={limit.seconds:g} s", request=response.request
-        )
+        raise requests.ReadTimeout(timed_out_message(limit.seconds), request=response.request)
 
 
 def waits_of(response: requests.Response) -> tuple[float, ...]:

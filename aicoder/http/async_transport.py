@@ -27,6 +27,7 @@ from aicoder.config import Config
 from aicoder.http import turns, waiting
 from aicoder.http.adapter import TransportOptions, TransportSettings
 from aicoder.http.cooldown import Turn
+from aicoder.http.deadline import timed_out_message
 from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import NO_SDK_RETRY, RETRY_EXTENSION, WAITS_EXTENSION, sdk_retry_guard
@@ -172,9 +173,9 @@ class AsyncLinearBackoffTransport(httpx2.AsyncBaseTransport):
         response.stream = self.deadline_stream(response.stream, deadline, lambda: self._timed_out(request))
         return response
 
-    def _timed_out(self, request: httpx2.Request) -> httpx2.ReadTimeout:
-        message = f"an attempt took longer than LLM_REQUEST_TIMEOUT={self.request_timeout:g} s"
-        timed_out: httpx2.ReadTimeout = self.http.ReadTimeout(message, request=request)
+    def _timed_out(self, request: httpx2.Request) -> Exception:
+        """``ReadTimeout``, of :attr:`http`, for an attempt cut short at its deadline."""
+        timed_out: Exception = self.http.ReadTimeout(timed_out_message(self.request_timeout), request=request)
         return timed_out
 
     async def _small_body(self, response: httpx2.Response) -> bytes | None:

@@ -37,7 +37,7 @@ from aicoder.http.async_transport import (
     increment_in_turn,
 )
 from aicoder.http.cooldown import Turn
-from aicoder.http.deadline import AttemptLimit, watchdog
+from aicoder.http.deadline import AttemptLimit, timed_out_message, watchdog
 from aicoder.http.destinations import destination_key
 from aicoder.http.policy import LinearRetry, small_and_plain
 from aicoder.http.transport import sdk_retry_guard
@@ -132,8 +132,7 @@ class HttpxTransport(httpx.BaseTransport):
         return response
 
     def _timed_out(self, request: httpx.Request) -> httpx.ReadTimeout:
-        message = f"an attempt took longer than LLM_REQUEST_TIMEOUT={self.request_timeout:g} s"
-        return httpx.ReadTimeout(message, request=request)
+        return httpx.ReadTimeout(timed_out_message(self.request_timeout), request=request)
 
     def _small_body(self, response: httpx.Response) -> bytes | None:
         """A 429's body, for its hints, if it says it is small and plain (as :func:`read_small_body` reads)."""

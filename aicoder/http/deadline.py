@@ -35,7 +35,14 @@ from aicoder.http import turns
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
 
-__all__ = ["AttemptLimit", "DeadlineHTTPConnectionPool", "DeadlineHTTPSConnectionPool", "Watchdog", "current_limit"]
+__all__ = [
+    "AttemptLimit",
+    "DeadlineHTTPConnectionPool",
+    "DeadlineHTTPSConnectionPool",
+    "Watchdog",
+    "current_limit",
+    "timed_out_message",
+]
 
 
 class AttemptLimit:
@@ -46,6 +53,11 @@ class AttemptLimit:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+
+
+def timed_out_message(seconds: float) -> str:
+    """What every path says of an attempt cut short at its deadline: the setting, and its value."""
+    return f"an attempt took longer than LLM_REQUEST_TIMEOUT={seconds:g} s"
 
 
 #: The limit for the request the adapter is sending in this thread, if it has one.
