@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
@@ -468,44 +467,3 @@ def test_a_hold_learnt_after_a_turn_is_taken_holds_its_first_byte(cooldowns: Coo
     assert taken.last_look()  # a new turn, behind the hold
     assert fake.now() == taken.due >= held_until
     assert not taken.last_look()  # the hold is over: nothing more to wait for
-
-
-def _learn_a_hold_once_taken(cooldowns: Cooldowns, hold: float) -> None:
-    """Make the next turn taken from ``cooldowns`` be followed, before its first byte, by a hold another
-    request learnt: as if another thread read a 429 while this one was on its way to the socket."""
-    take_turn = cooldowns.take_turn
-
-    def taken_then_held(*args: object, **kwargs: object) -> object:
-        turn = take_turn(*args, **kwargs)  # type: ignore[arg-type]
-        cooldowns.observe(turn, 429, {}, ServerHint(hold, "retry-after-ms"))
-        cooldowns.take_turn = take_turn  # type: ignore[method-assign]
-        return turn
-
-    cooldowns.take_turn = taken_then_held  # type: ignore[method-assign]
-
-
-@pytest.mark.parametrize("request_timeout", [60.0, 0.1], ids=["", "the wait past LLM_REQUEST_TIMEOUT"])
-@pytest.mark.parametrize("path", ["adapter", "classic httpx"])
-def test_no_first_byte_before_a_hold_learnt_on_the_way_to_the_socket(path: str, request_timeout: float) -> None:
-    """On every sync path, the request whose turn was taken before a hold was learnt reaches the server no
-    sooner than the hold ends; the wait is no part of its attempt, which LLM_REQUEST_TIMEOUT bounds."""
-    import httpx
-
-    from aicoder.http.classic_httpx import HttpxTransport
-    from tests.servers import completion, scripted_server
-
-    cooldowns = Cooldowns()
-    config = Config(retry_count=1, retry_min_delay=0, retry_max_delay=0, request_timeout=request_timeout)
-    with scripted_server(completion()) as server, contextlib.ExitStack() as stack:
-        url = f"{server.url}/v1/chat/completions"
-        if path == "adapter":
-            session = stack.enter_context(retrying_session(config, cooldowns=cooldowns))
-            send = lambda: session.post(url, json={}).status_code  # noqa: E731
-        else:
-            client = stack.enter_context(httpx.Client(transport=HttpxTransport(config, cooldowns=cooldowns)))
-            send = lambda: client.post(url, json={}).status_code  # noqa: E731
-        assert send() == 200  # the probe: the destination is known
-        _learn_a_hold_once_taken(cooldowns, 0.15)
-        held_at = time.monotonic()
-        assert send() == 200
-    assert server.received[-1].at >= held_at + 0.15

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -13,10 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aicoder.config import Config, ConfigError
 from aicoder.http.adapter import retrying_session
+from aicoder.http.classic_httpx import HttpxTransport
 from aicoder.http.cooldown import Cooldowns
 from aicoder.http.destinations import DestinationKey, destination_key
 from aicoder.http.hints import ServerHint
@@ -28,6 +31,7 @@ from aicoder.http.waiting import instant_waits
 from aicoder.testing import RateLimitedEndpoint
 from tests.pacing import Waiting
 from tests.redis_server import redis_server
+from tests.servers import completion, scripted_server
 
 KEY = destination_key("https://api.test/v1", {"Authorization": "Bearer sk-SENTINEL-KEY-0123456789"})
 PER_MINUTE = {  # 6,000 a minute: one every 10 ms
@@ -755,3 +759,49 @@ def test_a_turn_granted_before_another_process_holds_waits_for_that_hold(
     time.sleep(0.03)  # the lane's 10 ms steps are past: the turn is now
     a.take_turn(KEY)
     assert time.monotonic() >= stated[0] - 0.005  # b's hold's end, to within the clocks' offset
+
+
+def _learn_a_hold_once_taken(cooldowns: Cooldowns, hold: float) -> None:
+    """Make the next turn taken from ``cooldowns`` be followed, before its first byte, by a hold another
+    request learnt: as if another thread read a 429 while this one was on its way to the socket."""
+    take_turn = cooldowns.take_turn
+
+    def taken_then_held(*args: object, **kwargs: object) -> object:
+        turn = take_turn(*args, **kwargs)  # type: ignore[arg-type]
+        cooldowns.observe(turn, 429, {}, ServerHint(hold, "retry-after-ms"))
+        cooldowns.take_turn = take_turn  # type: ignore[method-assign]
+        return turn
+
+    cooldowns.take_turn = taken_then_held  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("path", "where", "request_timeout"),
+    [
+        *((path, "in process", 60.0) for path in ("adapter", "classic httpx")),
+        *((path, "in redis", 60.0) for path in ("adapter", "classic httpx")),
+        *((path, "in process", 0.1) for path in ("adapter", "classic httpx")),
+    ],
+    ids=lambda value: "the wait past LLM_REQUEST_TIMEOUT" if value == 0.1 else "" if value == 60.0 else None,
+)
+def test_no_first_byte_before_a_hold_learnt_on_the_way_to_the_socket(
+    path: str, where: str, request_timeout: float, request: pytest.FixtureRequest
+) -> None:
+    """On every sync path, the pace kept here or in Redis, the request whose turn was taken before a hold was
+    learnt reaches the server no sooner than the hold ends; the wait is no part of its attempt, which
+    LLM_REQUEST_TIMEOUT bounds. (asyncio tasks are not preempted between their turn and their first byte.)"""
+    cooldowns = cooldowns_kept(where, request)
+    config = Config(retry_count=1, retry_min_delay=0, retry_max_delay=0, request_timeout=request_timeout)
+    with scripted_server(completion()) as server, contextlib.ExitStack() as stack:
+        url = f"{server.url}/v1/chat/completions"
+        if path == "adapter":
+            session = stack.enter_context(retrying_session(config, cooldowns=cooldowns))
+            send = lambda: session.post(url, json={}).status_code  # noqa: E731
+        else:
+            client = stack.enter_context(httpx.Client(transport=HttpxTransport(config, cooldowns=cooldowns)))
+            send = lambda: client.post(url, json={}).status_code  # noqa: E731
+        assert send() == 200  # the probe: the destination is known
+        _learn_a_hold_once_taken(cooldowns, 0.15)
+        held_at = time.monotonic()
+        assert send() == 200
+    assert server.received[-1].at >= held_at + 0.15
