@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aicoder.http.pace import HURRY_STEP, MAX_PACED_WINDOW, SAFETY_MARGIN, SPEND_WITHIN, Feedback, Lane, Pace, Refusal
+from aicoder.http.pace import (
+    HURRY_STEP,
+    MAX_PACED_WINDOW,
+    SAFETY_MARGIN,
+    SPEND_WITHIN,
+    Feedback,
+    Lane,
+    OtherClients,
+    Pace,
+    Refusal,
+)
 from aicoder.http.quotas import Quota
 from aicoder.http.tokens import RequestCost
 from tests.pacing import waiting
@@ -442,6 +452,70 @@ def test_a_cut_starts_from_the_stated_rate_in_force(stated_at: float) -> None:
     measured = Feedback.MEASURED_SENDS / (now - sends[-Feedback.MEASURED_SENDS])  # 17 a second
     current = 10 * (1 - SAFETY_MARGIN) if stated_at < 0.5 else measured
     assert pace.feedback.rate == pytest.approx(Feedback.BETA * current)
+
+
+def counted_by_the_server(ours: float, others: float, seconds: float) -> list[tuple[float, int, float]]:
+    """(time, our turn, what the server has used) at each of our answers, while we send ``ours`` a second and others
+    on the key ``others``, into a bucket of 600 a minute (10 a second) that starts full: whole numbers, as
+    servers write them."""
+    answers, used, at = [], 0.0, 0.0
+    for serial in itertools.count(1):
+        at = serial / ours
+        if at > seconds:
+            return answers
+        used = max(used + 1 + (others - 10) / ours, 0.0)
+        answers.append((at, serial, float(math.floor(used))))
+    raise AssertionError
+
+
+@pytest.mark.parametrize("others", [3.0, 5.0])
+def test_what_others_on_the_key_take_is_read_from_the_servers_count(others: float) -> None:
+    """The server counts 10 a second refilled, 9.9 of ours and 3 of another client's: its count rises by 2.9 a
+    second, 7 more than ours would leave it. Read within two seconds, to a tenth."""
+    clients = OtherClients()
+    for at, serial, used in counted_by_the_server(9.9, others, 2.0):
+        clients.observe(at, serial, used, refill=10.0)
+    assert clients.rate(2.0) == pytest.approx(others, rel=0.1)
+
+
+@pytest.mark.parametrize("ours", [5.0, 9.9])
+def test_a_full_bucket_says_nothing_of_others(ours: float) -> None:
+    """Alone on the key, at or under the refill, the count never rises: no one else is there."""
+    clients = OtherClients()
+    for at, serial, used in counted_by_the_server(ours, 0.0, 3.0):
+        clients.observe(at, serial, used, refill=10.0)
+    assert clients.rate(3.0) == 0.0
+
+
+def test_what_others_took_stands_while_the_bucket_is_full_then_fades() -> None:
+    """Once this client leaves the others their share, the bucket fills and its count says nothing more: the share
+    read stands, fading by half every HALF_LIFE seconds, so that a client that has left is found out."""
+    clients = OtherClients()
+    for at, serial, used in counted_by_the_server(9.9, 3.0, 2.0):
+        clients.observe(at, serial, used, refill=10.0)
+    read = clients.rate(2.0)
+    assert read > 0
+    clients.observe(2.1, 21, 1.0, refill=10.0)  # full again
+    assert clients.rate(2.1) == pytest.approx(read, rel=0.01)
+    assert clients.rate(2.0 + OtherClients.HALF_LIFE) == pytest.approx(read / 2, rel=0.01)
+
+
+def test_the_lane_leaves_others_on_the_key_their_share_and_moves_the_turns_handed_out() -> None:
+    """Anthropic states 600 a minute; another client takes 3 a second of it, which only the count shows. The lane
+    slows to the 7 left once the count shows it, and the turns already handed out are put through it (``learn``
+    says so)."""
+    pace = Pace()
+    answers = counted_by_the_server(9.9, 3.0, 2.0)
+    slowed = []
+    for at, serial, used in answers:
+        pace.next_turn(at, None)
+        quota = Quota("requests", 600, 600 - used, used / 10, 60.0, "bucket", "anthropic", "reset", coarse=True)
+        slowed.append(pace.learn(at, [quota], serial=serial))
+    assert slowed.count(True) == 1
+    assert pace.lanes["requests"].rate == pytest.approx(7 * (1 - SAFETY_MARGIN), rel=0.05)
+    now = answers[-1][0]
+    moved = pace.reschedule(waiting([now + 0.1, now + 0.2, now + 0.3]))
+    assert moved[-1] - moved[0] == pytest.approx(2 / pace.lanes["requests"].rate)
 
 
 def test_a_hold_moves_turns_already_handed_out() -> None:

@@ -459,7 +459,9 @@ class Cooldowns:
                 # Slow start is for a destination whose limits are unknown, not one that has already refused.
                 first = destination.first_answer is not None and destination.probing is None and status < 400
                 # Only an answer that was no refusal tells what remains to be spent.
-                pace.learn(now, quotas, first, turn.serial if status < 400 else -1)
+                slowed = pace.learn(now, quotas, first, turn.serial if status < 400 else -1)
+                if slowed and status < 400 and destination.pending:
+                    self._reschedule(destination, now)
             if status == 429:
                 # The hold first: where the pace is shared, other processes follow it from then on. The refusal
                 # measures the server from the sends since the hold before it, which the new one leaves as it was.

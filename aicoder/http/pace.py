@@ -6,7 +6,8 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
 - **Sustained lanes**, one per dimension (requests, tokens, input-tokens,
   output-tokens), from quotas whose window is a minute or less: ``limit / window``
   units a second, with no burst. A per-minute limit is a rate, never a burst to
-  spend at once.
+  spend at once. The requests lane leaves other clients on the key what the
+  server's count of a bucket shows them taking (:class:`OtherClients`).
 - **Bucket mirrors**, for servers that refill a bucket continuously and say how
   full it is (OpenAI, Anthropic): the server's own level, so that other clients
   on the same key are accounted for.
@@ -77,6 +78,10 @@ MAX_PACED_WINDOW = 60.0
 HURRY_STEP = 0.02
 #: What remains of a window is spent from a rate that would spend it all in this many seconds, doubling from there.
 SPEND_WITHIN = 0.1
+#: The most of a stated rate other clients on the key are taken to use: the rest is this client's.
+MAX_TAKEN_BY_OTHERS = 0.9
+#: A sustained lane that slows by more than this puts the turns handed out through it again.
+RELANE_STEP = 0.05
 #: The most turns a pace keeps as handed out and unanswered.
 MAX_UNANSWERED = 4096
 
@@ -383,6 +388,62 @@ class Feedback:
         return None, False
 
 
+class OtherClients:
+    """The requests a second other clients on the same key take, read from a bucket the server counts.
+
+    Between two answers, the server's count of what is used (``limit - remaining``)
+    grows by this client's turns and everyone else's, less what the bucket refilled:
+    so what it grew by, less the turns handed out in between (their ``serial`` s
+    count them), plus the stated refill, is everyone else's. A least-squares slope
+    over the last ``SPAN`` seconds smooths out the server's whole numbers, and only
+    a share clear of the slope's own error counts. The count speaks only while the
+    bucket is not full: a full one wastes its refill. Then the share last read
+    stands, fading by half every ``HALF_LIFE`` seconds: if the others still take
+    it, this client's rate, grown back, soon shows it again. A limit is often
+    enforced in shorter slices than it is stated (OpenAI's), where the others'
+    share runs out long before the stated bucket does: the sustained lane gives it
+    up (:meth:`Pace.learn`).
+    """
+
+    #: Seconds of answers the slope is read over, the least it needs, and the fewest answers.
+    SPAN, MIN_SPAN, MIN_SAMPLES = 3.0, 0.5, 6
+    #: A bucket counted this close to full may be full (its count is a whole number, rounded), and a count
+    #: that rose by less says nothing.
+    FULL = 2.0
+    HALF_LIFE = 30.0
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int, float]] = deque()
+        self._share = 0.0
+        self._read_at = -math.inf
+
+    def observe(self, now: float, serial: int, used: float, refill: float) -> None:
+        """The answer to turn ``serial``, at ``now``, says the server has counted ``used`` of a bucket that
+        refills ``refill`` requests a second."""
+        samples = self._samples
+        if used < self.FULL:  # what came before says nothing of what follows
+            samples.clear()
+            return
+        samples.append((now, serial, used))
+        while samples[0][0] < now - self.SPAN:
+            samples.popleft()
+        if len(samples) < self.MIN_SAMPLES or now - samples[0][0] < self.MIN_SPAN or used - samples[0][2] < self.FULL:
+            return  # too few answers, or a count that did not rise: the bucket may be full, wasting its refill
+        count = len(samples)
+        mean_t = sum(t for t, _, _ in samples) / count
+        mean_y = sum(used - serial for _, serial, used in samples) / count
+        spread = sum((t - mean_t) ** 2 for t, _, _ in samples)
+        slope = sum((t - mean_t) * (used - serial - mean_y) for t, serial, used in samples) / spread
+        residual = sum((used - serial - mean_y - slope * (t - mean_t)) ** 2 for t, serial, used in samples)
+        others = slope + refill
+        self._share = others if others > 2 * math.sqrt(residual / (count - 2) / spread) else 0.0
+        self._read_at = now
+
+    def rate(self, now: float) -> float:
+        """Requests a second the others take, as last read, faded since."""
+        return self._share * math.pow(0.5, max(now - self._read_at, 0.0) / self.HALF_LIFE)
+
+
 class PendingTurn(Protocol):
     """A turn handed out and not yet taken, as a pace moves it: when it is due, what names it where the pace is
     kept (``None`` here), and the cost of its request."""
@@ -446,7 +507,7 @@ class DestinationPace(Protocol):
 
     def next_turn(self, now: float, cost: RequestCost | None, max_wait: float = math.inf) -> Grant: ...
 
-    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None: ...
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> bool: ...
 
     def hold(self, until: float, now: float) -> bool: ...
 
@@ -502,6 +563,7 @@ class Pace:
         self._relane = False
         #: Whether a request's token cost matters here: the server has told of a token limit.
         self.counts_tokens = False
+        self.others = OtherClients()
 
     @property
     def knows_rate(self) -> bool:
@@ -556,17 +618,30 @@ class Pace:
         less the turns before it still unanswered, which the server may not have counted yet."""
         return serial + math.floor(remaining) - sum(1 for other in self._unanswered if other < serial)
 
-    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
+    def learn(
+        self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0, counted: int | None = None
+    ) -> bool:
         """Adopt the limits the answer to turn ``serial`` describes (``-1``: a refusal, or a turn numbered
         elsewhere, whose remaining count is not this pace's to spend); a ``first`` success that tells no rate,
-        or tells what remains, starts slow start."""
+        or tells what remains, starts slow start. ``counted``: the number of that turn among every client's
+        that share the pace (where it is kept in Redis), by which the server's count tells others on the key
+        (:class:`OtherClients`); ``serial`` by default. Return whether a sustained lane slowed: the turns handed
+        out should then be put through it again (:meth:`reschedule`)."""
         quotas = tuple(quotas)
+        counted = serial if counted is None else counted
+        slowed = False
         rates: dict[str, float] = {}
         for quota in quotas:
             rate = quota.rate
             if rate and _paced(quota):
                 rates[quota.dimension] = min(rates.get(quota.dimension, math.inf), rate * (1 - SAFETY_MARGIN))
             if quota.refill == "bucket" and rate and quota.limit and quota.remaining is not None:
+                if quota.dimension == "requests":
+                    if counted > 0:
+                        self.others.observe(now, counted, quota.limit - quota.remaining, rate)
+                    if quota.dimension in rates:  # the others' share is not this client's to pace at
+                        taken = min(self.others.rate(now), rate * MAX_TAKEN_BY_OTHERS)
+                        rates[quota.dimension] = min(rates[quota.dimension], (rate - taken) * (1 - SAFETY_MARGIN))
                 mirror = self.mirrors.get(quota.dimension)
                 if mirror is None:
                     mirror = self.mirrors[quota.dimension] = Lane(rate, quota.limit)
@@ -592,10 +667,14 @@ class Pace:
                 # through it at the next reschedule (in Redis too: 'L:new').
                 self._relane = self._relane or self._spend_said_by < 0
             else:
+                # A lane slowed by more than a step (others on the key took more) moves the turns handed out.
+                slowed = slowed or rate < lane.rate * (1 - RELANE_STEP)
                 lane.rate = rate
         if "requests" in self.lanes or "requests" in self.mirrors:
             self._requests_stated_at = min(self._requests_stated_at, now)
         self.counts_tokens = any(dimension != "requests" for dimension in (*self.lanes, *self.mirrors))
+        self._relane = self._relane or slowed
+        return slowed
 
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """Move ``turns`` already handed out (sorted by when they are due) behind the hold and the feedback rate,

@@ -589,15 +589,17 @@ class RedisPace:
         self.local.feedback.adopt(state, now)
         return seed
 
-    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> None:
+    def learn(self, now: float, quotas: Iterable[Quota], first: bool = False, serial: int = 0) -> bool:
         """Learn the quotas here and in Redis: lane rates, bucket levels, a spent window's hold, slow start, and
         what remains to spend after turn ``serial`` (numbered in Redis).
 
         A hold, or a bucket found empty, goes to Redis at once; anything else rides
         with this process's next reservation, and a newer answer's replaces it.
+        Returns ``False``: the shared schedule keeps the turns it has handed out.
         """
         quotas = tuple(quotas)
-        self.local.learn(now, quotas, first, serial=-1)  # the turns are numbered in Redis: it spends, not this
+        # The turns are numbered in Redis: it spends, not this; the server counts them all.
+        self.local.learn(now, quotas, first, serial=-1, counted=serial)
         told = self._known(now)
         remaining, _ = requests_remaining(quotas)
         if remaining is not None and serial > 0:  # less this process's unanswered turns (others' are not known)
@@ -607,6 +609,7 @@ class RedisPace:
         self._told, self._told_at = told, now
         if self.local.held_until > now or any(quota.remaining is not None and quota.remaining < 1 for quota in quotas):
             self.paces.run("learn", [self._pace, self._sends], [self.paces.TTL, *self._told_since(now)])
+        return False
 
     def _known(self, now: float) -> list[tuple[str, float, str]]:
         """What the local pace knows of the server, as triples for ``apply``: lane rates, bucket levels, the hold."""
