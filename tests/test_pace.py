@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from aicoder.http.pace import (
     HURRY_STEP,
     MAX_PACED_WINDOW,
+    MAX_TAKEN_BY_OTHERS,
     SAFETY_MARGIN,
     SPEND_WITHIN,
     Feedback,
@@ -474,7 +476,7 @@ def test_what_others_on_the_key_take_is_read_from_the_servers_count(others: floa
     second, 7 more than ours would leave it. Read within two seconds, to a tenth."""
     clients = OtherClients()
     for at, serial, used in counted_by_the_server(9.9, others, 2.0):
-        clients.observe(at, serial, used, refill=10.0)
+        clients.observe(at, serial, used, 10.0, window=False)
     assert clients.rate(2.0) == pytest.approx(others, rel=0.1)
 
 
@@ -483,7 +485,7 @@ def test_a_full_bucket_says_nothing_of_others(ours: float) -> None:
     """Alone on the key, at or under the refill, the count never rises: no one else is there."""
     clients = OtherClients()
     for at, serial, used in counted_by_the_server(ours, 0.0, 3.0):
-        clients.observe(at, serial, used, refill=10.0)
+        clients.observe(at, serial, used, 10.0, window=False)
     assert clients.rate(3.0) == 0.0
 
 
@@ -492,12 +494,40 @@ def test_what_others_took_stands_while_the_bucket_is_full_then_fades() -> None:
     read stands, fading by half every HALF_LIFE seconds, so that a client that has left is found out."""
     clients = OtherClients()
     for at, serial, used in counted_by_the_server(9.9, 3.0, 2.0):
-        clients.observe(at, serial, used, refill=10.0)
+        clients.observe(at, serial, used, 10.0, window=False)
     read = clients.rate(2.0)
     assert read > 0
-    clients.observe(2.1, 21, 1.0, refill=10.0)  # full again
+    clients.observe(2.1, 21, 1.0, 10.0, window=False)  # full again
     assert clients.rate(2.1) == pytest.approx(read, rel=0.01)
     assert clients.rate(2.0 + OtherClients.HALF_LIFE) == pytest.approx(read / 2, rel=0.01)
+
+
+def counted_in_a_window(ours: float, others: float, seconds: float) -> list[tuple[float, int, float]]:
+    """As :func:`counted_by_the_server`, for a window that refills nothing before it turns."""
+    return [(serial / ours, serial, float(math.floor(serial * (1 + others / ours)))) for serial in range(1, 200)][
+        : int(seconds * ours)
+    ]
+
+
+@pytest.mark.parametrize("counted", [counted_by_the_server, counted_in_a_window])
+def test_a_window_refills_nothing_unless_its_count_says_so(counted: Any) -> None:
+    """Stated as a window (IETF's headers): a count that rises by more than this client's turns is a window that
+    others share (3 a second here); one that rises by less refills, as a bucket at the stated rate does."""
+    clients = OtherClients()
+    for at, serial, used in counted(9.9, 3.0, 2.0):
+        clients.observe(at, serial, used, 10.0, window=True)
+    assert clients.rate(2.0) == pytest.approx(3.0, rel=0.1)
+
+
+def test_others_are_never_left_more_than_half() -> None:
+    """Several clients on a key, each reading the others' share, must not starve one another: one that reads 9 of
+    10 a second taken by others keeps half the rate."""
+    pace = Pace()
+    for at, serial, used in counted_by_the_server(9.9, 9.0, 2.0):
+        pace.next_turn(at, None)
+        pace.learn(at, [Quota("requests", 600, 600 - used, 60.0, 60.0, "bucket", "openai", "reset")], serial=serial)
+    assert pace.others.rate(2.0) > 8
+    assert pace.lanes["requests"].rate == pytest.approx(10 * MAX_TAKEN_BY_OTHERS * (1 - SAFETY_MARGIN))
 
 
 def test_the_lane_leaves_others_on_the_key_their_share_and_moves_the_turns_handed_out() -> None:

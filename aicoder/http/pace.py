@@ -78,8 +78,9 @@ MAX_PACED_WINDOW = 60.0
 HURRY_STEP = 0.02
 #: What remains of a window is spent from a rate that would spend it all in this many seconds, doubling from there.
 SPEND_WITHIN = 0.1
-#: The most of a stated rate other clients on the key are taken to use: the rest is this client's.
-MAX_TAKEN_BY_OTHERS = 0.9
+#: The most of a stated rate this client leaves to others on the key (:class:`OtherClients`): where several
+#: clients each read the others' share, one that left them more would starve.
+MAX_TAKEN_BY_OTHERS = 0.5
 #: A sustained lane that slows by more than this puts the turns handed out through it again.
 RELANE_STEP = 0.05
 #: The most turns a pace keeps as handed out and unanswered.
@@ -389,20 +390,23 @@ class Feedback:
 
 
 class OtherClients:
-    """The requests a second other clients on the same key take, read from a bucket the server counts.
+    """The requests a second other clients on the same key take, read from the server's count.
 
     Between two answers, the server's count of what is used (``limit - remaining``)
-    grows by this client's turns and everyone else's, less what the bucket refilled:
-    so what it grew by, less the turns handed out in between (their ``serial`` s
-    count them), plus the stated refill, is everyone else's. A least-squares slope
-    over the last ``SPAN`` seconds smooths out the server's whole numbers, and only
-    a share clear of the slope's own error counts. The count speaks only while the
-    bucket is not full: a full one wastes its refill. Then the share last read
-    stands, fading by half every ``HALF_LIFE`` seconds: if the others still take
-    it, this client's rate, grown back, soon shows it again. A limit is often
-    enforced in shorter slices than it is stated (OpenAI's), where the others'
-    share runs out long before the stated bucket does: the sustained lane gives it
-    up (:meth:`Pace.learn`).
+    grows by this client's turns and everyone else's, less what it refilled: so what
+    it grew by, less the turns handed out in between (their ``serial`` s count them),
+    is everyone else's, plus the refill if there is one. A window refills nothing
+    until it turns; a bucket refills at its stated rate, and so does a server that
+    calls its limit a window (IETF's headers) when its count grows more slowly than
+    this client's turns alone. A least-squares slope over the last ``SPAN`` seconds
+    smooths out the server's whole numbers, and only a share clear of the slope's own
+    error counts. The count speaks only while it rises: a full bucket wastes its
+    refill, and a window that turns starts over. Then the share last read stands,
+    fading by half every ``HALF_LIFE`` seconds: if the others still take it, this
+    client's rate, grown back, soon shows it again. A limit is often enforced in
+    shorter slices than it is stated (OpenAI's), where the others' share runs out
+    long before the stated one does: the sustained lane gives it up
+    (:meth:`Pace.learn`).
     """
 
     #: Seconds of answers the slope is read over, the least it needs, and the fewest answers.
@@ -417,9 +421,9 @@ class OtherClients:
         self._share = 0.0
         self._read_at = -math.inf
 
-    def observe(self, now: float, serial: int, used: float, refill: float) -> None:
-        """The answer to turn ``serial``, at ``now``, says the server has counted ``used`` of a bucket that
-        refills ``refill`` requests a second."""
+    def observe(self, now: float, serial: int, used: float, rate: float, window: bool) -> None:
+        """The answer to turn ``serial``, at ``now``, says the server has counted ``used`` of a limit of ``rate``
+        requests a second: a bucket, or a ``window``."""
         samples = self._samples
         if used < self.FULL:  # what came before says nothing of what follows
             samples.clear()
@@ -435,7 +439,7 @@ class OtherClients:
         spread = sum((t - mean_t) ** 2 for t, _, _ in samples)
         slope = sum((t - mean_t) * (used - serial - mean_y) for t, serial, used in samples) / spread
         residual = sum((used - serial - mean_y - slope * (t - mean_t)) ** 2 for t, serial, used in samples)
-        others = slope + refill
+        others = slope if window and slope >= 0 else slope + rate
         self._share = others if others > 2 * math.sqrt(residual / (count - 2) / spread) else 0.0
         self._read_at = now
 
@@ -635,13 +639,13 @@ class Pace:
             rate = quota.rate
             if rate and _paced(quota):
                 rates[quota.dimension] = min(rates.get(quota.dimension, math.inf), rate * (1 - SAFETY_MARGIN))
+            if quota.dimension == "requests" and rate and quota.limit and quota.remaining is not None:
+                if counted > 0:
+                    self.others.observe(now, counted, quota.limit - quota.remaining, rate, quota.refill == "window")
+                if quota.dimension in rates:  # the others' share is not this client's to pace at
+                    taken = min(self.others.rate(now), rate * MAX_TAKEN_BY_OTHERS)
+                    rates[quota.dimension] = min(rates[quota.dimension], (rate - taken) * (1 - SAFETY_MARGIN))
             if quota.refill == "bucket" and rate and quota.limit and quota.remaining is not None:
-                if quota.dimension == "requests":
-                    if counted > 0:
-                        self.others.observe(now, counted, quota.limit - quota.remaining, rate)
-                    if quota.dimension in rates:  # the others' share is not this client's to pace at
-                        taken = min(self.others.rate(now), rate * MAX_TAKEN_BY_OTHERS)
-                        rates[quota.dimension] = min(rates[quota.dimension], (rate - taken) * (1 - SAFETY_MARGIN))
                 mirror = self.mirrors.get(quota.dimension)
                 if mirror is None:
                     mirror = self.mirrors[quota.dimension] = Lane(rate, quota.limit)
