@@ -37,12 +37,12 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from aicoder.http import waiting
 from aicoder.http.destinations import DestinationKey
 from aicoder.http.hints import ServerHint
-from aicoder.http.pace import DestinationPace, Grant, Pace, Refusal
+from aicoder.http.pace import DestinationPace, Grant, Pace, Refusal, RemotePace
 from aicoder.http.quotas import Quota, read_quotas
 from aicoder.http.redis_pace import RedisPace, RedisPaces
 from aicoder.http.tokens import RequestCost, estimate_cost
@@ -393,10 +393,11 @@ class Cooldowns:
             ticket, turn.ticket = turn.ticket, None
         if ticket is None:
             return
+        pace = cast(RemotePace, destination.pace)  # only a pace kept elsewhere names its turns
         try:  # in asyncio code, the round trip to Redis is no wait of the loop's
-            asyncio.get_running_loop().run_in_executor(None, destination.pace.cancel, ticket)
+            asyncio.get_running_loop().run_in_executor(None, pace.cancel, ticket)
         except RuntimeError:  # no loop running here
-            destination.pace.cancel(ticket)
+            pace.cancel(ticket)
 
     def _book(self, turn: Turn, cost: RequestCost | None, max_wait: float) -> None:
         """Take the destination's next turn for ``turn``. Lock not held: a pace kept elsewhere is asked

@@ -519,8 +519,6 @@ class DestinationPace(Protocol):
 
     def answered(self, serial: int) -> None: ...
 
-    def cancel(self, ticket: str) -> None: ...
-
     def refused(self, refusal: Refusal) -> bool: ...
 
     def accepted(self, now: float, held_back: bool, sent_at: float = -math.inf) -> bool: ...
@@ -528,6 +526,13 @@ class DestinationPace(Protocol):
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]: ...
 
     def hurry(self, times: Sequence[float]) -> list[float]: ...
+
+
+class RemotePace(DestinationPace, Protocol):
+    """A pace kept elsewhere (``REMOTE``), which names the turns it hands out (:attr:`Grant.ticket`): a turn
+    that will not be taken is withdrawn there by its name."""
+
+    def cancel(self, ticket: str) -> None: ...
 
 
 class Pace:
@@ -713,10 +718,6 @@ class Pace:
     def sent(self, at: float) -> None:
         """A request went at ``at``."""
         self.feedback.sent(at)
-
-    def cancel(self, ticket: str) -> None:
-        """Withdraw the turn named ``ticket``. Never asked here: this pace names no turn (its grants have no
-        ticket), and counts only the turns that are sent."""
 
     def refused(self, refusal: Refusal) -> bool:
         """Learn from ``refusal``; return whether it cut the rate (see :meth:`Feedback.refused`). While what the

@@ -452,7 +452,8 @@ class RedisPaces:
 
 
 class RedisPace:
-    """A destination's pace in Redis, behind the interface of :class:`~aicoder.http.pace.Pace`.
+    """A destination's pace in Redis, behind the interface of :class:`~aicoder.http.pace.Pace`: a
+    :class:`~aicoder.http.pace.RemotePace`.
 
     What it learns goes to Redis and also to ``local``, the in-process pace that
     takes over whenever Redis is down: then it paces at its share of every rate
