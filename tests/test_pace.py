@@ -213,6 +213,17 @@ def test_first_429_cuts_to_beta_of_the_send_rate() -> None:
     assert feedback.rate == pytest.approx(Feedback.BETA * 4 / 0.4)
 
 
+def test_a_429_read_late_cuts_from_the_rate_its_request_went_at() -> None:
+    """Requests went at 50 a second; the 429 for the last is read 0.4 s later, behind a busy event loop. The wait
+    for its answer was no pause in sending: the cut is 0.7 of 50, not of the 9 a second the last four sends
+    would make over the time up to the answer."""
+    feedback = Feedback()
+    for n in range(10):
+        feedback.sent(n * 0.02)
+    assert feedback.refused(now=0.18 + 0.4, sent_at=0.18, granted_at=0.18)
+    assert feedback.rate == pytest.approx(Feedback.BETA * 50)
+
+
 def test_a_crowd_of_refusals_is_one_cut() -> None:
     """Refusals of requests granted before the cut say nothing new and cut nothing."""
     feedback = Feedback()
@@ -441,7 +452,7 @@ def test_a_rate_first_stated_by_a_refusal_paces_the_turns_handed_out_before_it()
 @pytest.mark.parametrize("stated_at", [0.0, 0.7])
 def test_a_cut_starts_from_the_stated_rate_in_force(stated_at: float) -> None:
     """Quotas pace requests at 10 a second when another client on the key takes 30 % (which no header shows): the
-    429 cuts from that rate, not from the faster rate the last few sends happened to measure (17 a second here),
+    429 cuts from that rate, not from the faster rate the last few sends happened to measure (13.3 a second here),
     so one cut lands under the 7 left. A rate first stated after the refused turn was granted (by that very 429,
     as Gemini states its rate) was not in force: it bounds nothing."""
     pace = Pace()
@@ -451,7 +462,7 @@ def test_a_cut_starts_from_the_stated_rate_in_force(stated_at: float) -> None:
     fed(pace, sends)
     now = sends[-1] + 0.01
     assert pace.refused(Refusal(now, sends[-1], 0.5, costly=True))
-    measured = Feedback.MEASURED_SENDS / (now - sends[-Feedback.MEASURED_SENDS])  # 17 a second
+    measured = (Feedback.MEASURED_SENDS - 1) / (sends[-1] - sends[-Feedback.MEASURED_SENDS])  # 13.3 a second
     current = 10 * (1 - SAFETY_MARGIN) if stated_at < 0.5 else measured
     assert pace.feedback.rate == pytest.approx(Feedback.BETA * current)
 

@@ -126,8 +126,9 @@ class Feedback:
 
     **Cuts.** Each 429 for a request granted its turn under the current rate means
     the rate is wrong, and cuts it to ``BETA`` times the lower of the rate and the
-    measured send rate, as botocore does (the rate being never above what stated
-    quotas paced requests at), corrected by what the server has shown:
+    send rate measured up to the refused request (not up to its answer, which may
+    come late), as botocore does (the rate being never above what stated quotas
+    paced requests at), corrected by what the server has shown:
 
     - *at most* ``1 / hint`` for a precise hint: with its bucket empty, the server
       says when its next token comes, and that is never later than one interval;
@@ -288,6 +289,16 @@ class Feedback:
             return None
         return len(recent) / max(now - recent[-1], self.MIN_WINDOW)
 
+    def rate_sent_at(self, sent_at: float, since: float = -math.inf) -> float | None:
+        """Requests a second over the last few sends from ``since`` up to the one at ``sent_at``: the rate in
+        force when that request went, however late its answer is read. (Read up to then, a 429 that a busy
+        event loop took 0.4 s to get to looks like a pause, and cut a rate of 50 a second to 11.)"""
+        past = (at for at in reversed(self._sends) if since <= at <= sent_at)
+        recent = list(itertools.islice(past, self.MEASURED_SENDS))
+        if len(recent) < 2:
+            return None
+        return (len(recent) - 1) / max(recent[0] - recent[-1], self.MIN_WINDOW)
+
     def refused(
         self,
         now: float,
@@ -318,7 +329,7 @@ class Feedback:
         if self.slow_start is not None:
             rate = self.slow_rate(now)
             self.stop_slow_start()
-        known = [value for value in (rate, ceiling, self.send_rate(now, since)) if value is not None]
+        known = [value for value in (rate, ceiling, self.rate_sent_at(sent_at, since)) if value is not None]
         if not known:  # one lone request so far: no rate to cut from yet
             return False
         current = min(known)  # the rate, the stated quotas' and the measured send rate: the lowest was in force
