@@ -7,7 +7,7 @@ A :class:`Pace` combines five constraints; a turn comes when all of them allow i
   output-tokens), from quotas whose window is a minute or less: ``limit / window``
   units a second, with no burst. A per-minute limit is a rate, never a burst to
   spend at once. The requests lane leaves other clients on the key what the
-  server's count of a bucket shows them taking (:class:`OtherClients`).
+  server's count shows them taking (:class:`OtherClients`).
 - **Bucket mirrors**, for servers that refill a bucket continuously and say how
   full it is (OpenAI, Anthropic): the server's own level, so that other clients
   on the same key are accounted for.
@@ -583,6 +583,7 @@ class Pace:
         self._relane = False
         #: Whether a request's token cost matters here: the server has told of a token limit.
         self.counts_tokens = False
+        #: What the server's count shows other clients on the key taking, which the requests lane leaves them.
         self.others = OtherClients()
 
     @property
@@ -658,9 +659,9 @@ class Pace:
             if quota.dimension == "requests" and rate and quota.limit and quota.remaining is not None:
                 if counted > 0:
                     self.others.observe(now, counted, quota.limit - quota.remaining, rate, quota.refill == "window")
-                if quota.dimension in rates:  # the others' share is not this client's to pace at
+                if "requests" in rates:  # the others' share is not this client's to pace at
                     taken = min(self.others.rate(now), rate * MAX_TAKEN_BY_OTHERS)
-                    rates[quota.dimension] = min(rates[quota.dimension], (rate - taken) * (1 - SAFETY_MARGIN))
+                    rates["requests"] = min(rates["requests"], (rate - taken) * (1 - SAFETY_MARGIN))
             if quota.refill == "bucket" and rate and quota.limit and quota.remaining is not None:
                 mirror = self.mirrors.get(quota.dimension)
                 if mirror is None:
