@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import signal
 import threading
@@ -234,6 +235,25 @@ def test_what_remains_is_spent_from_the_rate_up(cooldowns: Cooldowns, fake: Fake
     gaps = [b - a for a, b in itertools.pairwise(granted)]
     assert all(gap < interval for gap in gaps[:4]) and gaps[:4] == sorted(gaps[:4], reverse=True)
     assert gaps[-1] == pytest.approx(interval, abs=1e-6)
+
+
+def test_what_others_on_the_key_take_slows_the_turns(cooldowns: Cooldowns, fake: FakeTime) -> None:
+    """Anthropic's headers state 600 a minute, and the count they give of what is used rises by 2.9 a second
+    while this client takes 9.9: someone else takes 3. Within two seconds of answers, turns come at the 7 left."""
+    used, granted = 0.0, []
+    for _ in range(30):
+        turn = cooldowns.take_turn(KEY)
+        granted.append(fake.time)
+        used = max(used + 1 - 7 * (granted[-1] - granted[-2] if len(granted) > 1 else 0), 0)
+        headers = {
+            "anthropic-ratelimit-requests-limit": "600",
+            "anthropic-ratelimit-requests-remaining": str(600 - math.floor(used)),
+            "anthropic-ratelimit-requests-reset": "1970-01-01T00:00:00Z",  # whole seconds: paced, not spent
+        }
+        cooldowns.observe(turn, 200, headers)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert gaps[1] == pytest.approx(0.1 / (1 - SAFETY_MARGIN), abs=1e-6)
+    assert gaps[-1] == pytest.approx(1 / (7 * (1 - SAFETY_MARGIN)), rel=0.05)
 
 
 def test_a_retry_waits_its_backoff_then_queues(cooldowns: Cooldowns, fake: FakeTime) -> None:
