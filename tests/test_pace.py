@@ -530,6 +530,19 @@ def test_a_window_refills_nothing_unless_its_count_says_so(counted: Any) -> None
     assert clients.rate(2.0) == pytest.approx(3.0, rel=0.1)
 
 
+def test_others_are_read_from_the_count_of_the_shortest_paced_limit() -> None:
+    """Cerebras and Mistral state a limit per minute and one per day, each with its count. The day's count
+    rises by this client's turns alone and says nothing of the refill: read beside the minute's, the slope
+    would mix the two. Only the minute's is read, and the 3 a second others take is left to them."""
+    pace = Pace()
+    for at, serial, used in counted_by_the_server(9.9, 3.0, 2.0):
+        pace.next_turn(at, None)
+        minute = Quota("requests", 600, 600 - used, 60.0, 60.0, "window", "periodic", "x-ratelimit-reset-requests")
+        day = Quota("requests", 10**5, 10**5 - serial, 8e4, 86400.0, "window", "periodic", "x-ratelimit-reset")
+        pace.learn(at, [day, minute], serial=serial)
+    assert pace.lanes["requests"].rate == pytest.approx(7 * (1 - SAFETY_MARGIN), rel=0.05)
+
+
 def test_others_are_never_left_more_than_half() -> None:
     """Several clients on a key, each reading the others' share, must not starve one another: one that reads 9 of
     10 a second taken by others keeps half the rate."""

@@ -282,9 +282,7 @@ class Feedback:
 
     def send_rate(self, now: float, since: float = -math.inf) -> float | None:
         """Requests a second over the last few sends from ``since`` up to ``now``: a pause lowers it at once."""
-        # A shared pace also knows the turns to come.
-        past = (at for at in reversed(self._sends) if since <= at <= now)
-        recent = list(itertools.islice(past, self.MEASURED_SENDS))
+        recent = self._last_sends(since, now)
         if len(recent) < 2:
             return None
         return len(recent) / max(now - recent[-1], self.MIN_WINDOW)
@@ -293,11 +291,16 @@ class Feedback:
         """Requests a second over the last few sends from ``since`` up to the one at ``sent_at``: the rate in
         force when that request went, however late its answer is read. (Read up to then, a 429 that a busy
         event loop took 0.4 s to get to looks like a pause, and cut a rate of 50 a second to 11.)"""
-        past = (at for at in reversed(self._sends) if since <= at <= sent_at)
-        recent = list(itertools.islice(past, self.MEASURED_SENDS))
+        recent = self._last_sends(since, sent_at)
         if len(recent) < 2:
             return None
         return (len(recent) - 1) / max(recent[0] - recent[-1], self.MIN_WINDOW)
+
+    def _last_sends(self, since: float, until: float) -> list[float]:
+        """The last few sends from ``since`` up to ``until``, latest first (a shared pace also knows the turns to
+        come, after ``until``)."""
+        past = (at for at in reversed(self._sends) if since <= at <= until)
+        return list(itertools.islice(past, self.MEASURED_SENDS))
 
     def refused(
         self,
@@ -651,17 +654,17 @@ class Pace:
         quotas = tuple(quotas)
         counted = serial if counted is None else counted
         slowed = False
+        count = _shortest_count(quotas)
+        if count is not None and counted > 0:
+            self.others.observe(now, counted, *count)
+        others = self.others.rate(now)
         rates: dict[str, float] = {}
         for quota in quotas:
             rate = quota.rate
             if rate and _paced(quota):
-                rates[quota.dimension] = min(rates.get(quota.dimension, math.inf), rate * (1 - SAFETY_MARGIN))
-            if quota.dimension == "requests" and rate and quota.limit and quota.remaining is not None:
-                if counted > 0:
-                    self.others.observe(now, counted, quota.limit - quota.remaining, rate, quota.refill == "window")
-                if "requests" in rates:  # the others' share is not this client's to pace at
-                    taken = min(self.others.rate(now), rate * MAX_TAKEN_BY_OTHERS)
-                    rates["requests"] = min(rates["requests"], (rate - taken) * (1 - SAFETY_MARGIN))
+                # What other clients on the key take of a request rate is not this client's to pace at.
+                mine = rate - min(others, rate * MAX_TAKEN_BY_OTHERS) if quota.dimension == "requests" else rate
+                rates[quota.dimension] = min(rates.get(quota.dimension, math.inf), mine * (1 - SAFETY_MARGIN))
             if quota.refill == "bucket" and rate and quota.limit and quota.remaining is not None:
                 mirror = self.mirrors.get(quota.dimension)
                 if mirror is None:
@@ -838,6 +841,22 @@ def requests_remaining(quotas: Iterable[Quota]) -> tuple[float | None, bool]:
     return min(quota.remaining for quota in said if quota.remaining is not None), all(
         quota.refill == "window" or quota.reset is None for quota in said
     )
+
+
+def _shortest_count(quotas: Iterable[Quota]) -> tuple[float, float, bool] | None:
+    """What the paced request quota with the shortest window says is used, its rate, and whether it is a window:
+    the count that shows other clients on the key (:class:`OtherClients`). A day's count beside a minute's says
+    nothing of a refill."""
+    counts = [
+        (quota.window, quota.limit - quota.remaining, rate, quota.refill == "window")
+        for quota in quotas
+        if quota.dimension == "requests" and _paced(quota) and quota.limit and quota.remaining is not None
+        if (rate := quota.rate)
+    ]
+    if not counts:
+        return None
+    _, used, rate, window = min(counts)
+    return used, rate, window
 
 
 def _paced(quota: Quota) -> bool:
