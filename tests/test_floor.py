@@ -371,3 +371,31 @@ def test_a_cut_starts_from_the_stated_rate_on_every_path(path: str, request: pyt
         pace = default_cooldowns(config.redis_url).pace(destination_key(server.url, credentials))
     assert server.count == 7
     assert pace is not None and pace.rate == pytest.approx(Feedback.BETA * 10 * (1 - SAFETY_MARGIN), rel=0.02)
+
+
+@pytest.mark.integration  # about 0.7 s of real time a path: the count must be read over half a second
+@pytest.mark.parametrize("path", PATHS)
+def test_what_others_on_the_key_take_is_left_to_them_on_every_path(path: str, request: pytest.FixtureRequest) -> None:
+    """Answers state 600 requests a minute (IETF), and the count of what is used rises by two for each request
+    this client sends: someone else on the key sends as fast. On every path the request pace leaves them their
+    share, at most half of the stated 10 a second."""
+    redis = request.getfixturevalue("redis_url") if path == "redis" else None
+    policy = {"RateLimit-Policy": '"minute";q=600;w=60'}
+    answers = [
+        dataclasses.replace(
+            completion(), headers={**completion().headers, **policy, "RateLimit": f'"minute";r={r};t=59'}
+        )
+        for r in range(590, 570, -2)
+    ]
+    with scripted_server(*answers) as server:
+        config = _config(f"{server.url}/v1", redis)
+        send = PATHS[path](f"{server.url}/v1", config)
+        with instant_waits():
+            for _ in answers:
+                send()
+                time.sleep(0.07)  # real time between answers: the share is read as requests a second
+        credentials = {"Authorization": "Bearer sk-floor"} if path in ("bridge", "asyncio") else {}
+        pace = default_cooldowns(config.redis_url).pace(destination_key(server.url, credentials))
+    assert server.count == len(answers)
+    local = getattr(pace, "local", pace)  # a pace kept in Redis keeps this process's copy of the lanes
+    assert local is not None and local.lanes["requests"].rate == pytest.approx(10 * 0.5 * (1 - SAFETY_MARGIN))
