@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -350,6 +351,47 @@ def test_an_idle_spell_makes_the_accepted_count_a_floor_only() -> None:
     feedback.refused(now=1.07, sent_at=1.06, granted_at=1.06)
     floor = 5 / 1.03 * (1 - SAFETY_MARGIN)
     assert feedback.rate is not None and feedback.rate > floor
+
+
+def drain(feedback: Feedback, start: float, rates: Sequence[float], bucket: list[float]) -> float:
+    """Send at ``rates`` (one a second per send, then the last one on) from ``start`` to a server's token bucket
+    ``[level, burst, rate, when]`` until it refuses one, as a whole-second Retry-After does; return when."""
+    level, burst, rate, when = bucket
+    at = start
+    for index in itertools.count():
+        level = min(burst, level + rate * (at - when))
+        when = at
+        feedback.sent(at)
+        if level < 1:
+            feedback.refused(now=at + 0.001, sent_at=at, granted_at=at, costly=True)
+            bucket[:] = [level, burst, rate, when]
+            return at
+        level -= 1
+        at += 1 / rates[min(index, len(rates) - 1)]
+    raise AssertionError
+
+
+def test_two_runs_after_holds_tell_the_rate_from_the_burst() -> None:
+    """A server of 10 a second with a burst of 5 that states whole seconds: each hold fills its bucket, so what it
+    took across a hold is only a floor. A run at 30 a second took 7 in 0.23 s; one at 12 a second, 30 in 2.4 s.
+    7 = 5 + 10 x 0.23 and 30 = 5 + 10 x 2.4: the rate goes just under 10, not to 0.7 of the 12 refused."""
+    feedback = Feedback()
+    bucket = [5.0, 5.0, 10.0, 0.0]
+    refused = drain(feedback, 0.0, [30.0], bucket)
+    refused = drain(feedback, refused + 1.0, [12.0], bucket)
+    assert feedback.measured
+    assert feedback.rate == pytest.approx(10 * (1 - SAFETY_MARGIN), rel=0.03)
+
+
+def test_runs_that_did_not_drain_the_bucket_steadily_tell_no_rate() -> None:
+    """A run that began slowly (slow start) left the bucket at its brim and lost what it refilled: it tells
+    nothing, and the cut searches between what was taken and what was refused, as before."""
+    feedback = Feedback()
+    bucket = [5.0, 5.0, 10.0, 0.0]
+    refused = drain(feedback, 0.0, [2.0, 4.0, 8.0, 16.0, 32.0], bucket)
+    refused = drain(feedback, refused + 1.0, [2.0, 4.0, 12.0], bucket)
+    assert not feedback.measured
+    assert feedback.rate == pytest.approx(12 * Feedback.BETA, rel=0.01)
 
 
 def test_regrowth_only_counts_requests_the_rate_held_back() -> None:

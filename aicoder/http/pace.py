@@ -139,7 +139,13 @@ class Feedback:
       filled up: that *is* its rate, and the new rate goes just under it, provided
       there were enough of them (``MIN_MEASURED``) for one more or less not to matter. Otherwise
       the rate lies between what it took and what it refused, and the cut goes to
-      their geometric mean if that is lower, which narrows the range quickly.
+      their geometric mean if that is lower, which narrows the range quickly;
+    - *just under* the rate two runs of sends tell apart from the burst: after a
+      hold the server's bucket is full, so a run that drains it steadily takes the
+      burst plus the rate times its length before it is refused, and two runs of
+      different lengths give both (:meth:`_fitted_rate`). Where each refusal holds
+      everything for a whole second, the rate goes there at once, not below it to
+      regrow slowly.
 
     A 429 for a request granted its turn *before* the last cut says nothing new (it
     was paced at the old rate) and cuts nothing, so a crowd of refusals is one cut,
@@ -176,6 +182,9 @@ class Feedback:
     #: less is over 10 % of it. It still bounds the cut, but the search for more stays brisk.
     MIN_MEASURED = 10
     SAMPLES = 256
+    #: Sends this far apart or more are two runs (:meth:`_fitted_rate`), and two runs this much apart in length
+    #: tell a rate.
+    RUN_PAUSE, MIN_FIT_SPAN = 0.25, 0.2
     #: The send rate is measured over the last few sends, and over no less than a few milliseconds.
     MEASURED_SENDS, MIN_WINDOW = 4, 0.02
 
@@ -341,9 +350,16 @@ class Feedback:
             new, w_max = min(new, 1 / hint), min(w_max, 1 / hint)
         accepted, saturated = self._accepted_rate(sent_at)
         if accepted is not None and accepted < current:
+            fitted = None if saturated else self._fitted_rate(sent_at)
             if saturated:  # what the server took while kept busy is its rate: go just under it, regrow around it
                 new, w_max, scale = accepted * (1 - SAFETY_MARGIN), accepted, self.MEASURED_SCALE
                 self.measured = True
+            elif fitted is not None and accepted <= fitted[0] < current:
+                # Two runs after pauses tell the rate apart from the burst the pauses refilled: go just under it
+                rate, precise = fitted
+                new, w_max = rate * (1 - SAFETY_MARGIN), rate
+                if precise:
+                    scale, self.measured = self.MEASURED_SCALE, True
             else:  # its rate lies between what it took and what it refused: search that range geometrically,
                 # and dwell at its middle, not at the rate it just refused
                 middle = math.sqrt(accepted * w_max)
@@ -376,6 +392,55 @@ class Feedback:
             self.lane = Lane(rate, tat=now)
         else:
             self.lane.rate = rate
+
+    def _fitted_rate(self, sent_at: float) -> tuple[float, bool] | None:
+        """The server's rate from the two latest runs of sends that each began after a pause, went steadily, and
+        ended in a refusal (the one at ``sent_at`` ends the second); and whether it is precise.
+
+        A pause (a hold) lets the server's bucket fill up to its burst ``b``, so a run
+        that drains it at a steady rate above the server's ``r`` takes ``b + r * T``
+        requests before the first refusal, ``T`` after it began. Two runs of different
+        lengths give ``r`` and ``b``. Across a hold the requests taken are only a lower
+        bound, as the bucket stopped filling once full; this tells the rate apart
+        from the burst. It is precise when the runs differ by ``MIN_MEASURED`` requests.
+        ``None`` when the runs do not tell: too alike, not steady, or not consistent
+        with a bucket that was full at the start of both.
+        """
+        sends, refusals = sorted(self._sends), sorted(self._refusals)
+        runs: list[tuple[float, float, int]] = []  # (pause before it, seconds to its first refusal, requests taken)
+        last = bisect.bisect_right(sends, sent_at) - 1  # the refused request's own send ends this run
+        while len(runs) < 2 and last >= 0:
+            start = last
+            while start > 0 and sends[start] - sends[start - 1] < self.RUN_PAUSE:
+                start -= 1
+            if start == 0 and len(sends) == self.SAMPLES:
+                return None  # it began before the samples kept
+            first = sends[start]
+            index = bisect.bisect_left(refusals, first)
+            if index == len(refusals) or refusals[index] > sends[last]:
+                return None  # it ended in no refusal
+            refused_at = refusals[index]
+            taken = bisect.bisect_left(sends, refused_at) - start
+            if taken < self.MIN_ACCEPTED:
+                return None  # too few to tell
+            moments = [*sends[start : start + taken], refused_at]
+            if (
+                max(later - earlier for earlier, later in itertools.pairwise(moments))
+                > 2 * (refused_at - first) / taken
+            ):
+                return None  # not steady: a bucket at its brim loses what it refills
+            runs.append((first - sends[start - 1] if start > 0 else math.inf, refused_at - first, taken))
+            last = start - 1
+        if len(runs) < 2:
+            return None
+        (pause, seconds, taken), (earlier_pause, earlier_seconds, earlier_taken) = runs
+        if abs(seconds - earlier_seconds) < self.MIN_FIT_SPAN:
+            return None
+        rate = (taken - earlier_taken) / (seconds - earlier_seconds)
+        burst = taken - rate * seconds
+        if rate <= 0 or burst < -1 or min(pause, earlier_pause) * rate < burst:
+            return None  # not what a bucket full at the start of both runs takes
+        return rate, abs(taken - earlier_taken) >= self.MIN_MEASURED
 
     def _accepted_rate(self, sent_at: float) -> tuple[float | None, bool]:
         """Requests the server took per second since the latest refusal that leaves enough to tell.
