@@ -94,6 +94,20 @@ def test_same_origin_and_key_share_a_destination() -> None:
     assert key != destination_key("https://api.test/v1/models", {"api-key": "sk-SENTINEL"})
 
 
+def test_every_kind_of_headers_gives_the_same_key() -> None:
+    """A dict, requests', httpx's and httpx2's headers, in any case, with other headers around: one key. (httpx's
+    are read from their bytes, in one pass.)"""
+    import httpx
+    import httpx2
+    from requests.structures import CaseInsensitiveDict
+
+    pairs = {"Accept": "application/json", "X-API-Key": "sk-SENTINEL", "User-Agent": "test"}
+    key = destination_key("https://api.test/v1", {"x-api-key": "sk-SENTINEL"})
+    for headers in (pairs, CaseInsensitiveDict(pairs), httpx.Headers(pairs), httpx2.Headers(pairs)):
+        assert destination_key("https://api.test/v1", headers) == key
+    assert destination_key("https://api.test/v1", httpx.Headers({"x-api-key": "sk-other"})) != key
+
+
 def test_key_never_holds_the_credentials() -> None:
     """The destination key is the origin and a salted hash of the credentials, not the credentials."""
     key = destination_key("https://user:pw@api.test/v1", {"Authorization": "Bearer sk-SENTINEL", "x-api-key": "x"})

@@ -51,6 +51,15 @@ def test_what_is_not_a_completion_request_costs_nothing_known(body: bytes) -> No
     assert found is None or found == RequestCost(0, 0)
 
 
+def test_text_and_bytes_with_white_space_around_cost_the_same() -> None:
+    """The body as bytes or text, with white space before or after it, or bytes that are not UTF-8 (no estimate)."""
+    body = '{"messages": [{"role": "user", "content": "12345678"}], "max_tokens": 3}'
+    expected = RequestCost(2, 3)
+    assert estimate_cost(body) == estimate_cost(body.encode()) == expected
+    assert estimate_cost(f"\n {body}\n") == estimate_cost(f"\r\n{body}".encode()) == expected
+    assert estimate_cost(b'{"messages": "\xff"}') is None
+
+
 def test_huge_bodies_are_estimated_from_their_size() -> None:
     """A body past 1 MiB is not parsed: its size / 4 is the estimate."""
     body = b" " * (MAX_PARSED_BODY + 4)

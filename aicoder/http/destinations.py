@@ -20,6 +20,7 @@ __all__ = ["CREDENTIAL_HEADERS", "DestinationKey", "destination_key"]
 #: Request headers that carry credentials; their values are hashed into the key, never kept.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 _CREDENTIALS = frozenset(CREDENTIAL_HEADERS)
+_CREDENTIAL_BYTES = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
 #: The key of the credentials' hash. Fixed, not random per process, so that every process computes the same
 #: fingerprint for the same key and shares one pace through Redis; see :func:`destination_key`.
 _FINGERPRINT_KEY = b"aicoder destination fingerprint v1"
@@ -44,8 +45,16 @@ def destination_key(url: str, headers: Mapping[str, str]) -> DestinationKey:
     API keys carry well over 128 bits of randomness.
     """
     parts = urlsplit(url)
-    if not isinstance(headers, CaseInsensitiveDict):
-        # One pass over any other mapping (httpx's looks each name up by scanning all of its lines).
+    raw = getattr(headers, "raw", None)
+    if isinstance(raw, list):
+        # httpx's (and httpx2's) headers: one pass over their bytes, decoding only the credentials (each
+        # lookup by name would scan all of them; items() would decode all of them).
+        headers = {
+            name.lower().decode("latin-1"): value.decode("latin-1")
+            for name, value in raw
+            if name.lower() in _CREDENTIAL_BYTES
+        }
+    elif not isinstance(headers, CaseInsensitiveDict):
         headers = {name.lower(): value for name, value in headers.items() if name.lower() in _CREDENTIALS}
     return _key(parts.scheme, parts.netloc, tuple([headers.get(name) or "" for name in CREDENTIAL_HEADERS]))
 

@@ -20,6 +20,7 @@ __all__ = ["RequestCost", "estimate_cost"]
 MAX_PARSED_BODY = 1 << 20
 _OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions")
+_DECODER = json.JSONDecoder()
 
 
 class RequestCost(NamedTuple):
@@ -54,8 +55,10 @@ def estimate_cost(body: bytes | str | None) -> RequestCost | None:
     if len(body) > MAX_PARSED_BODY:
         return RequestCost(math.ceil(len(body) / 4), 0)
     try:
-        request: Any = json.loads(body)
-    except (ValueError, RecursionError):
+        text = body.decode() if isinstance(body, bytes) else body
+        # The decoder itself: json.loads would also guess the bytes' encoding and check for trailing data.
+        request: Any = _DECODER.raw_decode(text.lstrip() if text[0].isspace() else text)[0]
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     if not isinstance(request, dict):
         return None
