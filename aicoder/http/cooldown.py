@@ -357,7 +357,11 @@ class Cooldowns:
         destination = turn.destination
         with self._lock:
             if destination.pace.REMOTE and now > start:
-                self._reschedule(destination, now, followed=True)
+                # This turn alone: asking for every turn waiting, each time one comes, held the lock for a
+                # round trip that grew with the queue (256 tasks: 256 tickets a call, 256 calls).
+                at = cast(RemotePace, destination.pace).follow(turn)
+                if at != turn.due:
+                    turn.due, turn.granted_at = at, now
             target = turn.due
             if target > now:
                 return target, destination.hurried
@@ -491,22 +495,17 @@ class Cooldowns:
             holding(holds)  # outside the lock: hooks are the user's code
 
     @staticmethod
-    def _reschedule(destination: _Destination, now: float, *, followed: bool = False) -> None:
+    def _reschedule(destination: _Destination, now: float) -> None:
         """Move the turns handed out but not yet taken behind a new hold or rate: they are granted anew. Lock held.
 
         A turn whose time has come but whose thread or task has not yet taken it (a
         busy interpreter can keep it tens of milliseconds) has not gone: it moves too,
         or it would go after a hold the server stated.
-        ``followed``: the hold or rate came from another process, through the shared
-        pace; only the turns it moved are granted anew.
         """
-        # Every turn not yet taken moves, those due already included: followed, the turn asking whether it may go
-        # woke at its time or later, and has not gone.
         pending = _untaken(destination)
         times = destination.pace.reschedule(pending)
         for turn, at in zip(pending, times, strict=True):
-            if not followed or at != turn.due:
-                turn.due, turn.granted_at = at, now
+            turn.due, turn.granted_at = at, now
 
     @staticmethod
     def _hurry(destination: _Destination, now: float) -> None:

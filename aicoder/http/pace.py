@@ -609,9 +609,12 @@ class DestinationPace(Protocol):
 
 class RemotePace(DestinationPace, Protocol):
     """A pace kept elsewhere (``REMOTE``), which names the turns it hands out (:attr:`Grant.ticket`): a turn
-    that will not be taken is withdrawn there by its name."""
+    that will not be taken is withdrawn there by its name, and a turn whose time has come asks there, by its
+    name, whether a hold or cut made elsewhere moved it."""
 
     def cancel(self, ticket: str) -> None: ...
+
+    def follow(self, turn: PendingTurn) -> float: ...
 
 
 class Pace:

@@ -712,6 +712,13 @@ class RedisPace:
         :meth:`accepted` never asks for a hurry."""
         return list(times)
 
+    def follow(self, turn: PendingTurn) -> float:
+        """``turn``'s time as the shared schedule now has it (:meth:`reschedule`, for this turn alone): one
+        small call, whatever the number of turns waiting."""
+        if turn.ticket is None or self._offset is None:
+            return max(turn.due, self.local.held_until)
+        return self.reschedule([turn])[0]
+
     def reschedule(self, turns: Sequence[PendingTurn]) -> list[float]:
         """The turns' times as the shared schedule now has them, after a hold or a cut made in any process, and
         never before a hold this process or Redis knows: a hold counts a turn whose time had come as gone, and
