@@ -512,7 +512,7 @@ class Cooldowns:
         """Bring the turns not yet due forward to a rate that has grown, and wake their sleepers. Lock held."""
         pace = destination.pace
         pending = _waiting(destination, now)
-        for turn, at in zip(pending, pace.hurry([turn.due for turn in pending]), strict=True):
+        for turn, at in zip(pending, pace.hurry(pending), strict=True):
             turn.due, turn.granted_at = at, now
         hurried, destination.hurried = destination.hurried, waiting.Signal()
         hurried.set()

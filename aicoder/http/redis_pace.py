@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aicoder.http.pace import Feedback, Grant, Pace, PendingTurn, Refusal, requests_remaining
+from aicoder.http.pace import HURRY_STEP, Feedback, Grant, Pace, PendingTurn, Refusal, requests_remaining
 from aicoder.http.quotas import Quota
 from aicoder.http.redaction import safe_url
 from aicoder.http.tokens import RequestCost
@@ -316,18 +316,79 @@ return 1
 # KEYS: pace hash, sends zset. ARGV: the hold the asking process knows (0: none), then tickets of turns it has
 # yet to take. Their times now, or nil for those no longer kept. A hold counts a turn whose time had come as
 # gone, but these have not gone: one due before the hold here or there moves to it, where a later hold, made
-# anywhere, moves it again.
-_WHEN = """
+# anywhere, moves it again; those it moves, and the turns after them, are spaced as a hold spaces them.
+_WHEN = (
+    _FUNCTIONS
+    + """
 local floor = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', KEYS[1], 'hold') or '0'))
 local scores = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 2))
+local moved = false
 for i, score in ipairs(scores) do
   if score and tonumber(score) < floor then
-    scores[i] = string.format('%.17g', floor)
-    redis.call('ZADD', KEYS[2], 'XX', scores[i], ARGV[i + 1])
+    moved = true
+    redis.call('ZADD', KEYS[2], 'XX', string.format('%.17g', floor), ARGV[i + 1])
   end
 end
-return scores
+if not moved then return scores end
+-- moved to the hold together, they would go at once: spaced as every turn to come is
+reschedule(now)
+return redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 2))
 """
+)
+
+# KEYS: pace hash, sends zset. ARGV: ttl, the successes the feedback rate held back since the last reservation,
+# and the sends the send rate is measured over and its least span (as for regrow). Regrows the feedback rate,
+# then brings every turn to come forward to it, as Pace.hurry does: the first keeps its time, the others follow
+# one interval apart and a lane's step apart (the previous turn's tokens apart on a token lane), never later
+# than before, never before the hold. Only where the feedback rate paces the turns: not in slow start, not
+# while what remained is spent, not before slow start's turns have gone through a new lane. Returns the
+# feedback rate the turns now follow, or 0 if none.
+_HURRY = (
+    _FUNCTIONS
+    + """
+regrow(now, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+local raw = redis.call('HGETALL', KEYS[1])
+local f = {}
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+local rate = tonumber(f['F:rate'] or '0')
+if rate <= 0 or f['S:start'] or f['L:new'] or (f['B:said'] and not f['B:off']) then return '0' end
+local hold, interval = tonumber(f['hold'] or '0'), 1 / rate
+local lane = tonumber(f['L:requests:rate'] or '0')
+local step = lane > 0 and 1 / lane or 0
+local token_lanes = {}
+for index, dimension in ipairs({'tokens', 'input-tokens', 'output-tokens'}) do
+  local token_rate = tonumber(f['L:' .. dimension .. ':rate'] or '0')
+  if token_rate > 0 then table.insert(token_lanes, {dimension, token_rate, index}) end
+end
+local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
+local last, last_costs = nil, {0, 0, 0}
+for i = 1, #turns, 2 do
+  local before = tonumber(turns[i + 1])
+  local at = before
+  if last then
+    at = math.max(last + math.max(interval, step, 1e-6), hold)
+    for _, token_lane in ipairs(token_lanes) do
+      at = math.max(at, last + last_costs[token_lane[3]] / token_lane[2])
+    end
+    at = math.min(at, before)
+  end
+  if at < before then redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i]) end
+  last = at
+  local t, input, output = string.match(turns[i], '|([%d.]+)|([%d.]+)|([%d.]+)$')
+  last_costs = {tonumber(t or '0'), tonumber(input or '0'), tonumber(output or '0')}
+end
+if last then
+  redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', last + interval))
+  if step > 0 then redis.call('HSET', KEYS[1], 'L:requests:tat', string.format('%.17g', last + step)) end
+  for _, token_lane in ipairs(token_lanes) do
+    local after = last + last_costs[token_lane[3]] / token_lane[2]
+    redis.call('HSET', KEYS[1], 'L:' .. token_lane[1] .. ':tat', string.format('%.17g', after))
+  end
+end
+return string.format('%.17g', rate)
+"""
+)
 
 # KEYS: sends zset. ARGV: a ticket whose turn will not be taken: it is no send, and holds no place.
 _CANCEL = """
@@ -383,6 +444,7 @@ class RedisPaces:
                 ("refuse", _REFUSE),
                 ("cut", _CUT),
                 ("when", _WHEN),
+                ("hurry", _HURRY),
                 ("cancel", _CANCEL),
                 ("heartbeat", _HEARTBEAT),
             )
@@ -493,6 +555,9 @@ class RedisPace:
         self._alone = False
         self._before_alone: dict[str, float] | None = None
         self._alone_until = -math.inf
+        #: The feedback rate the shared schedule's turns to come were last spaced at: the latest cut's this
+        #: process adopted, or the latest hurry's.
+        self._spaced_at = math.inf
 
     @property
     def held_until(self) -> float:
@@ -696,21 +761,43 @@ class RedisPace:
             if moment in state:
                 state[moment] += now - remote_now
         self.local.feedback.adopt(state, now)
+        self._spaced_at = self.local.rate or math.inf
 
     def accepted(self, now: float, held_back: bool, sent_at: float = -math.inf) -> bool:
-        """Regrow the rate after a success it held back: here at once, in Redis with the next reservation.
-
-        Returns ``False``: the shared schedule keeps the turns it has handed out (no :meth:`Pace.hurry`).
-        """
+        """Regrow the rate after a success it held back: here at once, in Redis with the next reservation or
+        hurry. Returns whether it has grown enough (``HURRY_STEP``) since the shared schedule was spaced for the
+        turns to come to follow it (:meth:`hurry`)."""
         self.local.accepted(now, held_back, sent_at)
         # Slow start's turns regrow no rate, nor do those that spent what the server refilled during a hold.
-        self._regrowths += held_back and self.local.rate is not None and not self.local.refilled(sent_at)
-        return False
+        # nor those sent before the latest cut, at the rate it refused.
+        after_cut = sent_at >= self.local.feedback.cut_at
+        self._regrowths += held_back and after_cut and self.local.rate is not None and not self.local.refilled(sent_at)
+        rate = self.local.rate
+        return self._offset is not None and rate is not None and rate >= self._spaced_at * (1 + HURRY_STEP)
 
-    def hurry(self, times: Sequence[float]) -> list[float]:
-        """The turns' ``times``, unmoved: the shared schedule keeps the turns it has handed out, and
-        :meth:`accepted` never asks for a hurry."""
-        return list(times)
+    def hurry(self, turns: Sequence[PendingTurn]) -> list[float]:
+        """Bring every process's turns to come forward to the feedback rate, regrown in Redis with the successes
+        since the last reservation (as :meth:`Pace.hurry` does in one process); return the new times of
+        ``turns``, this process's. Other processes' turns come sooner too: their sleepers find them moved
+        when they wake."""
+        offset = self._offset
+        if offset is None:
+            return [turn.due for turn in turns]
+        successes, self._regrowths = self._regrowths, 0
+        args = [self.paces.TTL, successes, Feedback.MEASURED_SENDS, Feedback.MIN_WINDOW]
+        followed = self.paces.run("hurry", [self._pace, self._sends], args)
+        if followed is None:  # Redis is down: the turns keep their times
+            return [turn.due for turn in turns]
+        self._spaced_at = float(followed) or math.inf
+        named = [turn.ticket for turn in turns if turn.ticket is not None]
+        answer = self.paces.run("when", [self._pace, self._sends], ["0", *named]) if named else []
+        shared = dict(zip(named, answer or [None] * len(named), strict=True))
+        moved = []
+        for turn in turns:
+            score = shared.get(turn.ticket) if turn.ticket is not None else None
+            at = min(turn.due, float(score) - offset) if score is not None else turn.due
+            moved.append(max(at, self.local.held_until) if at < turn.due else at)
+        return moved
 
     def follow(self, turn: PendingTurn) -> float:
         """``turn``'s time as the shared schedule now has it (:meth:`reschedule`, for this turn alone): one
