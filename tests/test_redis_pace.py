@@ -594,6 +594,49 @@ def test_the_pace_in_redis_grants_what_the_pace_in_process_grants(story: str, re
     assert there == pytest.approx(here, abs=0.02)
 
 
+def test_a_queue_behind_a_cut_follows_the_rate_as_it_regrows_in_either_pace(redis_paces: RedisPaces) -> None:
+    """Twenty turns queued behind a cut to 4 a second, under a stated 10 a second: as the rate regrows, they come
+    sooner, in this process and in Redis alike, and never closer than the lane's step. (256 tasks through Redis
+    kept the cut's spacing to the end: 1.5x the ideal.)"""
+    ten_a_second = {**PER_MINUTE, "x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"}
+
+    def queue_then_hurry(cooldowns: Cooldowns) -> tuple[list[float], list[float]]:
+        key = destination_key("https://api.test/v1", {})
+        with instant_waits():
+            cooldowns.observe(cooldowns.take_turn(key), 200, ten_a_second)
+        pace = cooldowns.pace(key)
+        assert pace is not None
+        now = time.monotonic()
+        spent = pace.next_turn(now, None)
+        pace.sent(spent.at)
+        pace.refused(Refusal(now, spent.at, now, 0.25, serial=spent.serial))  # within what remained: spending ends
+        paced = [pace.next_turn(now, None) for _ in range(4)]
+        for grant in paced:
+            pace.sent(grant.at)
+        now = time.monotonic()
+        assert pace.refused(Refusal(now, paced[-1].at, now, 0.25))  # at most 4 a second
+        queue = [pace.next_turn(now, None) for _ in range(20)]
+        waiting = pace.reschedule([Waiting(grant.at, grant.ticket) for grant in queue])
+        asked = False
+        for _ in range(200):  # successes of requests sent after the cut, until the rate is back at 8 a second
+            now = time.monotonic()
+            pace.sent(now)
+            asked = pace.accepted(now, held_back=True, sent_at=now) or asked
+            if (pace.rate or 0) >= 8:
+                break
+        assert asked and (pace.rate or 0) >= 8
+        tickets = [grant.ticket for grant in queue]
+        return waiting, pace.hurry([Waiting(at, ticket) for at, ticket in zip(waiting, tickets, strict=True)])
+
+    for cooldowns in (Cooldowns(probe_timeout=0.01), Cooldowns(redis=redis_paces, probe_timeout=0.01)):
+        before, after = queue_then_hurry(cooldowns)
+        assert [b - a for a, b in itertools.pairwise(before)] == pytest.approx([0.25] * 19, abs=0.01)
+        gaps = [b - a for a, b in itertools.pairwise(after)]
+        assert all(0.1 / (1 - SAFETY_MARGIN) - 1e-6 <= gap < 0.2 for gap in gaps)
+        assert all(later <= earlier for earlier, later in zip(before, after, strict=True))
+        assert after[-1] < before[-1] - 1.0
+
+
 def test_a_cancelled_turn_leaves_its_place_empty_in_either_pace(redis_paces: RedisPaces) -> None:
     """Three turns at 10 a second, the second cancelled (its task was), then three more: in this process and in
     Redis alike, its place is not handed on (the pace errs by one turn on the slow side), and no later turn moves."""
