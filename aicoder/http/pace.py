@@ -167,7 +167,8 @@ class Feedback:
     requests a second, and the same shape at 2 a second as at 200. A cut of 30 %
     regrows in about 20 such requests. Requests the rate did not hold back say
     nothing about whether it could be higher, and do not regrow it (TCP's rule for
-    an application-limited sender). Once a cut has measured the server's rate, the
+    an application-limited sender); nor do requests sent before the latest cut, at
+    the rate it refused (:meth:`Pace.accepted`). Once a cut has measured the server's rate, the
     search for more is gentler (``MEASURED_SCALE``): it is only for a limit that has
     risen since.
     """
