@@ -337,12 +337,13 @@ return redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 2))
 )
 
 # KEYS: pace hash, sends zset. ARGV: ttl, the successes the feedback rate held back since the last reservation,
-# and the sends the send rate is measured over and its least span (as for regrow). Regrows the feedback rate,
-# then brings every turn to come forward to it, as Pace.hurry does: the first keeps its time, the others follow
-# one interval apart and a lane's step apart (the previous turn's tokens apart on a token lane), never later
-# than before, never before the hold. Only where the feedback rate paces the turns: not in slow start, not
-# while what remained is spent, not before slow start's turns have gone through a new lane. Returns the
-# feedback rate the turns now follow, or 0 if none.
+# the sends the send rate is measured over and its least span (as for regrow), then the tickets of the asking
+# process's turns to come. Regrows the feedback rate, then brings those turns forward to it, as Pace.hurry
+# does: each follows the turn before it (any process's) one interval apart and a lane's step apart (that
+# turn's tokens apart on a token lane), never later than before, never before the hold. Other processes'
+# turns keep their times: their sleepers would not wake for new ones. Only where the feedback rate paces the
+# turns: not in slow start, not while what remained is spent, not before slow start's turns have gone
+# through a new lane. Returns the feedback rate the turns now follow, or 0 if none.
 _HURRY = (
     _FUNCTIONS
     + """
@@ -361,12 +362,14 @@ for index, dimension in ipairs({'tokens', 'input-tokens', 'output-tokens'}) do
   local token_rate = tonumber(f['L:' .. dimension .. ':rate'] or '0')
   if token_rate > 0 then table.insert(token_lanes, {dimension, token_rate, index}) end
 end
+local ours = {}
+for i = 5, #ARGV do ours[ARGV[i]] = true end
 local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
 local last, last_costs = nil, {0, 0, 0}
 for i = 1, #turns, 2 do
   local before = tonumber(turns[i + 1])
   local at = before
-  if last then
+  if last and ours[turns[i]] then
     at = math.max(last + math.max(interval, step, 1e-6), hold)
     for _, token_lane in ipairs(token_lanes) do
       at = math.max(at, last + last_costs[token_lane[3]] / token_lane[2])
@@ -776,21 +779,21 @@ class RedisPace:
         return self._offset is not None and rate is not None and rate >= self._spaced_at * (1 + HURRY_STEP)
 
     def hurry(self, turns: Sequence[PendingTurn]) -> list[float]:
-        """Bring every process's turns to come forward to the feedback rate, regrown in Redis with the successes
-        since the last reservation (as :meth:`Pace.hurry` does in one process); return the new times of
-        ``turns``, this process's. Other processes' turns come sooner too: their sleepers find them moved
-        when they wake."""
+        """Bring ``turns``, this process's, forward to the feedback rate, regrown in Redis with the successes
+        since the last reservation, as :meth:`Pace.hurry` does in one process, behind every process's turns
+        before them; return their new times. Other processes' turns keep theirs."""
         offset = self._offset
-        if offset is None:
+        named = [turn.ticket for turn in turns if turn.ticket is not None]
+        if offset is None or not named:
             return [turn.due for turn in turns]
         successes, self._regrowths = self._regrowths, 0
-        args = [self.paces.TTL, successes, Feedback.MEASURED_SENDS, Feedback.MIN_WINDOW]
+        args = [self.paces.TTL, successes, Feedback.MEASURED_SENDS, Feedback.MIN_WINDOW, *named]
         followed = self.paces.run("hurry", [self._pace, self._sends], args)
         if followed is None:  # Redis is down: the turns keep their times
             return [turn.due for turn in turns]
-        self._spaced_at = float(followed) or math.inf
-        named = [turn.ticket for turn in turns if turn.ticket is not None]
-        answer = self.paces.run("when", [self._pace, self._sends], ["0", *named]) if named else []
+        # Spaced at the shared rate, or at this one's if Redis's has grown less: no new hurry at every success.
+        self._spaced_at = max(float(followed), self.local.rate or 0.0) or math.inf
+        answer = self.paces.run("when", [self._pace, self._sends], ["0", *named])
         shared = dict(zip(named, answer or [None] * len(named), strict=True))
         moved = []
         for turn in turns:
