@@ -837,8 +837,7 @@ class Pace:
         Returns whether the feedback rate has now grown enough (``HURRY_STEP``) for
         the turns already handed out to come sooner (:meth:`hurry`).
         """
-        after_cut = sent_at >= self.feedback.cut_at
-        self.feedback.accepted(now, held_back and after_cut and not self.refilled(sent_at))
+        self.feedback.accepted(now, self.regrows(held_back, sent_at))
         rate = self.feedback.rate
         return self.hurries and rate is not None and rate >= self._spaced_at * (1 + HURRY_STEP)
 
@@ -901,6 +900,11 @@ class Pace:
             self.quiet_until, self._hold_began = self.held_until, now
         self.held_until = until
         return True
+
+    def regrows(self, held_back: bool, sent_at: float) -> bool:
+        """Whether the success of a request sent at ``sent_at`` regrows the feedback rate (:meth:`accepted`): the
+        rate held it back, it went after the latest cut, and it spent nothing a hold refilled."""
+        return held_back and sent_at >= self.feedback.cut_at and not self.refilled(sent_at)
 
     def refilled(self, sent_at: float) -> bool:
         """Whether a request sent at ``sent_at`` went within as long after the latest hold as the hold lasted:

@@ -771,10 +771,8 @@ class RedisPace:
         hurry. Returns whether it has grown enough (``HURRY_STEP``) since the shared schedule was spaced for the
         turns to come to follow it (:meth:`hurry`)."""
         self.local.accepted(now, held_back, sent_at)
-        # Slow start's turns regrow no rate, nor do those that spent what the server refilled during a hold.
-        # nor those sent before the latest cut, at the rate it refused.
-        after_cut = sent_at >= self.local.feedback.cut_at
-        self._regrowths += held_back and after_cut and self.local.rate is not None and not self.local.refilled(sent_at)
+        # Slow start's turns regrow no rate, nor do the successes Pace.regrows turns down.
+        self._regrowths += self.local.rate is not None and self.local.regrows(held_back, sent_at)
         rate = self.local.rate
         return self._offset is not None and rate is not None and rate >= self._spaced_at * (1 + HURRY_STEP)
 
