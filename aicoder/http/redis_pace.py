@@ -791,12 +791,10 @@ class RedisPace:
             return [turn.due for turn in turns]
         # Spaced at the shared rate, or at this one's if Redis's has grown less: no new hurry at every success.
         self._spaced_at = max(float(followed), self.local.rate or 0.0) or math.inf
-        answer = self.paces.run("when", [self._pace, self._sends], ["0", *named])
-        shared = dict(zip(named, answer or [None] * len(named), strict=True))
+        shared = self._shared_times(named, "0") or {}
         moved = []
         for turn in turns:
-            score = shared.get(turn.ticket) if turn.ticket is not None else None
-            at = min(turn.due, float(score) - offset) if score is not None else turn.due
+            at = min(turn.due, shared.get(turn.ticket or "", turn.due))
             moved.append(max(at, self.local.held_until) if at < turn.due else at)
         return moved
 
@@ -815,18 +813,24 @@ class RedisPace:
         named = [turn.ticket for turn in turns if turn.ticket is not None]
         if not named or self._offset is None:
             return self.local.reschedule(turns)
-        offset, held = self._offset, self.local.held_until
-        floor = repr(held + offset) if held > -math.inf else "0"
-        answer = self.paces.run("when", [self._pace, self._sends], [floor, *named])
-        if answer is None:
+        held = self.local.held_until
+        shared = self._shared_times(named, repr(held + self._offset) if held > -math.inf else "0")
+        if shared is None:
             return self.local.reschedule(turns)
-        shared = dict(zip(named, answer, strict=True))
-        moved = []
-        for turn in turns:
-            score = shared.get(turn.ticket) if turn.ticket is not None else None
-            at = max(turn.due, float(score) - offset) if score is not None else turn.due
-            moved.append(max(at, held))
-        return moved
+        return [max(turn.due, shared.get(turn.ticket or "", turn.due), held) for turn in turns]
+
+    def _shared_times(self, tickets: list[str], floor: str) -> dict[str, float] | None:
+        """When the shared schedule has the turns named ``tickets`` (``when``, behind ``floor`` in Redis's clock),
+        on this process's clock; those no longer kept left out. ``None`` if Redis did not answer."""
+        assert self._offset is not None
+        answer = self.paces.run("when", [self._pace, self._sends], [floor, *tickets])
+        if answer is None:
+            return None
+        return {
+            ticket: float(score) - self._offset
+            for ticket, score in zip(tickets, answer, strict=True)
+            if score is not None
+        }
 
 
 #: Where each part of :meth:`Feedback.state` lives in a destination's Redis hash.
