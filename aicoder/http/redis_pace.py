@@ -74,6 +74,30 @@ _DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
 # regrow(now, successes) regrows the feedback rate after that many successes of requests it held back,
 # along the cubic, to at most twice the send rate measured over the last four sends.
 _FUNCTIONS = """
+-- the token lanes the server has stated: {dimension, rate, index into a ticket's costs}
+local function known_token_lanes()
+  local lanes = {}
+  for index, dimension in ipairs({'tokens', 'input-tokens', 'output-tokens'}) do
+    local token_rate = tonumber(redis.call('HGET', KEYS[1], 'L:' .. dimension .. ':rate') or '0')
+    if token_rate > 0 then table.insert(lanes, {dimension, token_rate, index}) end
+  end
+  return lanes
+end
+
+-- the token costs a ticket names: tokens, input tokens, output tokens
+local function ticket_costs(ticket)
+  local t, input, output = string.match(ticket, '|([%d.]+)|([%d.]+)|([%d.]+)$')
+  return {tonumber(t or '0'), tonumber(input or '0'), tonumber(output or '0')}
+end
+
+-- no sooner than the token lanes allow after a turn at `last` of `costs`
+local function after_tokens(at, last, costs, lanes)
+  for _, token_lane in ipairs(lanes) do
+    at = math.max(at, last + costs[token_lane[3]] / token_lane[2])
+  end
+  return at
+end
+
 local function reschedule(now)
   local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
   local rate = tonumber(redis.call('HGET', KEYS[1], 'F:rate') or '0')
@@ -84,28 +108,18 @@ local function reschedule(now)
   redis.call('HDEL', KEYS[1], 'L:new')
   local lane = tonumber(redis.call('HGET', KEYS[1], 'L:requests:rate') or '0')
   local step = (lane > 0 and relane) and 1 / lane or 0
-  local token_lanes = {}
-  if relane then
-    for index, dimension in ipairs({'tokens', 'input-tokens', 'output-tokens'}) do
-      local token_rate = tonumber(redis.call('HGET', KEYS[1], 'L:' .. dimension .. ':rate') or '0')
-      if token_rate > 0 then table.insert(token_lanes, {dimension, token_rate, index}) end
-    end
-  end
+  local token_lanes = relane and known_token_lanes() or {}
   local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
   local last, last_costs = nil, {0, 0, 0}
   for i = 1, #turns, 2 do
     local at = math.max(tonumber(turns[i + 1]), hold)
     if last then
       -- at least a microsecond apart: a sorted set orders equal times by member, which would lose their order
-      at = math.max(at, last + math.max(interval, step, 1e-6))
-      for _, token_lane in ipairs(token_lanes) do
-        at = math.max(at, last + last_costs[token_lane[3]] / token_lane[2])
-      end
+      at = after_tokens(math.max(at, last + math.max(interval, step, 1e-6)), last, last_costs, token_lanes)
     end
     redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i])
     last = at
-    local t, input, output = string.match(turns[i], '|([%d.]+)|([%d.]+)|([%d.]+)$')
-    last_costs = {tonumber(t or '0'), tonumber(input or '0'), tonumber(output or '0')}
+    last_costs = ticket_costs(turns[i])
   end
   for _, token_lane in ipairs(token_lanes) do
     local field = 'L:' .. token_lane[1] .. ':tat'
@@ -357,11 +371,7 @@ if rate <= 0 or f['S:start'] or f['L:new'] or (f['B:said'] and not f['B:off']) t
 local hold, interval = tonumber(f['hold'] or '0'), 1 / rate
 local lane = tonumber(f['L:requests:rate'] or '0')
 local step = lane > 0 and 1 / lane or 0
-local token_lanes = {}
-for index, dimension in ipairs({'tokens', 'input-tokens', 'output-tokens'}) do
-  local token_rate = tonumber(f['L:' .. dimension .. ':rate'] or '0')
-  if token_rate > 0 then table.insert(token_lanes, {dimension, token_rate, index}) end
-end
+local token_lanes = known_token_lanes()
 local ours = {}
 for i = 5, #ARGV do ours[ARGV[i]] = true end
 local turns = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'WITHSCORES')
@@ -371,15 +381,11 @@ for i = 1, #turns, 2 do
   local at = before
   if last and ours[turns[i]] then
     at = math.max(last + math.max(interval, step, 1e-6), hold)
-    for _, token_lane in ipairs(token_lanes) do
-      at = math.max(at, last + last_costs[token_lane[3]] / token_lane[2])
-    end
-    at = math.min(at, before)
+    at = math.min(after_tokens(at, last, last_costs, token_lanes), before)
   end
   if at < before then redis.call('ZADD', KEYS[2], string.format('%.17g', at), turns[i]) end
   last = at
-  local t, input, output = string.match(turns[i], '|([%d.]+)|([%d.]+)|([%d.]+)$')
-  last_costs = {tonumber(t or '0'), tonumber(input or '0'), tonumber(output or '0')}
+  last_costs = ticket_costs(turns[i])
 end
 if last then
   redis.call('HSET', KEYS[1], 'F:tat', string.format('%.17g', last + interval))
