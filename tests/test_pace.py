@@ -410,6 +410,25 @@ def test_regrowth_only_counts_requests_the_rate_held_back() -> None:
     assert feedback.rate is not None and cut is not None and feedback.rate > cut
 
 
+def test_successes_of_requests_sent_before_the_cut_regrow_nothing() -> None:
+    """Requests in flight when a cut came went at the rate it refused: their successes say nothing of whether the
+    new rate could be higher (256 of them undid each cut within 0.1 s), in one process and through Redis alike
+    (RedisPace counts its regrowths by the same rule, Pace.regrows)."""
+    pace = Pace()
+    fed(pace, [0.0, 0.01, 0.02, 0.03])
+    pace.refused(Refusal(now=0.04, sent_at=0.03, granted_at=0.03, next_token=0.25))
+    cut = pace.rate
+    for n in range(40):
+        assert not pace.regrows(True, 0.035)
+        pace.accepted(0.05 + n * 0.01, held_back=True, sent_at=0.035)  # sent before the cut at 0.04
+    assert pace.rate == cut
+    assert pace.regrows(True, 0.05)
+    for n in range(40):
+        pace.sent(0.05 + n * 0.25)
+        pace.accepted(0.05 + n * 0.25, held_back=True, sent_at=0.05 + n * 0.25)
+    assert pace.rate is not None and cut is not None and pace.rate > cut
+
+
 def test_regrowth_follows_the_cubic_and_stops_at_twice_the_send_rate() -> None:
     """The curve returns to the refused rate after K held-back successes, and never beyond 2x what is sent."""
     feedback = Feedback()
